@@ -15,6 +15,8 @@ export type PspErrorCode =
   | "PSP_ERR_PEER_UNKNOWN"
   | "PSP_ERR_IDENTITY"
   | "PSP_ERR_LINK_CLOSED"
+  | "PSP_ERR_SEND_BUFFER"
+  | "PSP_ERR_INTERNAL"
   // framing and limits
   | "PSP_ERR_FRAME_TOO_LARGE"
   | "PSP_ERR_FRAME_MALFORMED"
@@ -40,7 +42,10 @@ export type PspErrorCode =
   // results and receipts
   | "PSP_ERR_RESULT_MALFORMED"
   | "PSP_ERR_RECEIPT_SIGNATURE"
-  | "PSP_ERR_RECEIPT_MISMATCH";
+  | "PSP_ERR_RECEIPT_MISMATCH"
+  // Merkle trees (merkle.ts)
+  | "PSP_ERR_MERKLE_PROOF"
+  | "PSP_ERR_MERKLE_RANGE";
 
 export class PspError extends Error {
   override readonly name = "PspError";

@@ -1,0 +1,271 @@
+import { PspError } from "./errors.ts";
+import type { PspLimits } from "./limits.ts";
+
+/**
+ * The Diode, enforced on capnweb's wire messages.
+ *
+ * capnweb is symmetric: either side may call the other. PSP fences it into two roles.
+ *
+ * - The **commander** only calls. It sends `push` (a call), `pull` (ask for a result), `release`
+ *   and `abort`. Nothing it sends may contain something callable: no `export` or `promise` of its
+ *   own (which is how capnweb passes a function, an RpcTarget or a local promise), no stream
+ *   (`writable`/`readable`/`pipe`, whose far end is callable), no `remap` (whose captures can
+ *   export). So the subject never holds anything it could call back.
+ * - The **subject** only answers. It sends `resolve` / `reject` for results the commander pulled
+ *   (or for promises it itself placed in an earlier answer, which capnweb resolves unasked), and
+ *   `abort`. It never sends `push`, `stream`, `pipe` or `pull`, and never a `release` (it can hold
+ *   no import of the commander's). It may return objects (`export`), e.g. a session from
+ *   `authorize(grant)`: the commander calls those, so calls still flow down.
+ *
+ * Each side checks what it *receives* against the peer's role and aborts the link with
+ * PSP_ERR_DIODE on the first violation. Each side also checks what it *sends*, so a bug of our
+ * own is caught before it reaches the wire.
+ */
+export type PspRole = "commander" | "subject";
+
+export interface DiodeViolation {
+  /** Which side broke the rule, as seen by the side reporting it. */
+  readonly offender: "peer" | "self";
+  readonly rule: string;
+  readonly messageType: string;
+}
+
+type Expr = unknown;
+
+/** Special forms a commander may use inside call arguments. */
+const COMMANDER_ARG_FORMS = new Set(["bytes", "date", "bigint", "undefined", "inf", "-inf", "nan", "import", "pipeline"]);
+/** Special forms a subject may use inside an answer. */
+const SUBJECT_ANSWER_FORMS = new Set([
+  "bytes",
+  "date",
+  "bigint",
+  "undefined",
+  "inf",
+  "-inf",
+  "nan",
+  "error",
+  "export",
+  "promise",
+]);
+
+export class DiodeGuard {
+  readonly role: PspRole;
+  readonly #limits: Pick<PspLimits, "maxCallsInFlight" | "maxPipelineDepth" | "maxMessageDepth">;
+
+  // Subject state: calls the commander pushed, by export id (1, 2, 3, ... in push order), with the
+  // length of the pipelined chain each one ends.
+  #nextPeerPushId = 1;
+  readonly #livePushes = new Map<number, number>();
+
+  // Commander state: what the subject may answer — results we pulled, and promises the subject
+  // announced in an earlier answer (capnweb resolves those without a pull).
+  readonly #expectedAnswers = new Set<number>();
+
+  constructor(role: PspRole, limits: Pick<PspLimits, "maxCallsInFlight" | "maxPipelineDepth" | "maxMessageDepth">) {
+    this.role = role;
+    this.#limits = limits;
+  }
+
+  /** Calls currently open on this link (subject side). */
+  get callsInFlight(): number {
+    return this.#livePushes.size;
+  }
+
+  /** Checks one message from the peer. Throws PspError; the link owner aborts on any throw. */
+  inspectIncoming(msg: unknown): void {
+    const m = asMessage(msg);
+    if (this.role === "subject") this.#incomingAtSubject(m);
+    else this.#incomingAtCommander(m);
+  }
+
+  /** Checks one message we are about to send. */
+  inspectOutgoing(msg: unknown): void {
+    const m = asMessage(msg);
+    if (this.role === "commander") {
+      switch (m.type) {
+        case "push":
+          this.#checkExpr(m.body[0], COMMANDER_ARG_FORMS, "self", "push", 0, true);
+          return;
+        case "pull":
+          if (typeof m.body[0] === "number") this.#expectedAnswers.add(m.body[0]);
+          return;
+        case "release":
+        case "abort":
+          return;
+        default:
+          throw violation("self", `a commander never sends ${m.type}`, m.type);
+      }
+    }
+    switch (m.type) {
+      case "resolve":
+      case "reject":
+        this.#checkExpr(m.body[1], SUBJECT_ANSWER_FORMS, "self", m.type, 0, false);
+        return;
+      case "abort":
+        return;
+      default:
+        throw violation("self", `a subject never sends ${m.type}`, m.type);
+    }
+  }
+
+  #incomingAtSubject(m: Message): void {
+    switch (m.type) {
+      case "push": {
+        const expr = m.body[0];
+        if (!Array.isArray(expr) || expr[0] !== "pipeline") {
+          throw violation("peer", "a push must be a call or property get (pipeline)", "push");
+        }
+        const deps = new Set<number>();
+        this.#checkExpr(expr, COMMANDER_ARG_FORMS, "peer", "push", 0, true, deps);
+        let depth = 1;
+        for (const id of deps) depth = Math.max(depth, (this.#livePushes.get(id) ?? 0) + 1);
+        if (depth > this.#limits.maxPipelineDepth) {
+          throw new PspError("PSP_ERR_PIPELINE_DEPTH", "pipelined chain exceeds the maximum depth", {
+            depth,
+            limit: this.#limits.maxPipelineDepth,
+          });
+        }
+        if (this.#livePushes.size >= this.#limits.maxCallsInFlight) {
+          throw new PspError("PSP_ERR_CALLS_IN_FLIGHT", "too many calls in flight on this link", {
+            limit: this.#limits.maxCallsInFlight,
+          });
+        }
+        this.#livePushes.set(this.#nextPeerPushId++, depth);
+        return;
+      }
+      case "pull": {
+        if (typeof m.body[0] !== "number") throw malformed("pull needs a numeric id");
+        return;
+      }
+      case "release": {
+        const [id, count] = m.body;
+        if (typeof id !== "number" || typeof count !== "number") throw malformed("release needs id and count");
+        this.#livePushes.delete(id);
+        return;
+      }
+      case "abort":
+        return;
+      case "resolve":
+      case "reject":
+        throw violation("peer", "a commander never answers: the subject asked it nothing", m.type);
+      default:
+        throw violation("peer", `a commander never sends ${m.type}`, m.type);
+    }
+  }
+
+  #incomingAtCommander(m: Message): void {
+    switch (m.type) {
+      case "resolve":
+      case "reject": {
+        const id = m.body[0];
+        if (typeof id !== "number") throw malformed(`${m.type} needs a numeric id`);
+        if (!this.#expectedAnswers.delete(id)) {
+          throw violation("peer", "answer to something that was never asked", m.type);
+        }
+        const announced = new Set<number>();
+        this.#checkExpr(m.body[1], SUBJECT_ANSWER_FORMS, "peer", m.type, 0, false, undefined, announced);
+        for (const p of announced) this.#expectedAnswers.add(p);
+        return;
+      }
+      case "abort":
+        return;
+      case "push":
+      case "stream":
+      case "pipe":
+        throw violation("peer", "a subject never calls", m.type);
+      case "pull":
+        throw violation("peer", "a subject never pulls", m.type);
+      case "release":
+        throw violation("peer", "a subject holds nothing of the commander's to release", m.type);
+      default:
+        throw violation("peer", `unknown message ${m.type}`, m.type);
+    }
+  }
+
+  /**
+   * Walks a capnweb expression. Arrays whose first element is a string are special forms; `[[...]]`
+   * is an escaped literal array. `deps` collects the push ids a call depends on (pipelining);
+   * `announcedPromises` collects promise ids a subject places in an answer.
+   */
+  #checkExpr(
+    expr: Expr,
+    allowed: ReadonlySet<string>,
+    offender: "peer" | "self",
+    messageType: string,
+    depth: number,
+    isCommander: boolean,
+    deps?: Set<number>,
+    announcedPromises?: Set<number>,
+  ): void {
+    if (depth > this.#limits.maxMessageDepth) throw malformed("expression too deep");
+    if (Array.isArray(expr)) {
+      if (expr.length === 1 && Array.isArray(expr[0])) {
+        for (const e of expr[0]) {
+          this.#checkExpr(e, allowed, offender, messageType, depth + 1, isCommander, deps, announcedPromises);
+        }
+        return;
+      }
+      const form = expr[0];
+      if (typeof form !== "string") throw malformed("array expression without a form");
+      if (!allowed.has(form)) {
+        const what = isCommander
+          ? `a commander may not pass "${form}" (callables, promises and streams of its own are forbidden)`
+          : `a subject may not answer with "${form}"`;
+        throw violation(offender, what, messageType);
+      }
+      switch (form) {
+        case "pipeline":
+        case "import": {
+          const id = expr[1];
+          if (typeof id !== "number") throw malformed(`${form} needs a numeric id`);
+          if (deps && id > 0) deps.add(id);
+          // ["pipeline", id, path, args]: args is a bare list of argument expressions (not an
+          // escaped literal array). Each is checked with the same rules.
+          if (expr.length > 3) {
+            const args = expr[3];
+            if (!Array.isArray(args)) throw malformed("call arguments must be a list");
+            for (const a of args) {
+              this.#checkExpr(a, allowed, offender, messageType, depth + 1, isCommander, deps, announcedPromises);
+            }
+          }
+          return;
+        }
+        case "promise":
+          if (typeof expr[1] !== "number") throw malformed("promise needs a numeric id");
+          announcedPromises?.add(expr[1]);
+          return;
+        case "error":
+          // ["error", type, message, stack?, props?]: props are data.
+          if (expr.length >= 5) {
+            this.#checkExpr(expr[4], allowed, offender, messageType, depth + 1, isCommander, deps, announcedPromises);
+          }
+          return;
+        default:
+          return;
+      }
+    }
+    if (expr !== null && typeof expr === "object" && !(expr instanceof Uint8Array)) {
+      for (const v of Object.values(expr)) {
+        this.#checkExpr(v, allowed, offender, messageType, depth + 1, isCommander, deps, announcedPromises);
+      }
+    }
+  }
+}
+
+interface Message {
+  type: string;
+  body: unknown[];
+}
+
+function asMessage(msg: unknown): Message {
+  if (!Array.isArray(msg) || typeof msg[0] !== "string") throw malformed("a message is an array led by its type");
+  return { type: msg[0], body: msg.slice(1) };
+}
+
+function malformed(why: string): PspError {
+  return new PspError("PSP_ERR_MESSAGE_MALFORMED", why);
+}
+
+function violation(offender: "peer" | "self", rule: string, messageType: string): PspError {
+  return new PspError("PSP_ERR_DIODE", `Diode violation by ${offender}: ${rule}`, { offender, rule, messageType });
+}

@@ -1,0 +1,207 @@
+import { PspError } from "./errors.ts";
+import type { PspLimits } from "./limits.ts";
+
+/**
+ * PSP frames.
+ *
+ * ```
+ *  offset  size  field
+ *  0       4     body length in bytes (u32, big-endian; a multiple of 8; excludes this header)
+ *  4       1     version (1)
+ *  5       1     kind (FrameKind)
+ *  6       2     segment count (u16, big-endian)
+ *  8       ...   body: segment table (count × u32 BE lengths, zero-padded to a multiple of 8),
+ *                then each segment, zero-padded to a multiple of 8
+ * ```
+ *
+ * Every segment therefore starts at an offset that is a multiple of 8 from the start of the body,
+ * and the decoder places each body at offset 0 of its own ArrayBuffer. Arrow IPC buffers carried
+ * as segments are then 8-byte aligned in memory, and `tableFromIPC` reads them without a copy.
+ * Padding bytes must be zero: a frame has exactly one valid encoding.
+ */
+export const FRAME_HEADER_BYTES = 8;
+export const FRAME_VERSION = 1;
+
+export const FrameKind = {
+  /** Segment 0: a CBOR array of RPC messages; segments 1..n: binary attachments. */
+  Messages: 1,
+  /** Commander → subject keep-alive. No segments. */
+  Ping: 2,
+  /** Subject → commander answer to a Ping. No segments. */
+  Pong: 3,
+} as const;
+export type FrameKind = (typeof FrameKind)[keyof typeof FrameKind];
+
+const KNOWN_KINDS: ReadonlySet<number> = new Set(Object.values(FrameKind));
+
+export interface Frame {
+  readonly kind: FrameKind;
+  /** Views into one freshly allocated, 8-aligned body buffer. */
+  readonly segments: readonly Uint8Array[];
+  /** Header plus body, in bytes. */
+  readonly byteLength: number;
+}
+
+const pad8 = (n: number): number => (n + 7) & ~7;
+
+/**
+ * Encodes a frame as a list of buffers to hand to `socket.write` under cork, so that large
+ * attachments are written from where they already are instead of being copied into one buffer.
+ */
+export function encodeFrame(kind: FrameKind, segments: readonly Uint8Array[] = []): Uint8Array[] {
+  if (segments.length > 0xffff) throw new RangeError("too many segments");
+  const tableBytes = pad8(segments.length * 4);
+  let bodyLength = tableBytes;
+  for (const s of segments) bodyLength += pad8(s.byteLength);
+  if (bodyLength > 0xffff_fff8) throw new RangeError("frame body too large");
+
+  const head = new Uint8Array(FRAME_HEADER_BYTES + tableBytes);
+  const view = new DataView(head.buffer);
+  view.setUint32(0, bodyLength);
+  view.setUint8(4, FRAME_VERSION);
+  view.setUint8(5, kind);
+  view.setUint16(6, segments.length);
+  segments.forEach((s, i) => {
+    view.setUint32(FRAME_HEADER_BYTES + i * 4, s.byteLength);
+  });
+  const out: Uint8Array[] = [head];
+  for (const s of segments) {
+    if (s.byteLength > 0) out.push(s);
+    const pad = pad8(s.byteLength) - s.byteLength;
+    if (pad > 0) out.push(ZEROS.subarray(0, pad));
+  }
+  return out;
+}
+
+const ZEROS = new Uint8Array(8);
+
+export function frameByteLength(parts: readonly Uint8Array[]): number {
+  let n = 0;
+  for (const p of parts) n += p.byteLength;
+  return n;
+}
+
+type DecoderState =
+  | { s: "header"; have: number }
+  | { s: "body"; kind: FrameKind; segCount: number; body: Uint8Array; have: number }
+  | { s: "failed" };
+
+/**
+ * Incremental frame decoder: an explicit state machine fed with whatever chunks the socket gives.
+ *
+ * Limits are checked on the header, before a single body byte is buffered, so an oversized frame
+ * costs the receiver 8 bytes of memory. After the first error the decoder stays failed: the link
+ * that fed it is closed by its owner.
+ */
+export class FrameDecoder {
+  readonly #limits: Pick<PspLimits, "maxFrameBytes" | "maxSegments">;
+  readonly #header = new Uint8Array(FRAME_HEADER_BYTES);
+  #state: DecoderState = { s: "header", have: 0 };
+
+  constructor(limits: Pick<PspLimits, "maxFrameBytes" | "maxSegments">) {
+    this.#limits = limits;
+  }
+
+  /** True while part of a frame has been received but not all of it. */
+  get midFrame(): boolean {
+    const st = this.#state;
+    return (st.s === "header" && st.have > 0) || st.s === "body";
+  }
+
+  /**
+   * Consumes a chunk and returns every frame it completed. Throws PspError (and stays failed) on
+   * the first violation.
+   */
+  push(chunk: Uint8Array): Frame[] {
+    const frames: Frame[] = [];
+    let off = 0;
+    while (off < chunk.byteLength) {
+      const st = this.#state;
+      if (st.s === "failed") throw new PspError("PSP_ERR_FRAME_MALFORMED", "decoder already failed");
+      if (st.s === "header") {
+        const take = Math.min(FRAME_HEADER_BYTES - st.have, chunk.byteLength - off);
+        this.#header.set(chunk.subarray(off, off + take), st.have);
+        st.have += take;
+        off += take;
+        if (st.have === FRAME_HEADER_BYTES) {
+          const next = this.#parseHeader();
+          if (next.body.byteLength === 0) {
+            frames.push(this.#finish(next.kind, next.segCount, next.body));
+            this.#state = { s: "header", have: 0 };
+          } else {
+            this.#state = { s: "body", ...next, have: 0 };
+          }
+        }
+      } else {
+        const take = Math.min(st.body.byteLength - st.have, chunk.byteLength - off);
+        st.body.set(chunk.subarray(off, off + take), st.have);
+        st.have += take;
+        off += take;
+        if (st.have === st.body.byteLength) {
+          frames.push(this.#finish(st.kind, st.segCount, st.body));
+          this.#state = { s: "header", have: 0 };
+        }
+      }
+    }
+    return frames;
+  }
+
+  #fail(code: "PSP_ERR_FRAME_TOO_LARGE" | "PSP_ERR_FRAME_MALFORMED" | "PSP_ERR_FRAME_KIND", msg: string, detail?: Record<string, number>): never {
+    this.#state = { s: "failed" };
+    throw new PspError(code, msg, detail);
+  }
+
+  #parseHeader(): { kind: FrameKind; segCount: number; body: Uint8Array } {
+    const v = new DataView(this.#header.buffer);
+    const bodyLength = v.getUint32(0);
+    const version = v.getUint8(4);
+    const kind = v.getUint8(5);
+    const segCount = v.getUint16(6);
+    if (version !== FRAME_VERSION) this.#fail("PSP_ERR_FRAME_MALFORMED", "unsupported frame version", { version });
+    if (!KNOWN_KINDS.has(kind)) this.#fail("PSP_ERR_FRAME_KIND", "unknown frame kind", { kind });
+    if (FRAME_HEADER_BYTES + bodyLength > this.#limits.maxFrameBytes) {
+      this.#fail("PSP_ERR_FRAME_TOO_LARGE", "frame exceeds the maximum frame size", {
+        bytes: FRAME_HEADER_BYTES + bodyLength,
+        limit: this.#limits.maxFrameBytes,
+      });
+    }
+    if (bodyLength % 8 !== 0) this.#fail("PSP_ERR_FRAME_MALFORMED", "frame body length is not a multiple of 8");
+    if (segCount > this.#limits.maxSegments) {
+      this.#fail("PSP_ERR_FRAME_MALFORMED", "too many segments in frame", {
+        segments: segCount,
+        limit: this.#limits.maxSegments,
+      });
+    }
+    if (kind !== FrameKind.Messages && (segCount !== 0 || bodyLength !== 0)) {
+      this.#fail("PSP_ERR_FRAME_MALFORMED", "control frames carry no body");
+    }
+    if (kind === FrameKind.Messages && segCount === 0) {
+      this.#fail("PSP_ERR_FRAME_MALFORMED", "message frame without segments");
+    }
+    // A fresh ArrayBuffer per body: offset 0, so 8-aligned segment offsets are 8-aligned in memory.
+    return { kind: kind as FrameKind, segCount, body: new Uint8Array(bodyLength) };
+  }
+
+  #finish(kind: FrameKind, segCount: number, body: Uint8Array): Frame {
+    const tableBytes = pad8(segCount * 4);
+    if (tableBytes > body.byteLength) this.#fail("PSP_ERR_FRAME_MALFORMED", "segment table overruns the body");
+    const v = new DataView(body.buffer, body.byteOffset, body.byteLength);
+    for (let p = segCount * 4; p < tableBytes; p++) {
+      if (body[p] !== 0) this.#fail("PSP_ERR_FRAME_MALFORMED", "non-zero padding");
+    }
+    const segments: Uint8Array[] = [];
+    let pos = tableBytes;
+    for (let i = 0; i < segCount; i++) {
+      const len = v.getUint32(i * 4);
+      const end = pos + pad8(len);
+      if (end > body.byteLength) this.#fail("PSP_ERR_FRAME_MALFORMED", "segment overruns the body");
+      segments.push(body.subarray(pos, pos + len));
+      for (let p = pos + len; p < end; p++) {
+        if (body[p] !== 0) this.#fail("PSP_ERR_FRAME_MALFORMED", "non-zero padding");
+      }
+      pos = end;
+    }
+    if (pos !== body.byteLength) this.#fail("PSP_ERR_FRAME_MALFORMED", "trailing bytes after the last segment");
+    return { kind, segments, byteLength: FRAME_HEADER_BYTES + body.byteLength };
+  }
+}

@@ -1,0 +1,298 @@
+import { EventEmitter } from "node:events";
+import type { Duplex } from "node:stream";
+import type { RpcTransportWithCustomEncoding } from "capnweb";
+import { DiodeGuard, type PspRole } from "./diode.ts";
+import { isPspError, PspError } from "./errors.ts";
+import { encodeFrame, type Frame, FrameDecoder, FrameKind, frameByteLength } from "./frame-codec.ts";
+import { type PspLimits, resolveLimits } from "./limits.ts";
+import { decodeMessages, encodeMessages } from "./message-codec.ts";
+import { type Scheduler, systemScheduler, type TimerHandle } from "./scheduler.ts";
+
+/** Who is on the other end, as established by the TLS pin check. */
+export interface PeerInfo {
+  /** Lowercase hex SHA-256 of the peer's certificate DER. */
+  readonly fingerprint: string;
+  /** Lowercase hex SHA-256 of the peer's raw Ed25519 public key. */
+  readonly keyId: string;
+  /** What the authorizer called this peer (a Totebox id, an operator id...). */
+  readonly label: string;
+}
+
+export interface LinkStats {
+  framesIn: number;
+  framesOut: number;
+  bytesIn: number;
+  bytesOut: number;
+  messagesIn: number;
+  messagesOut: number;
+}
+
+export interface PspLinkOptions {
+  role: PspRole;
+  socket: Duplex;
+  peer: PeerInfo;
+  limits?: Partial<PspLimits>;
+  scheduler?: Scheduler;
+}
+
+export interface LinkEvents {
+  /** A complete frame arrived (after limit checks, before message decoding). */
+  "frame-in": [frame: Frame];
+  /** A frame was handed to the socket. */
+  "frame-out": [kind: FrameKind, bytes: number, messages: number];
+  /** The peer (or our own code) broke the Diode; the link is being closed. */
+  violation: [error: PspError];
+  /** The link is closed; `error` is absent for a clean close. */
+  close: [error: PspError | undefined];
+}
+
+/**
+ * One PSP link: a framed, Diode-fenced capnweb transport over an authenticated socket.
+ *
+ * Messages capnweb sends in one turn of the event loop are batched into one frame (so a pipelined
+ * chain of calls leaves as a single frame and costs a single round trip). Every message received is
+ * checked by the DiodeGuard before capnweb sees it. Any limit or rule broken by the peer closes
+ * this link — and only this link — with a typed error.
+ */
+export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWithCustomEncoding {
+  readonly encodingLevel = "jsonCompatibleWithBytes" as const;
+  readonly role: PspRole;
+  readonly peer: PeerInfo;
+  readonly limits: Readonly<PspLimits>;
+  readonly stats: LinkStats = { framesIn: 0, framesOut: 0, bytesIn: 0, bytesOut: 0, messagesIn: 0, messagesOut: 0 };
+
+  readonly #socket: Duplex;
+  readonly #guard: DiodeGuard;
+  readonly #decoder: FrameDecoder;
+  readonly #scheduler: Scheduler;
+  readonly #inbox: unknown[] = [];
+  #waiter: { resolve: (m: unknown) => void; reject: (e: unknown) => void } | undefined;
+  #outbox: unknown[] = [];
+  #flushScheduled = false;
+  #closed: { error: PspError | undefined } | undefined;
+  #idleTimer: TimerHandle | undefined;
+  #pingTimer: TimerHandle | undefined;
+  #pingOutstanding = false;
+  #lastFrameInAt: number;
+
+  constructor(options: PspLinkOptions) {
+    super();
+    this.role = options.role;
+    this.peer = options.peer;
+    this.limits = resolveLimits(options.limits);
+    this.#socket = options.socket;
+    this.#scheduler = options.scheduler ?? systemScheduler;
+    this.#guard = new DiodeGuard(this.role, this.limits);
+    this.#decoder = new FrameDecoder(this.limits);
+    this.#lastFrameInAt = this.#scheduler.now();
+
+    this.#socket.on("data", (chunk: Buffer) => this.#onData(chunk));
+    this.#socket.on("end", () => this.close());
+    this.#socket.on("close", () => this.close());
+    this.#socket.on("error", (cause: Error) =>
+      this.close(new PspError("PSP_ERR_LINK_CLOSED", "socket error", { peer: this.peer.label }, { cause })),
+    );
+    this.#armIdle();
+    if (this.role === "commander") this.#armPing();
+  }
+
+  get closed(): boolean {
+    return this.#closed !== undefined;
+  }
+
+  /** Calls the commander currently has open on this link (meaningful on the subject side). */
+  get callsInFlight(): number {
+    return this.#guard.callsInFlight;
+  }
+
+  // ---- capnweb transport ------------------------------------------------------------------
+
+  send(message: unknown): number | undefined {
+    if (this.#closed) return undefined;
+    try {
+      this.#guard.inspectOutgoing(message);
+    } catch (e) {
+      // Our own side tried to break the Diode: that is a bug, but the peer must never see it.
+      const err = toPspError(e);
+      if (err.code === "PSP_ERR_DIODE") this.emit("violation", err);
+      this.close(err);
+      return undefined;
+    }
+    this.#outbox.push(message);
+    if (!this.#flushScheduled) {
+      this.#flushScheduled = true;
+      queueMicrotask(() => this.#flush());
+    }
+    return undefined;
+  }
+
+  receive(): Promise<unknown> {
+    if (this.#inbox.length > 0) return Promise.resolve(this.#inbox.shift());
+    if (this.#closed) {
+      return Promise.reject(this.#closed.error ?? new PspError("PSP_ERR_LINK_CLOSED", "link closed"));
+    }
+    return new Promise((resolve, reject) => {
+      this.#waiter = { resolve, reject };
+    });
+  }
+
+  abort(reason: unknown): void {
+    this.close(isPspError(reason) ? toPspError(reason) : undefined);
+  }
+
+  // ---- lifecycle --------------------------------------------------------------------------
+
+  /** Closes the link. Idempotent; the first error wins. */
+  close(error?: PspError): void {
+    if (this.#closed) return;
+    this.#closed = { error };
+    this.#idleTimer?.cancel();
+    this.#pingTimer?.cancel();
+    // Send what capnweb already queued (typically its own "abort" message), then end.
+    if (!error && this.#outbox.length > 0) this.#flush();
+    if (error) this.#socket.destroy();
+    else this.#socket.end();
+    const w = this.#waiter;
+    this.#waiter = undefined;
+    w?.reject(error ?? new PspError("PSP_ERR_LINK_CLOSED", "link closed", { peer: this.peer.label }));
+    this.emit("close", error);
+  }
+
+  // ---- internals --------------------------------------------------------------------------
+
+  #flush(): void {
+    this.#flushScheduled = false;
+    if (this.#closed && this.#outbox.length === 0) return;
+    while (this.#outbox.length > 0) {
+      const batch = this.#outbox.splice(0, this.limits.maxMessagesPerFrame);
+      const count = batch.length;
+      const parts = encodeFrame(FrameKind.Messages, encodeMessages(batch, this.limits));
+      this.#write(parts, FrameKind.Messages, count);
+    }
+  }
+
+  #write(parts: Uint8Array[], kind: FrameKind, messages: number): void {
+    const bytes = frameByteLength(parts);
+    if (bytes > this.limits.maxFrameBytes) {
+      // The peer would refuse it; refuse it here, with a clear code, instead.
+      this.close(
+        new PspError("PSP_ERR_FRAME_TOO_LARGE", "outgoing frame exceeds the maximum frame size", {
+          bytes,
+          limit: this.limits.maxFrameBytes,
+        }),
+      );
+      return;
+    }
+    const s = this.#socket as Duplex & { cork?: () => void; uncork?: () => void };
+    s.cork?.();
+    for (const p of parts) this.#socket.write(p);
+    s.uncork?.();
+    this.stats.framesOut++;
+    this.stats.bytesOut += bytes;
+    this.stats.messagesOut += messages;
+    this.emit("frame-out", kind, bytes, messages);
+    if (this.#socket.writableLength > this.limits.maxSendBufferBytes) {
+      this.close(
+        new PspError("PSP_ERR_SEND_BUFFER", "peer is not reading; send buffer limit reached", {
+          limit: this.limits.maxSendBufferBytes,
+        }),
+      );
+    }
+  }
+
+  #onData(chunk: Buffer): void {
+    if (this.#closed) return;
+    this.stats.bytesIn += chunk.byteLength;
+    let frames: Frame[];
+    try {
+      frames = this.#decoder.push(chunk);
+    } catch (e) {
+      this.close(toPspError(e));
+      return;
+    }
+    for (const frame of frames) {
+      if (this.#closed) return;
+      this.stats.framesIn++;
+      this.#lastFrameInAt = this.#scheduler.now();
+      this.#armIdle();
+      this.emit("frame-in", frame);
+      try {
+        this.#onFrame(frame);
+      } catch (e) {
+        const err = toPspError(e);
+        if (err.code === "PSP_ERR_DIODE") this.emit("violation", err);
+        this.close(err);
+        return;
+      }
+    }
+  }
+
+  #onFrame(frame: Frame): void {
+    switch (frame.kind) {
+      case FrameKind.Ping:
+        if (this.role === "commander") throw diode("a subject never initiates, not even a ping");
+        this.#write(encodeFrame(FrameKind.Pong), FrameKind.Pong, 0);
+        return;
+      case FrameKind.Pong:
+        if (this.role === "subject") throw diode("a commander never answers");
+        if (!this.#pingOutstanding) throw diode("pong without a ping");
+        this.#pingOutstanding = false;
+        return;
+      case FrameKind.Messages: {
+        const messages = decodeMessages(frame.segments, this.limits);
+        // Check the whole batch before capnweb sees any of it.
+        for (const m of messages) this.#guard.inspectIncoming(m);
+        this.stats.messagesIn += messages.length;
+        for (const m of messages) {
+          const w = this.#waiter;
+          if (w) {
+            this.#waiter = undefined;
+            w.resolve(m);
+          } else {
+            this.#inbox.push(m);
+          }
+        }
+        return;
+      }
+    }
+  }
+
+  #armIdle(): void {
+    this.#idleTimer?.cancel();
+    this.#idleTimer = this.#scheduler.after(this.limits.idleTimeoutMs, () => {
+      this.close(
+        new PspError("PSP_ERR_IDLE_TIMEOUT", "no complete frame within the idle timeout", {
+          idleTimeoutMs: this.limits.idleTimeoutMs,
+          midFrame: this.#decoder.midFrame,
+        }),
+      );
+    });
+  }
+
+  #armPing(): void {
+    this.#pingTimer = this.#scheduler.after(this.limits.pingIntervalMs, () => {
+      if (this.#closed) return;
+      // Ping only a link that has been silent toward us: its answer is what keeps the idle timer
+      // from firing.
+      const quiet = this.#scheduler.now() - this.#lastFrameInAt >= this.limits.pingIntervalMs;
+      if (quiet && !this.#pingOutstanding) {
+        this.#pingOutstanding = true;
+        this.#write(encodeFrame(FrameKind.Ping), FrameKind.Ping, 0);
+      }
+      this.#armPing();
+    });
+  }
+}
+
+function diode(rule: string): PspError {
+  return new PspError("PSP_ERR_DIODE", `Diode violation by peer: ${rule}`, { offender: "peer", rule });
+}
+
+export function toPspError(e: unknown): PspError {
+  if (e instanceof PspError) return e;
+  if (isPspError(e)) {
+    const x = e as unknown as { code: PspError["code"]; message: string };
+    return new PspError(x.code, x.message);
+  }
+  return new PspError("PSP_ERR_INTERNAL", "internal error", {}, { cause: e });
+}

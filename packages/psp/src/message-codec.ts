@@ -1,0 +1,145 @@
+import { addExtension, Encoder } from "cbor-x";
+import { PspError } from "./errors.ts";
+
+/**
+ * The body of a Messages frame: segment 0 is a CBOR array of capnweb messages (capnweb's
+ * "jsonCompatibleWithBytes" encoding level: JSON-shaped trees whose byte strings stay raw), and
+ * every byte string of at least `attachmentThresholdBytes` is lifted out into its own segment so it
+ * lands 8-byte aligned in the receiver's memory. In the CBOR it is replaced by tag 40100 wrapping
+ * the segment index (1-based; segment 0 is the CBOR itself).
+ *
+ * Everything decoded here is hostile until `decodeMessages` has walked it: only null, booleans,
+ * finite-or-not numbers, strings, byte strings, arrays and plain objects survive. cbor-x would
+ * otherwise hand us Dates, Sets, Maps, typed arrays, and (with tags 28/29) cyclic graphs.
+ */
+export const ATTACHMENT_TAG = 40100;
+
+/** Placeholder for a lifted byte string. Only exists between CBOR and the tree walk. */
+export class AttachmentRef {
+  constructor(readonly index: number) {}
+}
+
+addExtension({
+  Class: AttachmentRef,
+  tag: ATTACHMENT_TAG,
+  encode(ref: AttachmentRef, encode: (v: unknown) => Uint8Array) {
+    return encode(ref.index);
+  },
+  decode(data: unknown) {
+    // Returns a placeholder, never the bytes: the tree walk below resolves it against the
+    // segments of the frame being decoded, bounds-checked. Any other decoder that meets this tag
+    // gets an object its own validation refuses.
+    return new AttachmentRef(typeof data === "number" ? data : -1);
+  },
+});
+
+const codec = new Encoder({
+  useRecords: false,
+  mapsAsObjects: true,
+  tagUint8Array: false,
+  // No shared-structure or cyclic-reference support: a message is a plain tree.
+  structuredClone: false,
+  bundleStrings: false,
+  pack: false,
+} as ConstructorParameters<typeof Encoder>[0]);
+
+export interface MessageCodecLimits {
+  readonly attachmentThresholdBytes: number;
+  readonly maxMessageDepth: number;
+  readonly maxMessagesPerFrame: number;
+}
+
+/**
+ * Encodes a batch of messages into frame segments. Mutates the (freshly devaluated) message trees
+ * only by swapping large byte strings for AttachmentRef placeholders.
+ */
+export function encodeMessages(messages: unknown[], limits: MessageCodecLimits): Uint8Array[] {
+  const attachments: Uint8Array[] = [];
+  const lift = (node: unknown, depth: number): unknown => {
+    if (node instanceof Uint8Array) {
+      if (node.byteLength >= limits.attachmentThresholdBytes) {
+        attachments.push(node);
+        return new AttachmentRef(attachments.length);
+      }
+      return node;
+    }
+    if (depth > limits.maxMessageDepth) return node;
+    if (Array.isArray(node)) {
+      for (let i = 0; i < node.length; i++) node[i] = lift(node[i], depth + 1);
+    } else if (node !== null && typeof node === "object") {
+      const obj = node as Record<string, unknown>;
+      for (const k of Object.keys(obj)) obj[k] = lift(obj[k], depth + 1);
+    }
+    return node;
+  };
+  for (let i = 0; i < messages.length; i++) messages[i] = lift(messages[i], 0);
+  return [codec.encode(messages), ...attachments];
+}
+
+/** Decodes and validates the segments of a Messages frame into a list of message trees. */
+export function decodeMessages(segments: readonly Uint8Array[], limits: MessageCodecLimits): unknown[] {
+  const body = segments[0];
+  if (!body) throw new PspError("PSP_ERR_MESSAGE_MALFORMED", "message frame has no CBOR segment");
+  let decoded: unknown;
+  try {
+    decoded = codec.decode(body);
+  } catch (cause) {
+    // Includes RangeError from hostile nesting: cbor-x recurses.
+    throw new PspError("PSP_ERR_MESSAGE_MALFORMED", "message segment is not valid CBOR", {}, { cause });
+  }
+  if (!Array.isArray(decoded)) {
+    throw new PspError("PSP_ERR_MESSAGE_MALFORMED", "message segment must be a CBOR array");
+  }
+  if (decoded.length === 0 || decoded.length > limits.maxMessagesPerFrame) {
+    throw new PspError("PSP_ERR_MESSAGE_MALFORMED", "message count out of bounds", {
+      count: decoded.length,
+      limit: limits.maxMessagesPerFrame,
+    });
+  }
+  const used = new Set<number>();
+  const fail = (why: string): never => {
+    throw new PspError("PSP_ERR_MESSAGE_MALFORMED", why);
+  };
+  const walk = (node: unknown, depth: number): unknown => {
+    if (depth > limits.maxMessageDepth) fail("message nesting too deep");
+    if (node === null || node === undefined) return node;
+    switch (typeof node) {
+      case "boolean":
+      case "number":
+      case "string":
+        return node;
+      case "object":
+        break;
+      default:
+        // bigint (CBOR tags 2/3 or 64-bit ints beyond 2^53) and anything else: capnweb has its
+        // own ["bigint", "digits"] form, so a raw bigint is never legitimate here.
+        return fail("unsupported value type in message");
+    }
+    if (node instanceof AttachmentRef) {
+      const i = node.index;
+      if (!Number.isInteger(i) || i < 1 || i >= segments.length) fail("attachment index out of range");
+      if (used.has(i)) fail("attachment referenced twice");
+      used.add(i);
+      return segments[i];
+    }
+    if (node instanceof Uint8Array) {
+      // cbor-x decodes byte strings as Buffers; tagged typed arrays would be other classes.
+      if (Object.getPrototypeOf(node) !== Buffer.prototype && Object.getPrototypeOf(node) !== Uint8Array.prototype) {
+        fail("typed arrays other than byte strings are not allowed");
+      }
+      return node;
+    }
+    if (Array.isArray(node)) {
+      if (Object.getPrototypeOf(node) !== Array.prototype) fail("unexpected array class");
+      for (let i = 0; i < node.length; i++) node[i] = walk(node[i], depth + 1);
+      return node;
+    }
+    if (Object.getPrototypeOf(node) !== Object.prototype) fail("only plain maps are allowed");
+    const obj = node as Record<string, unknown>;
+    for (const k of Object.keys(obj)) obj[k] = walk(obj[k], depth + 1);
+    return node;
+  };
+  for (let i = 0; i < decoded.length; i++) decoded[i] = walk(decoded[i], 0);
+  if (used.size !== segments.length - 1) fail("unreferenced attachment in frame");
+  return decoded;
+}

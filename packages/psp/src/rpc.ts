@@ -1,0 +1,55 @@
+import { RpcSession, type RpcStub, type RpcTarget } from "capnweb";
+import type { PspLink } from "./link.ts";
+
+/**
+ * capnweb sessions over PSP links.
+ *
+ * capnweb serializes an Error with its own enumerable properties and its `cause`. Across a trust
+ * boundary that would leak internals (SQL text, file paths, stack frames), so every error that
+ * leaves a process is rewritten to carry only a stable `code`, its message and a flat `detail`.
+ */
+const CODE = /^[A-Z]+_ERR_[A-Z0-9_]+$/;
+
+export function sanitizeOutgoingError(error: Error): Error {
+  const code = (error as { code?: unknown }).code;
+  if (typeof code === "string" && CODE.test(code)) {
+    const out = new Error(error.message) as Error & { code: string; detail?: unknown };
+    out.name = "PspRemoteError";
+    out.code = code;
+    const detail = (error as { detail?: unknown }).detail;
+    if (detail && typeof detail === "object") out.detail = flatDetail(detail as Record<string, unknown>);
+    out.stack = "";
+    return out;
+  }
+  const out = new Error("internal error") as Error & { code: string };
+  out.name = "PspRemoteError";
+  out.code = "PSP_ERR_INTERNAL";
+  out.stack = "";
+  return out;
+}
+
+function flatDetail(d: Record<string, unknown>): Record<string, string | number | boolean> {
+  const out: Record<string, string | number | boolean> = {};
+  for (const [k, v] of Object.entries(d)) {
+    if (typeof v === "string" || typeof v === "number" || typeof v === "boolean") out[k] = v;
+  }
+  return out;
+}
+
+const sessionOptions = (link: PspLink) => ({
+  onSendError: sanitizeOutgoingError,
+  limits: { maxDepth: link.limits.maxMessageDepth },
+});
+
+/** The commander's end: returns the stub of the subject's main object. */
+export function openCommander<T extends object>(link: PspLink): RpcStub<T> {
+  // No local main: a commander exports nothing, so the subject has nothing to call.
+  // biome-ignore lint/suspicious/noExplicitAny: capnweb's RpcCompatible<T> cannot be expressed for a generic T.
+  const session = new RpcSession<any>(link, undefined, sessionOptions(link));
+  return session.getRemoteMain() as unknown as RpcStub<T>;
+}
+
+/** The subject's end: serves `main` to the commander on this link. */
+export function serveSubject(link: PspLink, main: RpcTarget): void {
+  new RpcSession(link, main, sessionOptions(link));
+}
