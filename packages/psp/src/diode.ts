@@ -33,7 +33,17 @@ export interface DiodeViolation {
 type Expr = unknown;
 
 /** Special forms a commander may use inside call arguments. */
-const COMMANDER_ARG_FORMS = new Set(["bytes", "date", "bigint", "undefined", "inf", "-inf", "nan", "import", "pipeline"]);
+const COMMANDER_ARG_FORMS = new Set([
+  "bytes",
+  "date",
+  "bigint",
+  "undefined",
+  "inf",
+  "-inf",
+  "nan",
+  "import",
+  "pipeline",
+]);
 /** Special forms a subject may use inside an answer. */
 const SUBJECT_ANSWER_FORMS = new Set([
   "bytes",
@@ -61,7 +71,10 @@ export class DiodeGuard {
   // announced in an earlier answer (capnweb resolves those without a pull).
   readonly #expectedAnswers = new Set<number>();
 
-  constructor(role: PspRole, limits: Pick<PspLimits, "maxCallsInFlight" | "maxPipelineDepth" | "maxMessageDepth">) {
+  constructor(
+    role: PspRole,
+    limits: Pick<PspLimits, "maxCallsInFlight" | "maxPipelineDepth" | "maxMessageDepth">,
+  ) {
     this.role = role;
     this.#limits = limits;
   }
@@ -139,7 +152,8 @@ export class DiodeGuard {
       }
       case "release": {
         const [id, count] = m.body;
-        if (typeof id !== "number" || typeof count !== "number") throw malformed("release needs id and count");
+        if (typeof id !== "number" || typeof count !== "number")
+          throw malformed("release needs id and count");
         this.#livePushes.delete(id);
         return;
       }
@@ -225,7 +239,16 @@ export class DiodeGuard {
             const args = expr[3];
             if (!Array.isArray(args)) throw malformed("call arguments must be a list");
             for (const a of args) {
-              this.#checkExpr(a, allowed, offender, messageType, depth + 1, isCommander, deps, announcedPromises);
+              this.#checkExpr(
+                a,
+                allowed,
+                offender,
+                messageType,
+                depth + 1,
+                isCommander,
+                deps,
+                announcedPromises,
+              );
             }
           }
           return;
@@ -237,7 +260,16 @@ export class DiodeGuard {
         case "error":
           // ["error", type, message, stack?, props?]: props are data.
           if (expr.length >= 5) {
-            this.#checkExpr(expr[4], allowed, offender, messageType, depth + 1, isCommander, deps, announcedPromises);
+            this.#checkExpr(
+              expr[4],
+              allowed,
+              offender,
+              messageType,
+              depth + 1,
+              isCommander,
+              deps,
+              announcedPromises,
+            );
           }
           return;
         default:
@@ -258,7 +290,8 @@ interface Message {
 }
 
 function asMessage(msg: unknown): Message {
-  if (!Array.isArray(msg) || typeof msg[0] !== "string") throw malformed("a message is an array led by its type");
+  if (!Array.isArray(msg) || typeof msg[0] !== "string")
+    throw malformed("a message is an array led by its type");
   return { type: msg[0], body: msg.slice(1) };
 }
 
@@ -267,5 +300,9 @@ function malformed(why: string): PspError {
 }
 
 function violation(offender: "peer" | "self", rule: string, messageType: string): PspError {
-  return new PspError("PSP_ERR_DIODE", `Diode violation by ${offender}: ${rule}`, { offender, rule, messageType });
+  return new PspError("PSP_ERR_DIODE", `Diode violation by ${offender}: ${rule}`, {
+    offender,
+    rule,
+    messageType,
+  });
 }

@@ -146,7 +146,11 @@ export class FrameDecoder {
     return frames;
   }
 
-  #fail(code: "PSP_ERR_FRAME_TOO_LARGE" | "PSP_ERR_FRAME_MALFORMED" | "PSP_ERR_FRAME_KIND", msg: string, detail?: Record<string, number>): never {
+  #fail(
+    code: "PSP_ERR_FRAME_TOO_LARGE" | "PSP_ERR_FRAME_MALFORMED" | "PSP_ERR_FRAME_KIND",
+    msg: string,
+    detail?: Record<string, number>,
+  ): never {
     this.#state = { s: "failed" };
     throw new PspError(code, msg, detail);
   }
@@ -157,7 +161,8 @@ export class FrameDecoder {
     const version = v.getUint8(4);
     const kind = v.getUint8(5);
     const segCount = v.getUint16(6);
-    if (version !== FRAME_VERSION) this.#fail("PSP_ERR_FRAME_MALFORMED", "unsupported frame version", { version });
+    if (version !== FRAME_VERSION)
+      this.#fail("PSP_ERR_FRAME_MALFORMED", "unsupported frame version", { version });
     if (!KNOWN_KINDS.has(kind)) this.#fail("PSP_ERR_FRAME_KIND", "unknown frame kind", { kind });
     if (FRAME_HEADER_BYTES + bodyLength > this.#limits.maxFrameBytes) {
       this.#fail("PSP_ERR_FRAME_TOO_LARGE", "frame exceeds the maximum frame size", {
@@ -165,7 +170,8 @@ export class FrameDecoder {
         limit: this.#limits.maxFrameBytes,
       });
     }
-    if (bodyLength % 8 !== 0) this.#fail("PSP_ERR_FRAME_MALFORMED", "frame body length is not a multiple of 8");
+    if (bodyLength % 8 !== 0)
+      this.#fail("PSP_ERR_FRAME_MALFORMED", "frame body length is not a multiple of 8");
     if (segCount > this.#limits.maxSegments) {
       this.#fail("PSP_ERR_FRAME_MALFORMED", "too many segments in frame", {
         segments: segCount,
@@ -184,7 +190,8 @@ export class FrameDecoder {
 
   #finish(kind: FrameKind, segCount: number, body: Uint8Array): Frame {
     const tableBytes = pad8(segCount * 4);
-    if (tableBytes > body.byteLength) this.#fail("PSP_ERR_FRAME_MALFORMED", "segment table overruns the body");
+    if (tableBytes > body.byteLength)
+      this.#fail("PSP_ERR_FRAME_MALFORMED", "segment table overruns the body");
     const v = new DataView(body.buffer, body.byteOffset, body.byteLength);
     for (let p = segCount * 4; p < tableBytes; p++) {
       if (body[p] !== 0) this.#fail("PSP_ERR_FRAME_MALFORMED", "non-zero padding");
@@ -201,7 +208,8 @@ export class FrameDecoder {
       }
       pos = end;
     }
-    if (pos !== body.byteLength) this.#fail("PSP_ERR_FRAME_MALFORMED", "trailing bytes after the last segment");
+    if (pos !== body.byteLength)
+      this.#fail("PSP_ERR_FRAME_MALFORMED", "trailing bytes after the last segment");
     return { kind, segments, byteLength: FRAME_HEADER_BYTES + body.byteLength };
   }
 }

@@ -113,7 +113,12 @@ export async function loadIdentity(dir: string, name = "psp"): Promise<Identity>
   try {
     mode = (await stat(keyPath)).mode;
   } catch (cause) {
-    throw new PspError("PSP_ERR_IDENTITY", "no identity key in folder", { file: IDENTITY_KEY_FILE }, { cause });
+    throw new PspError(
+      "PSP_ERR_IDENTITY",
+      "no identity key in folder",
+      { file: IDENTITY_KEY_FILE },
+      { cause },
+    );
   }
   if ((mode & 0o077) !== 0) {
     throw new PspError("PSP_ERR_IDENTITY", "identity key is readable by others; expected mode 0600", {
@@ -186,7 +191,10 @@ export function formatDeviceId(fingerprint: string): string {
 }
 
 function toPem(der: Buffer, label: string): string {
-  const b64 = der.toString("base64").match(/.{1,64}/g)!.join("\n");
+  const b64 = der
+    .toString("base64")
+    .match(/.{1,64}/g)!
+    .join("\n");
   return `-----BEGIN ${label}-----\n${b64}\n-----END ${label}-----\n`;
 }
 

@@ -59,7 +59,14 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
   readonly role: PspRole;
   readonly peer: PeerInfo;
   readonly limits: Readonly<PspLimits>;
-  readonly stats: LinkStats = { framesIn: 0, framesOut: 0, bytesIn: 0, bytesOut: 0, messagesIn: 0, messagesOut: 0 };
+  readonly stats: LinkStats = {
+    framesIn: 0,
+    framesOut: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+    messagesIn: 0,
+    messagesOut: 0,
+  };
 
   readonly #socket: Duplex;
   readonly #guard: DiodeGuard;
@@ -98,6 +105,11 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
 
   get closed(): boolean {
     return this.#closed !== undefined;
+  }
+
+  /** The error the link closed with, once closed (undefined for a clean close or while open). */
+  get closeError(): PspError | undefined {
+    return this.#closed?.error;
   }
 
   /** Calls the commander currently has open on this link (meaningful on the subject side). */

@@ -124,7 +124,10 @@ export function decodeMessages(segments: readonly Uint8Array[], limits: MessageC
     }
     if (node instanceof Uint8Array) {
       // cbor-x decodes byte strings as Buffers; tagged typed arrays would be other classes.
-      if (Object.getPrototypeOf(node) !== Buffer.prototype && Object.getPrototypeOf(node) !== Uint8Array.prototype) {
+      if (
+        Object.getPrototypeOf(node) !== Buffer.prototype &&
+        Object.getPrototypeOf(node) !== Uint8Array.prototype
+      ) {
         fail("typed arrays other than byte strings are not allowed");
       }
       return node;

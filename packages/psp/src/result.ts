@@ -3,10 +3,10 @@ import {
   DataType,
   DateDay,
   DateUnit,
-  Precision,
   Float64,
   Int64,
   makeTable,
+  Precision,
   type Table,
   tableFromIPC,
   tableToIPC,
@@ -61,7 +61,9 @@ function toArrowValue(t: ColumnType, v: unknown): unknown {
       if (typeof v === "bigint") return v;
       if (typeof v === "number" && Number.isInteger(v)) return BigInt(v);
       if (typeof v === "boolean") return v ? 1n : 0n;
-      throw new PspError("PSP_ERR_RESULT_MALFORMED", "integer column holds a non-integer", { type: typeof v });
+      throw new PspError("PSP_ERR_RESULT_MALFORMED", "integer column holds a non-integer", {
+        type: typeof v,
+      });
     case "number":
       return typeof v === "bigint" ? Number(v) : Number(v);
     case "string":
@@ -71,14 +73,18 @@ function toArrowValue(t: ColumnType, v: unknown): unknown {
     case "date": {
       const s = String(v);
       const ms = Date.parse(`${s.slice(0, 10)}T00:00:00Z`);
-      if (!Number.isFinite(ms)) throw new PspError("PSP_ERR_RESULT_MALFORMED", "date column holds a non-date");
+      if (!Number.isFinite(ms))
+        throw new PspError("PSP_ERR_RESULT_MALFORMED", "date column holds a non-date");
       return new Date(ms);
     }
   }
 }
 
 /** Encodes rows (arrays in column order) as an Arrow IPC stream. */
-export function encodeResult(columns: readonly ColumnSpec[], rows: readonly (readonly unknown[])[]): Uint8Array {
+export function encodeResult(
+  columns: readonly ColumnSpec[],
+  rows: readonly (readonly unknown[])[],
+): Uint8Array {
   const vectors: Record<string, Vector> = {};
   columns.forEach((c, i) => {
     const values = rows.map((r) => toArrowValue(c.type, r[i]));
@@ -116,18 +122,31 @@ export function decodeResult(bytes: Uint8Array, expect?: readonly ColumnSpec[]):
   try {
     table = tableFromIPC(bytes);
   } catch (cause) {
-    throw new PspError("PSP_ERR_RESULT_MALFORMED", "result is not a readable Arrow IPC stream", {}, { cause });
+    throw new PspError(
+      "PSP_ERR_RESULT_MALFORMED",
+      "result is not a readable Arrow IPC stream",
+      {},
+      { cause },
+    );
   }
   const columns: ColumnSpec[] = [];
   for (const f of table.schema.fields) {
     const type = columnTypeOf(f.type);
-    if (!type) throw new PspError("PSP_ERR_RESULT_MALFORMED", "result column has an unsupported type", { column: f.name });
+    if (!type)
+      throw new PspError("PSP_ERR_RESULT_MALFORMED", "result column has an unsupported type", {
+        column: f.name,
+      });
     columns.push({ name: f.name, type });
   }
   if (expect) {
     const same =
-      expect.length === columns.length && expect.every((c, i) => c.name === columns[i]!.name && c.type === columns[i]!.type);
-    if (!same) throw new PspError("PSP_ERR_RESULT_MALFORMED", "result columns differ from the view's declared columns");
+      expect.length === columns.length &&
+      expect.every((c, i) => c.name === columns[i]!.name && c.type === columns[i]!.type);
+    if (!same)
+      throw new PspError(
+        "PSP_ERR_RESULT_MALFORMED",
+        "result columns differ from the view's declared columns",
+      );
   }
   return {
     table,

@@ -39,11 +39,14 @@ class Session extends RpcTarget {
 }
 class Main extends RpcTarget {
   authorize(grant: Uint8Array) {
-    if (grant.byteLength === 0) throw Object.assign(new Error("empty grant"), { code: "PSP_ERR_CAP_MALFORMED" });
+    if (grant.byteLength === 0)
+      throw Object.assign(new Error("empty grant"), { code: "PSP_ERR_CAP_MALFORMED" });
     return new Session();
   }
   fail() {
-    throw Object.assign(new Error("boom with secret path /etc/x"), { cause: new Error("sql: SELECT secret") });
+    throw Object.assign(new Error("boom with secret path /etc/x"), {
+      cause: new Error("sql: SELECT secret"),
+    });
   }
 }
 
@@ -62,7 +65,7 @@ describe("capnweb over PSP links", () => {
   let subjectId: Identity;
   let commanderId: Identity;
   let server: PspServer;
-  let serverLinks: PspLink[] = [];
+  const serverLinks: PspLink[] = [];
 
   beforeAll(async () => {
     [subjectId, commanderId] = await Promise.all([
@@ -104,7 +107,10 @@ describe("capnweb over PSP links", () => {
     link.on("frame-in", (f) => trace.push(`in:${f.kind}`));
 
     const before = executed;
-    const result = await api.authorize(new Uint8Array([1, 2, 3])).view("position").read(new Uint8Array(64));
+    const result = await api
+      .authorize(new Uint8Array([1, 2, 3]))
+      .view("position")
+      .read(new Uint8Array(64));
     expect(result.view).toBe("position");
     expect(executed).toBe(before + 1);
 

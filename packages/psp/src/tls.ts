@@ -19,14 +19,20 @@ import { type Scheduler, systemScheduler } from "./scheduler.ts";
  */
 
 /** Decides whether an authenticated TLS peer may have a link, and what to call it. */
-export type PeerAuthorizer = (
-  peer: { fingerprint: string; keyId: string },
-) => { ok: true; label: string } | { ok: false; code: "PSP_ERR_PEER_PIN" | "PSP_ERR_PEER_UNKNOWN"; reason: string };
+export type PeerAuthorizer = (peer: {
+  fingerprint: string;
+  keyId: string;
+}) =>
+  | { ok: true; label: string }
+  | { ok: false; code: "PSP_ERR_PEER_PIN" | "PSP_ERR_PEER_UNKNOWN"; reason: string };
 
 /** Where refusals are reported. Never receives key or token material. */
-export interface RefusalLog {
-  (event: { code: string; reason: string; remote: string; fingerprint?: string }): void;
-}
+export type RefusalLog = (event: {
+  code: string;
+  reason: string;
+  remote: string;
+  fingerprint?: string;
+}) => void;
 
 // One client TLS context per identity: building one costs ~1 ms, so never per connection.
 const contexts = new WeakMap<Identity, tls.SecureContext>();
@@ -87,7 +93,12 @@ export function listenPsp(options: PspServerOptions): Promise<PspServer> {
   const scheduler = options.scheduler ?? systemScheduler;
   const links = new Set<PspLink>();
   const refuse = (socket: tls.TLSSocket, code: string, reason: string, fingerprint?: string) => {
-    options.onRefused?.({ code, reason, remote: `${socket.remoteAddress}:${socket.remotePort}`, fingerprint });
+    options.onRefused?.({
+      code,
+      reason,
+      remote: `${socket.remoteAddress}:${socket.remotePort}`,
+      fingerprint,
+    });
     socket.destroy();
   };
   // The server builds its one context from key and cert itself: handing it a prebuilt
@@ -120,6 +131,8 @@ export function listenPsp(options: PspServerOptions): Promise<PspServer> {
       reason: timeout ? "handshake did not finish in time" : `handshake failed: ${err.code ?? err.message}`,
       remote: `${socket?.remoteAddress}:${socket?.remotePort}`,
     });
+    // Node reports a handshake timeout but leaves the socket open: close it ourselves.
+    socket?.destroy();
   });
   return new Promise((resolve, reject) => {
     server.once("error", reject);
@@ -164,9 +177,7 @@ export function connectPsp(options: PspConnectOptions): Promise<PspLink> {
   const limits = resolveLimits(options.limits);
   const scheduler = options.scheduler ?? systemScheduler;
   const authorize: PeerAuthorizer =
-    typeof options.expect === "string"
-      ? pinOnly(options.expect)
-      : options.expect;
+    typeof options.expect === "string" ? pinOnly(options.expect) : options.expect;
   return new Promise<PspLink>((resolve, reject) => {
     let settled = false;
     const fail = (err: PspError) => {
@@ -187,7 +198,11 @@ export function connectPsp(options: PspConnectOptions): Promise<PspLink> {
     });
     socket.setNoDelay(true);
     const timer = scheduler.after(limits.handshakeTimeoutMs, () =>
-      fail(new PspError("PSP_ERR_TLS_TIMEOUT", "handshake did not finish in time", { ms: limits.handshakeTimeoutMs })),
+      fail(
+        new PspError("PSP_ERR_TLS_TIMEOUT", "handshake did not finish in time", {
+          ms: limits.handshakeTimeoutMs,
+        }),
+      ),
     );
     socket.once("secureConnect", () => {
       const peer = peerOf(socket);
@@ -197,12 +212,24 @@ export function connectPsp(options: PspConnectOptions): Promise<PspLink> {
       settled = true;
       timer.cancel();
       socket.removeAllListeners("error");
-      resolve(new PspLink({ role: options.role, socket, peer: { ...peer, label: verdict.label }, limits, scheduler }));
+      resolve(
+        new PspLink({
+          role: options.role,
+          socket,
+          peer: { ...peer, label: verdict.label },
+          limits,
+          scheduler,
+        }),
+      );
     });
     socket.once("error", (cause) =>
-      fail(new PspError("PSP_ERR_TLS_HANDSHAKE", "TLS connection failed", { reason: errCode(cause) }, { cause })),
+      fail(
+        new PspError("PSP_ERR_TLS_HANDSHAKE", "TLS connection failed", { reason: errCode(cause) }, { cause }),
+      ),
     );
-    socket.once("close", () => fail(new PspError("PSP_ERR_TLS_HANDSHAKE", "connection closed during handshake")));
+    socket.once("close", () =>
+      fail(new PspError("PSP_ERR_TLS_HANDSHAKE", "connection closed during handshake")),
+    );
   });
 }
 

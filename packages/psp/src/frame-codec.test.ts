@@ -1,0 +1,135 @@
+import fc from "fast-check";
+import { describe, expect, it } from "vitest";
+import { PspError } from "./errors.ts";
+import { encodeFrame, FRAME_HEADER_BYTES, FrameDecoder, FrameKind } from "./frame-codec.ts";
+import { DEFAULT_PSP_LIMITS } from "./limits.ts";
+
+const seed = Number(process.env.FC_SEED ?? Date.now() % 2 ** 31);
+console.log(`fast-check seed ${seed} (set FC_SEED to replay)`);
+
+const concat = (parts: Uint8Array[]) => new Uint8Array(Buffer.concat(parts));
+
+describe("frame codec", () => {
+  it("round-trips segments and places each at an 8-aligned address", () => {
+    const segs = [new Uint8Array([1, 2, 3]), new Uint8Array(0), new Uint8Array(17).fill(9)];
+    const bytes = concat(encodeFrame(FrameKind.Messages, segs));
+    expect(bytes.byteLength % 8).toBe(0);
+    const frames = new FrameDecoder(DEFAULT_PSP_LIMITS).push(bytes);
+    expect(frames).toHaveLength(1);
+    const f = frames[0]!;
+    expect(f.kind).toBe(FrameKind.Messages);
+    expect(f.byteLength).toBe(bytes.byteLength);
+    expect(f.segments.map((s) => [...s])).toEqual(segs.map((s) => [...s]));
+    for (const s of f.segments) expect(s.byteOffset % 8).toBe(0);
+  });
+
+  it("decodes the same frames whatever the chunking (property)", () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.array(fc.uint8Array({ maxLength: 40 }), { minLength: 1, maxLength: 4 }), {
+          minLength: 1,
+          maxLength: 5,
+        }),
+        fc.array(fc.integer({ min: 1, max: 50 }), { minLength: 1, maxLength: 20 }),
+        (frames, cuts) => {
+          const stream = concat(frames.flatMap((segs) => encodeFrame(FrameKind.Messages, segs)));
+          const dec = new FrameDecoder(DEFAULT_PSP_LIMITS);
+          const got: Uint8Array[][] = [];
+          let off = 0;
+          let i = 0;
+          while (off < stream.byteLength) {
+            const n = cuts[i++ % cuts.length]!;
+            for (const f of dec.push(stream.subarray(off, off + n))) got.push([...f.segments]);
+            off += n;
+          }
+          expect(got.map((fr) => fr.map((s) => [...s]))).toEqual(frames.map((fr) => fr.map((s) => [...s])));
+          expect(dec.midFrame).toBe(false);
+        },
+      ),
+      { seed, numRuns: 500 },
+    );
+  });
+
+  it("refuses an oversized frame from its header alone, before buffering the body", () => {
+    const dec = new FrameDecoder({ maxFrameBytes: 1024, maxSegments: 4 });
+    const header = new Uint8Array(FRAME_HEADER_BYTES);
+    const v = new DataView(header.buffer);
+    v.setUint32(0, 0xffff_fff8);
+    v.setUint8(4, 1);
+    v.setUint8(5, FrameKind.Messages);
+    v.setUint16(6, 1);
+    expect(() => dec.push(header)).toThrow(expect.objectContaining({ code: "PSP_ERR_FRAME_TOO_LARGE" }));
+    // Once failed, stays failed.
+    expect(() => dec.push(new Uint8Array(8))).toThrow(PspError);
+  });
+
+  it.each([
+    ["bad version", (v: DataView) => v.setUint8(4, 9), "PSP_ERR_FRAME_MALFORMED"],
+    ["unknown kind", (v: DataView) => v.setUint8(5, 77), "PSP_ERR_FRAME_KIND"],
+    ["too many segments", (v: DataView) => v.setUint16(6, 65), "PSP_ERR_FRAME_MALFORMED"],
+    ["unaligned body", (v: DataView) => v.setUint32(0, 12), "PSP_ERR_FRAME_MALFORMED"],
+    ["message frame without segments", (v: DataView) => v.setUint16(6, 0), "PSP_ERR_FRAME_MALFORMED"],
+  ])("refuses %s", (_name, mutate, code) => {
+    const bytes = concat(encodeFrame(FrameKind.Messages, [new Uint8Array([1, 2, 3, 4])]));
+    mutate(new DataView(bytes.buffer));
+    expect(() => new FrameDecoder(DEFAULT_PSP_LIMITS).push(bytes)).toThrow(expect.objectContaining({ code }));
+  });
+
+  it("refuses non-zero padding and segment tables that do not add up", () => {
+    const good = concat(encodeFrame(FrameKind.Messages, [new Uint8Array([1, 2, 3])]));
+    const badPad = good.slice();
+    badPad[badPad.byteLength - 1] = 1;
+    expect(() => new FrameDecoder(DEFAULT_PSP_LIMITS).push(badPad)).toThrow(
+      expect.objectContaining({ code: "PSP_ERR_FRAME_MALFORMED" }),
+    );
+    const badLen = good.slice();
+    new DataView(badLen.buffer).setUint32(8, 200);
+    expect(() => new FrameDecoder(DEFAULT_PSP_LIMITS).push(badLen)).toThrow(
+      expect.objectContaining({ code: "PSP_ERR_FRAME_MALFORMED" }),
+    );
+  });
+
+  it("control frames carry no body", () => {
+    const dec = new FrameDecoder(DEFAULT_PSP_LIMITS);
+    const [f] = dec.push(concat(encodeFrame(FrameKind.Ping)));
+    expect(f?.kind).toBe(FrameKind.Ping);
+    const bad = concat(encodeFrame(FrameKind.Ping, [new Uint8Array(1)]));
+    expect(() => new FrameDecoder(DEFAULT_PSP_LIMITS).push(bad)).toThrow(
+      expect.objectContaining({ code: "PSP_ERR_FRAME_MALFORMED" }),
+    );
+  });
+
+  it("single- and double-bit flips of a golden frame never crash and never throw untyped (10,000 runs each)", () => {
+    const golden = concat(
+      encodeFrame(FrameKind.Messages, [
+        new Uint8Array([0x82, 0x64, 0x70, 0x75, 0x73, 0x68]),
+        new Uint8Array(300).fill(7),
+      ]),
+    );
+    const check = (bytes: Uint8Array) => {
+      try {
+        new FrameDecoder(DEFAULT_PSP_LIMITS).push(bytes);
+      } catch (e) {
+        expect(e).toBeInstanceOf(PspError);
+      }
+    };
+    const bit = fc.integer({ min: 0, max: golden.byteLength * 8 - 1 });
+    fc.assert(
+      fc.property(bit, (b) => {
+        const m = golden.slice();
+        m[b >> 3]! ^= 1 << (b & 7);
+        check(m);
+      }),
+      { seed, numRuns: 10_000 },
+    );
+    fc.assert(
+      fc.property(bit, bit, (b1, b2) => {
+        const m = golden.slice();
+        m[b1 >> 3]! ^= 1 << (b1 & 7);
+        m[b2 >> 3]! ^= 1 << (b2 & 7);
+        check(m);
+      }),
+      { seed, numRuns: 10_000 },
+    );
+  });
+});
