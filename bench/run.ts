@@ -1,0 +1,24 @@
+/**
+ * `npm run bench`: every comparison is measured in this same run, on this machine, and reported as
+ * a ratio. Prints a table and writes the same rows as JSON under bench/results/. Never fails the
+ * test suite: goals are reported, not asserted.
+ *
+ *   npm run bench                 all sections
+ *   npm run bench -- psp          one section
+ */
+import { benchRoundTrips } from "./psp.ts";
+import { type BenchRow, printTable, writeResults } from "./report.ts";
+
+const sections: Record<string, () => Promise<BenchRow[]>> = {
+  psp: async () => [...(await benchRoundTrips())],
+};
+
+const wanted = process.argv.slice(2).filter((a) => !a.startsWith("-"));
+const rows: BenchRow[] = [];
+for (const [name, run] of Object.entries(sections)) {
+  if (wanted.length > 0 && !wanted.includes(name)) continue;
+  console.error(`bench: ${name} …`);
+  rows.push(...(await run()));
+}
+printTable(rows);
+console.log(`\nresults: ${writeResults(rows, "bench")}`);

@@ -1,0 +1,47 @@
+/**
+ * @os-orchestration/psp — the PointSav Protocol.
+ *
+ * The public surface: identities and pinned mutual-TLS links, the Diode-fenced capnweb sessions
+ * over them, capabilities (grants and call capabilities), receipts, Arrow results, the RFC 6962
+ * Merkle tree, pairing, limits and the one error class. Everything else is internal.
+ */
+export type { PspRole } from "./diode.ts";
+export { isPspError, PspError, type PspErrorCode } from "./errors.ts";
+export {
+  certFingerprint,
+  createIdentity,
+  formatDeviceId,
+  type Identity,
+  identityFromPem,
+  keyIdOfPublicKey,
+  loadIdentity,
+  loadOrCreateIdentity,
+  normalizeFingerprint,
+  publicKeyFromRaw,
+  rawEd25519PublicKey,
+  saveIdentity,
+} from "./identity.ts";
+export { DEFAULT_PSP_LIMITS, type PspLimits, resolveLimits } from "./limits.ts";
+export { type LinkStats, type PeerInfo, PspLink, toPspError } from "./link.ts";
+export { newPairingCode, normalizePairingCode, pairingProof, verifyPairingProof } from "./pairing.ts";
+export {
+  type Cell,
+  COLUMN_TYPES,
+  type ColumnSpec,
+  type ColumnType,
+  type DecodedResult,
+  decodeResult,
+  encodeResult,
+} from "./result.ts";
+export { openCommander, sanitizeOutgoingError, serveSubject } from "./rpc.ts";
+export { ManualScheduler, type Scheduler, systemScheduler, type TimerHandle } from "./scheduler.ts";
+export {
+  connectPsp,
+  listenPsp,
+  type PeerAuthorizer,
+  type PspConnectOptions,
+  type PspServer,
+  type PspServerOptions,
+  pinOnly,
+  type RefusalLog,
+} from "./tls.ts";
