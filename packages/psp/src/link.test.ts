@@ -25,7 +25,7 @@ class Api extends RpcTarget {
 interface ApiT {
   echo(x: unknown): unknown;
   self(): ApiT;
-  hang(): Promise<never>;
+  hang(): Promise<void>;
 }
 
 const closedWith = (link: PspLink) =>
