@@ -15,6 +15,7 @@ export type PspErrorCode =
   | "PSP_ERR_PEER_UNKNOWN"
   | "PSP_ERR_IDENTITY"
   | "PSP_ERR_LINK_CLOSED"
+  | "PSP_ERR_PAIRING"
   | "PSP_ERR_SEND_BUFFER"
   | "PSP_ERR_INTERNAL"
   // framing and limits
@@ -34,6 +35,7 @@ export type PspErrorCode =
   | "PSP_ERR_CAP_EXPIRED"
   | "PSP_ERR_CAP_NOT_YET_VALID"
   | "PSP_ERR_CAP_REPLAYED"
+  | "PSP_ERR_CAP_REPLAY_STORE_FULL"
   | "PSP_ERR_CAP_AUDIENCE"
   | "PSP_ERR_CAP_SCOPE"
   | "PSP_ERR_CAP_ISSUER"

@@ -5,6 +5,29 @@
  * over them, capabilities (grants and call capabilities), receipts, Arrow results, the RFC 6962
  * Merkle tree, pairing, limits and the one error class. Everything else is internal.
  */
+
+export {
+  CAPABILITY_LIMITS,
+  type CallClaims,
+  type CallInput,
+  type CallRequest,
+  decodeUnverified,
+  type GrantClaims,
+  type GrantInput,
+  issueCallCapability,
+  issueCallCapabilityBatch,
+  issueGrant,
+  keyIdOf,
+  keyIdOfRaw,
+  selectorMatches,
+  type TrustedOperator,
+  type TrustedOperators,
+  type VerifiedCall,
+  type VerifiedGrant,
+  verifyCallChain,
+  verifyGrant,
+} from "./capability.ts";
+export { type Clock, ManualClock, systemClock } from "./clock.ts";
 export type { PspRole } from "./diode.ts";
 export { isPspError, PspError, type PspErrorCode } from "./errors.ts";
 export {
@@ -23,7 +46,27 @@ export {
 } from "./identity.ts";
 export { DEFAULT_PSP_LIMITS, type PspLimits, resolveLimits } from "./limits.ts";
 export { type LinkStats, type PeerInfo, PspLink, toPspError } from "./link.ts";
+export {
+  consistencyProof,
+  inclusionProof,
+  MerkleTree,
+  rootFromInclusionProof,
+  treeRoot,
+  verifyConsistency,
+  verifyInclusion,
+} from "./merkle.ts";
 export { newPairingCode, normalizePairingCode, pairingProof, verifyPairingProof } from "./pairing.ts";
+export {
+  arrowDigest,
+  type CanonicalValue,
+  canonicalCbor,
+  type ReceiptClaims,
+  type ReceiptRequest,
+  requestHash,
+  signReceipt,
+  verifyReceipt,
+} from "./receipt.ts";
+export { MemoryReplayStore, type ReplayStore } from "./replay-store.ts";
 export {
   type Cell,
   COLUMN_TYPES,

@@ -1,0 +1,94 @@
+import { createHash } from "node:crypto";
+
+/**
+ * The small slice of RFC 6962 (Certificate Transparency) Merkle trees that batch-signed call
+ * capabilities need: leaf and node hashes, every inclusion path of one tree at once (issuer side),
+ * and the root recomputed from one inclusion path (verifier side).
+ *
+ *   leaf hash  = SHA-256(0x00 ‖ leaf bytes)
+ *   node hash  = SHA-256(0x01 ‖ left ‖ right)
+ *   MTH(D[n])  = split at k, the largest power of two < n: node(MTH(D[0:k]), MTH(D[k:n]))
+ *
+ * The 0x00/0x01 prefixes keep a leaf from ever being read as an inner node (second-preimage
+ * defence). The full Merkle log with consistency proofs lives in merkle.ts; this file is private
+ * to capability.ts so that the capability verifier depends on nothing larger than it needs.
+ */
+
+export const HASH_BYTES = 32;
+/** Trees here stay below 2^31 leaves, so index arithmetic is exact in 32-bit bitwise operators. */
+export const MAX_TREE_SIZE = 2 ** 31 - 1;
+
+export function leafHash(leaf: Uint8Array): Uint8Array {
+  return new Uint8Array(createHash("sha256").update(Uint8Array.of(0)).update(leaf).digest());
+}
+
+export function nodeHash(left: Uint8Array, right: Uint8Array): Uint8Array {
+  return new Uint8Array(createHash("sha256").update(Uint8Array.of(1)).update(left).update(right).digest());
+}
+
+/**
+ * The root of the tree over `leafHashes` and the inclusion path of every leaf, in RFC 6962 order
+ * (sibling nearest the leaf first). O(n log n) hashes and path entries in total.
+ */
+export function merkleRootAndPaths(leafHashes: readonly Uint8Array[]): {
+  root: Uint8Array;
+  paths: Uint8Array[][];
+} {
+  const n = leafHashes.length;
+  if (n === 0) throw new RangeError("a batch needs at least one leaf");
+  const paths: Uint8Array[][] = Array.from({ length: n }, () => []);
+  // Recursion depth is log2(n): the split always halves (or better) the range.
+  const build = (lo: number, hi: number): Uint8Array => {
+    if (hi - lo === 1) return leafHashes[lo]!;
+    let k = 1;
+    while (k * 2 < hi - lo) k *= 2;
+    const left = build(lo, lo + k);
+    const right = build(lo + k, hi);
+    for (let i = lo; i < lo + k; i++) paths[i]!.push(right);
+    for (let i = lo + k; i < hi; i++) paths[i]!.push(left);
+    return nodeHash(left, right);
+  };
+  return { root: build(0, n), paths };
+}
+
+/**
+ * Recomputes the root from a leaf hash and its inclusion path (RFC 9162 §2.1.3.2, in the
+ * formulation of transparency-dev/merkle `RootFromInclusionProof`). Returns `undefined` when the
+ * index/size/path-length combination is impossible; the caller decides what that means.
+ */
+export function rootFromInclusionProof(
+  index: number,
+  size: number,
+  leaf: Uint8Array,
+  proof: readonly Uint8Array[],
+): Uint8Array | undefined {
+  if (!Number.isSafeInteger(index) || !Number.isSafeInteger(size) || size > MAX_TREE_SIZE) return undefined;
+  if (index < 0 || index >= size || leaf.byteLength !== HASH_BYTES) return undefined;
+  // inner = number of levels where the path to `index` and the path to the last leaf differ;
+  // above them, the remaining siblings are all left-hand "border" subtrees.
+  const inner = bitLength(index ^ (size - 1));
+  const border = popCount(index >>> inner);
+  if (proof.length !== inner + border) return undefined;
+  let h = leaf;
+  for (let i = 0; i < inner; i++) {
+    const sibling = proof[i]!;
+    if (sibling.byteLength !== HASH_BYTES) return undefined;
+    h = ((index >>> i) & 1) === 0 ? nodeHash(h, sibling) : nodeHash(sibling, h);
+  }
+  for (let i = inner; i < proof.length; i++) {
+    const sibling = proof[i]!;
+    if (sibling.byteLength !== HASH_BYTES) return undefined;
+    h = nodeHash(sibling, h);
+  }
+  return h;
+}
+
+function bitLength(x: number): number {
+  return x === 0 ? 0 : 32 - Math.clz32(x);
+}
+
+function popCount(x: number): number {
+  let n = 0;
+  for (let v = x; v !== 0; v >>>= 1) n += v & 1;
+  return n;
+}
