@@ -1,3 +1,4 @@
+import type { KeyObject } from "node:crypto";
 import { EventEmitter } from "node:events";
 import type { Duplex } from "node:stream";
 import type { RpcTransportWithCustomEncoding } from "capnweb";
@@ -16,6 +17,8 @@ export interface PeerInfo {
   readonly keyId: string;
   /** What the authorizer called this peer (a Totebox id, an operator id...). */
   readonly label: string;
+  /** The peer certificate's Ed25519 public key, when it has one. */
+  readonly publicKey?: KeyObject | undefined;
 }
 
 export interface LinkStats {

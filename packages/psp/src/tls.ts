@@ -1,4 +1,4 @@
-import { createHash, type X509Certificate } from "node:crypto";
+import { createHash, type KeyObject, type X509Certificate } from "node:crypto";
 import type { AddressInfo } from "node:net";
 import tls from "node:tls";
 import type { PspRole } from "./diode.ts";
@@ -50,7 +50,9 @@ function secureContextFor(identity: Identity): tls.SecureContext {
   return ctx;
 }
 
-function peerOf(socket: tls.TLSSocket): { fingerprint: string; keyId: string } | undefined {
+function peerOf(
+  socket: tls.TLSSocket,
+): { fingerprint: string; keyId: string; publicKey: KeyObject | undefined } | undefined {
   let cert: X509Certificate | undefined;
   try {
     cert = socket.getPeerX509Certificate();
@@ -59,13 +61,15 @@ function peerOf(socket: tls.TLSSocket): { fingerprint: string; keyId: string } |
   }
   if (!cert) return undefined;
   let keyId: string;
+  let publicKey: KeyObject | undefined;
   try {
     keyId = keyIdOfPublicKey(cert.publicKey);
+    publicKey = cert.publicKey;
   } catch {
     // Not an Ed25519 certificate: give it an id no authorizer will know.
     keyId = "";
   }
-  return { fingerprint: createHash("sha256").update(cert.raw).digest("hex"), keyId };
+  return { fingerprint: createHash("sha256").update(cert.raw).digest("hex"), keyId, publicKey };
 }
 
 export interface PspServerOptions {
@@ -116,7 +120,7 @@ export function listenPsp(options: PspServerOptions): Promise<PspServer> {
     socket.setNoDelay(true);
     const peer = peerOf(socket);
     if (!peer) return refuse(socket, "PSP_ERR_PEER_NO_CERT", "peer presented no certificate");
-    const verdict = options.authorize(peer);
+    const verdict = options.authorize({ fingerprint: peer.fingerprint, keyId: peer.keyId });
     if (!verdict.ok) return refuse(socket, verdict.code, verdict.reason, peer.fingerprint);
     const info: PeerInfo = { ...peer, label: verdict.label };
     const link = new PspLink({ role: options.role, socket, peer: info, limits, scheduler });
@@ -207,7 +211,7 @@ export function connectPsp(options: PspConnectOptions): Promise<PspLink> {
     socket.once("secureConnect", () => {
       const peer = peerOf(socket);
       if (!peer) return fail(new PspError("PSP_ERR_PEER_NO_CERT", "server presented no certificate"));
-      const verdict = authorize(peer);
+      const verdict = authorize({ fingerprint: peer.fingerprint, keyId: peer.keyId });
       if (!verdict.ok) return fail(new PspError(verdict.code, verdict.reason));
       settled = true;
       timer.cancel();

@@ -1,0 +1,431 @@
+import {
+  type CanonicalValue,
+  decodeUnverified,
+  encodeResult,
+  isPspError,
+  PspError,
+  type PspLink,
+  requestHash,
+  signReceipt,
+  type VerifiedCall,
+  type VerifiedGrant,
+  verifyCallChain,
+  verifyGrant,
+} from "@os-orchestration/psp";
+import { RpcTarget } from "capnweb";
+import { COMMAND_DESCRIPTIONS, COMMAND_NAMES, runCommand, watermark } from "./commands.ts";
+import { ToteboxError } from "./errors.ts";
+import { canRead, canRun, validateParams, viewCatalogue } from "./policy.ts";
+import type { ToteboxRuntime } from "./server.ts";
+
+/**
+ * What a Totebox serves over PSP, as a subject. Every public method here is remotely callable
+ * (capnweb exposes an RpcTarget's public methods), so state and helpers live in #private fields.
+ *
+ * Order of checks for every read and command, enforced here and counted by the runtime's stats:
+ *   lifecycle state → the capability chain (operator → grant → aggregator → capability → request)
+ *   → the owner's policy → parameter validation → only then SQL or the command.
+ * Every outcome, refusals included, is appended to the audit log.
+ */
+
+export interface ReadAnswer {
+  readonly totebox: string;
+  readonly view: string;
+  /** Arrow IPC stream; arrives 8-aligned at the commander (zero-copy decode). */
+  readonly arrow: Uint8Array;
+  /** COSE_Sign1 receipt over the answer, signed by this Totebox. */
+  readonly receipt: Uint8Array;
+  readonly rowCount: number;
+  readonly suppressedGroups: number;
+  readonly watermark: string;
+}
+
+export interface CommandReply {
+  readonly totebox: string;
+  readonly command: string;
+  readonly result: CanonicalValue;
+  readonly resultBytes: Uint8Array;
+  readonly receipt: Uint8Array;
+  readonly replayed: boolean;
+}
+
+function ctiHex(capability: unknown): string | null {
+  if (!(capability instanceof Uint8Array)) return null;
+  try {
+    return Buffer.from(decodeUnverified(capability).claims.cti).toString("hex").slice(0, 128);
+  } catch {
+    return null;
+  }
+}
+
+function codeOf(e: unknown): string {
+  const c = (e as { code?: unknown })?.code;
+  return typeof c === "string" && /^[A-Z][A-Z0-9_]{2,63}$/.test(c) ? c : "TOTEBOX_ERR_INTERNAL";
+}
+
+function asBytes(v: unknown, what: string): Uint8Array {
+  if (!(v instanceof Uint8Array)) throw new PspError("PSP_ERR_CAP_MALFORMED", `${what} must be bytes`);
+  return v;
+}
+
+export class ToteboxMain extends RpcTarget {
+  readonly #rt: ToteboxRuntime;
+  readonly #link: PspLink;
+  readonly #pairingOnly: boolean;
+
+  constructor(rt: ToteboxRuntime, link: PspLink, pairingOnly: boolean) {
+    super();
+    this.#rt = rt;
+    this.#link = link;
+    this.#pairingOnly = pairingOnly;
+  }
+
+  /** Identity and the view catalogue: metadata only, never SQL or records. */
+  hello() {
+    const rt = this.#rt;
+    const policy = rt.policy();
+    return {
+      protocol: "psp/1",
+      id: rt.entity.id,
+      name: rt.entity.name,
+      kind: rt.entity.kind,
+      currency: rt.entity.currency,
+      tags: rt.entity.tags,
+      deviceId: rt.identity.fingerprint,
+      keyId: rt.identity.keyId,
+      state: rt.state(),
+      policyDigest: policy.digest,
+      views: viewCatalogue(policy),
+      commands: COMMAND_NAMES.map((n) => ({ name: n, description: COMMAND_DESCRIPTIONS[n] })),
+    };
+  }
+
+  /** The pairing ceremony's answer. Only on a link opened while a pairing code is offered. */
+  pair(proof: unknown) {
+    return this.#rt.completePairing(this.#link, asBytes(proof, "proof"));
+  }
+
+  /** Opens an operator session under an operator-signed grant to the aggregator on this link. */
+  authorize(grant: unknown): ToteboxSession {
+    const rt = this.#rt;
+    const bytes = asBytes(grant, "grant");
+    const audit = (outcome: string, g?: VerifiedGrant) =>
+      rt.audit({
+        peer: this.#link.peer.fingerprint,
+        operator: g?.claims.iss ?? null,
+        tenant: g?.claims.tenant ?? null,
+        action: "authorize",
+        target: null,
+        capability: null,
+        outcome,
+      });
+    try {
+      if (this.#pairingOnly) throw new PspError("PSP_ERR_PEER_UNKNOWN", "this link is only for pairing");
+      rt.requireActive();
+      const verified = verifyGrant({
+        grant: bytes,
+        trustedOperators: rt.trustedOperators,
+        aggregatorId: this.#link.peer.fingerprint,
+        clock: rt.clock,
+      });
+      // The grant names the aggregator key that may sign calls: it must be the key of the
+      // aggregator on this very link, or a grant could be replayed through another aggregator.
+      if (Buffer.from(verified.claims.aggregatorKey).toString("hex") !== rt.rawKeyHexOfLinkPeer(this.#link)) {
+        throw new PspError(
+          "PSP_ERR_CAP_GRANT_MISMATCH",
+          "grant names another aggregator key than this link's",
+        );
+      }
+      audit("ok", verified);
+      return new ToteboxSession(rt, this.#link, verified);
+    } catch (e) {
+      audit(codeOf(e));
+      throw e;
+    }
+  }
+}
+
+export class ToteboxSession extends RpcTarget {
+  readonly #rt: ToteboxRuntime;
+  readonly #link: PspLink;
+  readonly #grant: VerifiedGrant;
+
+  constructor(rt: ToteboxRuntime, link: PspLink, grant: VerifiedGrant) {
+    super();
+    this.#rt = rt;
+    this.#link = link;
+    this.#grant = grant;
+  }
+
+  /** A handle on one view, for the pipelined chain authorize(grant).view(name).read(cap). */
+  view(name: unknown): ToteboxView {
+    if (typeof name !== "string" || name.length > 128)
+      throw new ToteboxError("TOTEBOX_ERR_VIEW_UNKNOWN", "bad view name");
+    return new ToteboxView(this, name);
+  }
+
+  /** Reads one view. `row` selects one row key, if the capability names one. */
+  read(capability: unknown, view: unknown, params?: unknown, row?: unknown): Promise<ReadAnswer> {
+    return readView(this.#rt, this.#link, this.#grant, { capability, view, params, row });
+  }
+
+  /** Runs a named command. Idempotent by key; receipted. */
+  async command(
+    capability: unknown,
+    name: unknown,
+    args: unknown,
+    idempotencyKey: unknown,
+  ): Promise<CommandReply> {
+    const rt = this.#rt;
+    const cap = asBytes(capability, "capability");
+    let call: VerifiedCall | undefined;
+    const target = typeof name === "string" ? name.slice(0, 64) : null;
+    try {
+      if (typeof name !== "string")
+        throw new ToteboxError("TOTEBOX_ERR_COMMAND_UNKNOWN", "command name must be a string");
+      rt.requireActive();
+      call = rt.verifyCall(this.#grant, cap, { command: name, action: name });
+      if (!canRun(rt.policy(), { tenant: call.grant.tenant, operator: call.grant.iss, command: name })) {
+        throw new ToteboxError(
+          "TOTEBOX_ERR_POLICY_DENIED",
+          "the owner's policy does not let this operator run this command",
+        );
+      }
+      rt.stats.commandsExecuted++;
+      const answer = await runCommand(
+        {
+          db: rt.db,
+          dir: rt.dir,
+          entityId: rt.entity.id,
+          clock: rt.clock,
+          signer: rt.identity.privateKey,
+          operator: call.grant.iss,
+          capabilityId: call.capability.cti,
+          onStateChange: (s) => rt.onStateChange(s),
+        },
+        name,
+        args,
+        typeof idempotencyKey === "string" ? idempotencyKey : "",
+      );
+      rt.audit({
+        peer: this.#link.peer.fingerprint,
+        operator: call.grant.iss,
+        tenant: call.grant.tenant,
+        action: "command",
+        target,
+        capability: Buffer.from(call.capability.cti).toString("hex"),
+        outcome: "ok",
+        detail: { replayed: answer.replayed },
+      });
+      return { totebox: rt.entity.id, ...answer };
+    } catch (e) {
+      rt.audit({
+        peer: this.#link.peer.fingerprint,
+        operator: call?.grant.iss ?? this.#grant.claims.iss,
+        tenant: this.#grant.claims.tenant,
+        action: "command",
+        target,
+        capability: ctiHex(cap),
+        outcome: codeOf(e),
+      });
+      throw e;
+    }
+  }
+
+  /**
+   * The audit log's proofs, served as ordinary reads: the capability must name view "audit" with
+   * action "read". `op` is checkpoint | consistency | inclusion | entries.
+   */
+  audit(capability: unknown, request: unknown) {
+    const rt = this.#rt;
+    const cap = asBytes(capability, "capability");
+    try {
+      rt.requireActive();
+      const call = rt.verifyCall(this.#grant, cap, { view: "audit", action: "read" });
+      if (!canRead(rt.policy(), { tenant: call.grant.tenant, operator: call.grant.iss, view: "audit" })) {
+        throw new ToteboxError(
+          "TOTEBOX_ERR_POLICY_DENIED",
+          "the owner's policy does not expose the audit log to this operator",
+        );
+      }
+      const r = (request ?? {}) as Record<string, unknown>;
+      const num = (k: string) => {
+        const v = r[k];
+        if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0) {
+          throw new ToteboxError("TOTEBOX_ERR_PARAM", `${k} must be a non-negative integer`, { param: k });
+        }
+        return v;
+      };
+      let out: unknown;
+      switch (r.op) {
+        case "checkpoint":
+          out = { checkpoint: rt.auditLog.checkpoint() };
+          break;
+        case "consistency":
+          out = {
+            checkpoint: rt.auditLog.checkpoint(),
+            proof: rt.auditLog.consistencyProof(num("oldSize"), num("newSize")),
+          };
+          break;
+        case "inclusion":
+          out = { proof: rt.auditLog.inclusionProof(num("index"), num("treeSize")) };
+          break;
+        case "entries":
+          out = { entries: rt.auditLog.entries(num("from"), Math.min(num("count"), 1000)) };
+          break;
+        default:
+          throw new ToteboxError(
+            "TOTEBOX_ERR_PARAM",
+            "op must be checkpoint, consistency, inclusion or entries",
+            { param: "op" },
+          );
+      }
+      rt.audit({
+        peer: this.#link.peer.fingerprint,
+        operator: call.grant.iss,
+        tenant: call.grant.tenant,
+        action: "audit",
+        target: String(r.op),
+        capability: Buffer.from(call.capability.cti).toString("hex"),
+        outcome: "ok",
+      });
+      return out;
+    } catch (e) {
+      rt.audit({
+        peer: this.#link.peer.fingerprint,
+        operator: this.#grant.claims.iss,
+        tenant: this.#grant.claims.tenant,
+        action: "audit",
+        target: null,
+        capability: ctiHex(cap),
+        outcome: codeOf(e),
+      });
+      throw e;
+    }
+  }
+
+  /** @internal used by ToteboxView; not reachable remotely because it needs a private field. */
+  static readVia(s: ToteboxSession, req: ReadRequestInput): Promise<ReadAnswer> {
+    return readView(s.#rt, s.#link, s.#grant, req);
+  }
+}
+
+export class ToteboxView extends RpcTarget {
+  readonly #session: ToteboxSession;
+  readonly #name: string;
+  constructor(session: ToteboxSession, name: string) {
+    super();
+    this.#session = session;
+    this.#name = name;
+  }
+  read(capability: unknown, params?: unknown, row?: unknown): Promise<ReadAnswer> {
+    return ToteboxSession.readVia(this.#session, { capability, view: this.#name, params, row });
+  }
+}
+
+interface ReadRequestInput {
+  capability: unknown;
+  view: unknown;
+  params: unknown;
+  row: unknown;
+}
+
+async function readView(
+  rt: ToteboxRuntime,
+  link: PspLink,
+  grant: VerifiedGrant,
+  req: ReadRequestInput,
+): Promise<ReadAnswer> {
+  const cap = asBytes(req.capability, "capability");
+  const viewName = typeof req.view === "string" ? req.view.slice(0, 128) : "";
+  let call: VerifiedCall | undefined;
+  try {
+    if (typeof req.view !== "string")
+      throw new ToteboxError("TOTEBOX_ERR_VIEW_UNKNOWN", "view name must be a string");
+    if (req.row !== undefined && req.row !== null && typeof req.row !== "string") {
+      throw new ToteboxError("TOTEBOX_ERR_PARAM", "row key must be a string", { param: "row" });
+    }
+    const row = typeof req.row === "string" ? req.row : undefined;
+    rt.requireActive();
+    // 1. The whole capability chain, before anything else.
+    call = rt.verifyCall(grant, cap, {
+      view: viewName,
+      action: "read",
+      ...(row !== undefined ? { row } : {}),
+    });
+    // 2. The owner's policy.
+    const policy = rt.policy();
+    const view = policy.views.get(viewName);
+    if (!view) throw new ToteboxError("TOTEBOX_ERR_VIEW_UNKNOWN", "no such view", { view: viewName });
+    if (!canRead(policy, { tenant: call.grant.tenant, operator: call.grant.iss, view: viewName })) {
+      throw new ToteboxError(
+        "TOTEBOX_ERR_POLICY_DENIED",
+        "the owner's policy does not let this operator read this view",
+      );
+    }
+    if (row !== undefined && !view.rowKey) {
+      throw new ToteboxError("TOTEBOX_ERR_PARAM", "this view has no row key", { param: "row" });
+    }
+    // 3. Parameters, typed and bounded.
+    const rawParams = (req.params ?? {}) as Record<string, unknown>;
+    const params = validateParams(view, rawParams, { now: () => rt.clock.now() });
+    // 4. Only now: SQL.
+    rt.stats.viewsExecuted++;
+    const result = await rt.runner.run({
+      policy,
+      view: viewName,
+      params,
+      ...(row !== undefined ? { rowKey: row } : {}),
+    });
+    const arrow = encodeResult(result.columns, result.rows);
+    const wm = watermark(rt.db);
+    const receipt = signReceipt({
+      capabilityId: call.capability.cti,
+      view: viewName,
+      requestHash: requestHash({
+        view: viewName,
+        params: rawParams as Record<string, CanonicalValue>,
+        ...(row !== undefined ? { row } : {}),
+      }),
+      rowCount: result.rowCount,
+      suppressedGroups: result.suppressedGroups,
+      watermark: wm,
+      arrowBytes: arrow,
+      subjectId: rt.entity.id,
+      clock: rt.clock,
+      signer: rt.identity.privateKey,
+    });
+    rt.audit({
+      peer: link.peer.fingerprint,
+      operator: call.grant.iss,
+      tenant: call.grant.tenant,
+      action: "read",
+      target: viewName,
+      capability: Buffer.from(call.capability.cti).toString("hex"),
+      outcome: "ok",
+      rows: result.rowCount,
+      detail: { suppressed: result.suppressedGroups },
+    });
+    return {
+      totebox: rt.entity.id,
+      view: viewName,
+      arrow,
+      receipt,
+      rowCount: result.rowCount,
+      suppressedGroups: result.suppressedGroups,
+      watermark: wm,
+    };
+  } catch (e) {
+    rt.audit({
+      peer: link.peer.fingerprint,
+      operator: call?.grant.iss ?? grant.claims.iss,
+      tenant: grant.claims.tenant,
+      action: "read",
+      target: viewName || null,
+      capability: ctiHex(cap),
+      outcome: codeOf(e),
+    });
+    if (isPspError(e) || e instanceof ToteboxError) throw e;
+    throw new ToteboxError("TOTEBOX_ERR_INTERNAL", "internal error", {}, { cause: e });
+  }
+}
