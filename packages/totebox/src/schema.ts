@@ -337,13 +337,20 @@ export function openArchiveDatabase(file: string, options: OpenArchiveOptions = 
   const readonly = options.readonly ?? false;
   const create = !readonly && (options.create ?? true);
   if (!create && !fs.existsSync(file)) {
-    throw new ToteboxError("TOTEBOX_ERR_DB_OPEN", "archive database not found", { file: path.basename(file) });
+    throw new ToteboxError("TOTEBOX_ERR_DB_OPEN", "archive database not found", {
+      file: path.basename(file),
+    });
   }
   let db: Db;
   try {
     db = new Database(file, { readonly, fileMustExist: !create });
   } catch (e) {
-    throw new ToteboxError("TOTEBOX_ERR_DB_OPEN", "cannot open archive database", { file: path.basename(file) }, { cause: e });
+    throw new ToteboxError(
+      "TOTEBOX_ERR_DB_OPEN",
+      "cannot open archive database",
+      { file: path.basename(file) },
+      { cause: e },
+    );
   }
   try {
     db.pragma(`busy_timeout = ${Math.max(0, Math.trunc(options.busyTimeoutMs ?? DEFAULT_BUSY_TIMEOUT_MS))}`);
@@ -355,10 +362,14 @@ export function openArchiveDatabase(file: string, options: OpenArchiveOptions = 
       db.pragma("query_only = ON");
       const version = userVersion(db);
       if (version !== SCHEMA_VERSION) {
-        throw new ToteboxError("TOTEBOX_ERR_SCHEMA_VERSION", "archive schema version differs from this build", {
-          found: version,
-          expected: SCHEMA_VERSION,
-        });
+        throw new ToteboxError(
+          "TOTEBOX_ERR_SCHEMA_VERSION",
+          "archive schema version differs from this build",
+          {
+            found: version,
+            expected: SCHEMA_VERSION,
+          },
+        );
       }
     } else {
       const mode = db.pragma("journal_mode = WAL", { simple: true });
@@ -375,7 +386,12 @@ export function openArchiveDatabase(file: string, options: OpenArchiveOptions = 
   } catch (e) {
     db.close();
     if (e instanceof ToteboxError) throw e;
-    throw new ToteboxError("TOTEBOX_ERR_DB_OPEN", "cannot open archive database", { file: path.basename(file) }, { cause: e });
+    throw new ToteboxError(
+      "TOTEBOX_ERR_DB_OPEN",
+      "cannot open archive database",
+      { file: path.basename(file) },
+      { cause: e },
+    );
   }
 }
 
@@ -447,7 +463,8 @@ export function initEntity(db: Db, entity: EntityInit): EntityRecord {
     created: entity.created ?? new Date().toISOString(),
   };
   for (const [k, v] of Object.entries(record.tags)) {
-    if (typeof v !== "string") throw new ToteboxError("TOTEBOX_ERR_ENTITY", "tag values must be strings", { tag: k });
+    if (typeof v !== "string")
+      throw new ToteboxError("TOTEBOX_ERR_ENTITY", "tag values must be strings", { tag: k });
   }
   try {
     db.prepare(
@@ -468,9 +485,10 @@ export function initEntity(db: Db, entity: EntityInit): EntityRecord {
 
 export function readEntity(db: Db): EntityRecord | undefined {
   const row = db
-    .prepare<[], { id: string; kind: EntityKind; name: string; currency: string; tags: string; created: string }>(
-      "SELECT id, kind, name, currency, tags, created FROM entity WHERE singleton = 1",
-    )
+    .prepare<
+      [],
+      { id: string; kind: EntityKind; name: string; currency: string; tags: string; created: string }
+    >("SELECT id, kind, name, currency, tags, created FROM entity WHERE singleton = 1")
     .get();
   if (!row) return undefined;
   const parsed: unknown = JSON.parse(row.tags);
@@ -495,7 +513,7 @@ const isTriggerCode = (code: string): code is ToteboxErrorCode => TRIGGER_CODES.
 const CODE_IN_MESSAGE = /^(TOTEBOX_ERR_[A-Z_]+): (.*)$/s;
 
 /**
- * Maps a SQLite error raised by one of our triggers (message "TOTEBOX_ERR_X: why") to a
+ * Maps a SQLite error raised by one of our triggers (message "TOTEBOX_ERR_<CODE>: why") to a
  * ToteboxError with that code; other constraint failures become TOTEBOX_ERR_CONSTRAINT.
  * Anything else is returned unchanged (I/O errors are not ours to rename).
  */
