@@ -28,7 +28,11 @@ describe("docs/errors.md", () => {
     }
     for (const f of sources(src)) for (const m of readFileSync(f, "utf8").matchAll(CODE)) used.add(m[0]);
   }
-  const documented = new Set([...readFileSync(join(root, "docs", "errors.md"), "utf8").matchAll(/`([A-Z]+_ERR_[A-Z0-9_]+)`/g)].map((m) => m[1]!));
+  const documented = new Set(
+    [...readFileSync(join(root, "docs", "errors.md"), "utf8").matchAll(/`([A-Z]+_ERR_[A-Z0-9_]+)`/g)].map(
+      (m) => m[1]!,
+    ),
+  );
 
   it("lists every code the sources use", () => {
     const missing = [...used].filter((c) => !documented.has(c)).sort();

@@ -117,7 +117,10 @@ export async function runCommand(
   const argsHash = createHash("sha256").update(`${name}\n`).update(argsBytes).digest("hex");
 
   let pending = inFlight.get(ctx.db);
-  if (!pending) inFlight.set(ctx.db, (pending = new Map()));
+  if (!pending) {
+    pending = new Map();
+    inFlight.set(ctx.db, pending);
+  }
   const running = pending.get(idempotencyKey);
   if (running) {
     const first = await running;

@@ -57,7 +57,9 @@ function lowestDailyBalance(db: Db, account: string): number {
   let running = 0;
   let lowest = 0;
   for (const { amount } of db
-    .prepare<[string], { amount: number }>("SELECT amount FROM journal_daily_totals WHERE account = ? ORDER BY date")
+    .prepare<[string], { amount: number }>(
+      "SELECT amount FROM journal_daily_totals WHERE account = ? ORDER BY date",
+    )
     .all(account)) {
     running += amount;
     lowest = Math.min(lowest, running);
@@ -66,14 +68,16 @@ function lowestDailyBalance(db: Db, account: string): number {
 }
 
 function icBalance(db: Db, peer: string): number {
-  return db
-    .prepare<[string], { b: number | null }>(
-      `SELECT sum(l.amount) AS b FROM journal_lines l
+  return (
+    db
+      .prepare<[string], { b: number | null }>(
+        `SELECT sum(l.amount) AS b FROM journal_lines l
          JOIN accounts a ON a.code = l.account AND a.subtype = 'intercompany'
          JOIN counterparties c ON c.id = l.counterparty
         WHERE c.entity_ref = ?`,
-    )
-    .get(peer)!.b ?? 0;
+      )
+      .get(peer)!.b ?? 0
+  );
 }
 
 describe("mulberry32", () => {
@@ -92,16 +96,20 @@ describe("generateDemoData", () => {
     const db = demo(`e-${kind}`, { kind, peers: [{ entityId: "peer-x", name: "Peer X" }] });
     const v = verifyChain(db);
     expect(v.ok).toBe(true);
-    const span = db.prepare<[], { lo: string; hi: string; n: number }>(
-      "SELECT min(date) AS lo, max(date) AS hi, count(*) AS n FROM journal_tx",
-    ).get()!;
+    const span = db
+      .prepare<[], { lo: string; hi: string; n: number }>(
+        "SELECT min(date) AS lo, max(date) AS hi, count(*) AS n FROM journal_tx",
+      )
+      .get()!;
     expect(span.hi <= AS_OF).toBe(true);
     expect(span.lo).toBe("2022-07-01");
     expect(span.n).toBeGreaterThan(100);
     // Operating cash never ends a day below zero: the revolver is drawn before it would.
     expect(lowestDailyBalance(db, "1000")).toBeGreaterThanOrEqual(0);
     // Every month of the 36 has activity.
-    const months = db.prepare<[], { n: number }>("SELECT count(DISTINCT substr(date, 1, 7)) AS n FROM journal_tx").get()!.n;
+    const months = db
+      .prepare<[], { n: number }>("SELECT count(DISTINCT substr(date, 1, 7)) AS n FROM journal_tx")
+      .get()!.n;
     expect(months).toBe(DEMO_MONTHS);
     expect(db.prepare("SELECT id, kind FROM entity").get()).toEqual({ id: `e-${kind}`, kind });
   });
@@ -133,15 +141,23 @@ describe("generateDemoData", () => {
       expect(ratio).toBeLessThanOrEqual(0.98);
       // Rent charged on the 1st of the as-of month equals the leases active that day.
       const charged = db
-        .prepare<[], { s: number }>("SELECT -sum(amount) AS s FROM journal_daily_totals WHERE account = '4000' AND date = '2025-06-01'")
+        .prepare<[], { s: number }>(
+          "SELECT -sum(amount) AS s FROM journal_daily_totals WHERE account = '4000' AND date = '2025-06-01'",
+        )
         .get()!.s;
       const roll = db
-        .prepare<[], { s: number }>("SELECT sum(monthly_rent) AS s FROM leases WHERE start_date <= '2025-06-01' AND end_date >= '2025-06-01'")
+        .prepare<[], { s: number }>(
+          "SELECT sum(monthly_rent) AS s FROM leases WHERE start_date <= '2025-06-01' AND end_date >= '2025-06-01'",
+        )
         .get()!.s;
       expect(charged).toBe(roll);
       // Mortgages amortise: the debt balance falls year on year.
       const debtAt = (d: string): number =>
-        db.prepare<[string], { s: number }>("SELECT -sum(amount) AS s FROM journal_daily_totals WHERE account = '2500' AND date <= ?").get(d)!.s;
+        db
+          .prepare<[string], { s: number }>(
+            "SELECT -sum(amount) AS s FROM journal_daily_totals WHERE account = '2500' AND date <= ?",
+          )
+          .get(d)!.s;
       expect(debtAt("2023-06-30")).toBeGreaterThan(debtAt("2025-06-30"));
       expect(debtAt("2025-06-30")).toBeGreaterThan(0);
     }
@@ -166,7 +182,9 @@ describe("generateDemoData", () => {
 
     const pj = demo("pj", { kind: "project" });
     const budget = pj
-      .prepare<[], { s: number }>("SELECT sum(amount) AS s FROM budgets WHERE account LIKE '162%' OR account LIKE '163%'")
+      .prepare<[], { s: number }>(
+        "SELECT sum(amount) AS s FROM budgets WHERE account LIKE '162%' OR account LIKE '163%'",
+      )
       .get()!.s;
     const spent = pj
       .prepare<[], { s: number }>(
@@ -199,7 +217,9 @@ describe("generateDemoData", () => {
       expect(refusal(() => generateDemoData(db, bad)).code).toBe("TOTEBOX_ERR_DEMO_ARGS");
     }
     generateDemoData(db, { ...base, scale: 0.1 });
-    expect(refusal(() => generateDemoData(db, { ...base, scale: 0.1 })).message).toContain("already has records");
+    expect(refusal(() => generateDemoData(db, { ...base, scale: 0.1 })).message).toContain(
+      "already has records",
+    );
     const other = fresh("other");
     initEntity(other, { id: "someone-else", kind: "fund", name: "Else" });
     expect(refusal(() => generateDemoData(other, base)).code).toBe("TOTEBOX_ERR_DEMO_ARGS");
@@ -219,7 +239,9 @@ describe("intercompany balances", () => {
     ];
     const dbs = new Map<string, Db>();
     for (const e of estate) {
-      const peers: DemoPeer[] = estate.filter((p) => p.id !== e.id).map((p) => ({ entityId: p.id, name: p.name }));
+      const peers: DemoPeer[] = estate
+        .filter((p) => p.id !== e.id)
+        .map((p) => ({ entityId: p.id, name: p.name }));
       dbs.set(e.id, demo(e.id, { kind: e.kind, scale: 0.15, seed: 2025, peers }));
     }
     let mismatched = 0;
@@ -272,7 +294,9 @@ describe("intercompany balances", () => {
     }
     expect(mismatched / n).toBeGreaterThan(0.12);
     expect(mismatched / n).toBeLessThan(0.28);
-    expect(kinds).toEqual(new Set(["debtor-missing-recharge", "creditor-wrong-amount", "creditor-unapplied-settlement"]));
+    expect(kinds).toEqual(
+      new Set(["debtor-missing-recharge", "creditor-wrong-amount", "creditor-unapplied-settlement"]),
+    );
     expect(() => intercompanyPair("x", "x", 1, AS_OF)).toThrow(ToteboxError);
   });
 });
@@ -285,7 +309,13 @@ describe.skipIf(!process.env.TOTEBOX_LARGE_TESTS)("demo data at 1,000,000 lines"
     const db = openArchiveDatabase(file);
     open.push(db);
     const t0 = performance.now();
-    const s = generateDemoData(db, { kind: "property", seed: 7, entityId: "million", asOf: AS_OF, scale: 145 });
+    const s = generateDemoData(db, {
+      kind: "property",
+      seed: 7,
+      entityId: "million",
+      asOf: AS_OF,
+      scale: 145,
+    });
     const genMs = performance.now() - t0;
     db.pragma("wal_checkpoint(TRUNCATE)");
     const bytes = fs.statSync(file).size;

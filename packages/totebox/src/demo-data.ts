@@ -61,7 +61,14 @@ import {
   type JournalLineInput,
   type JournalTxInput,
 } from "./ledger.ts";
-import { type Db, ENTITY_KINDS, type EntityKind, initEntity, type PropertyType, readEntity } from "./schema.ts";
+import {
+  type Db,
+  ENTITY_KINDS,
+  type EntityKind,
+  initEntity,
+  type PropertyType,
+  readEntity,
+} from "./schema.ts";
 
 export interface DemoPeer {
   entityId: string;
@@ -184,7 +191,9 @@ class Rng {
 const MS_PER_DAY = 86_400_000;
 
 function toDay(iso: string): number {
-  return Date.UTC(Number(iso.slice(0, 4)), Number(iso.slice(5, 7)) - 1, Number(iso.slice(8, 10))) / MS_PER_DAY;
+  return (
+    Date.UTC(Number(iso.slice(0, 4)), Number(iso.slice(5, 7)) - 1, Number(iso.slice(8, 10))) / MS_PER_DAY
+  );
 }
 
 function isoOf(day: number): string {
@@ -256,7 +265,8 @@ class Books {
     if (day > this.asOfDay) return false;
     const kept = lines.filter((l) => l[1] !== 0);
     if (kept.length < 2) return false;
-    for (const [account, amount] of kept) this.balances.set(account, (this.balances.get(account) ?? 0) + amount);
+    for (const [account, amount] of kept)
+      this.balances.set(account, (this.balances.get(account) ?? 0) + amount);
     this.#pending.push({ day, order: this.#order++, memo, lines: kept });
     return true;
   }
@@ -327,36 +337,54 @@ const COMMON_ACCOUNTS: AccountInput[] = [
 ];
 
 const BANK = "bank-revolver";
-const COMMON_COUNTERPARTIES: CounterpartyInput[] = [{ id: BANK, name: "Harbor Commercial Bank", kind: "lender" }];
+const COMMON_COUNTERPARTIES: CounterpartyInput[] = [
+  { id: BANK, name: "Harbor Commercial Bank", kind: "lender" },
+];
 
 // ---------------------------------------------------------------------------------------------
 // Names
 
+// biome-ignore format: word lists read better packed
 const FIRST = [
   "Ava", "Liam", "Noah", "Emma", "Olivia", "Mia", "Lucas", "Amir", "Sofia", "Yuki", "Chen", "Priya", "Mateo",
   "Zara", "Elena", "Omar", "Hannah", "Jonas", "Leila", "Ravi", "Nora", "Felix", "Ines", "Tariq", "Grace", "Ivan",
   "Maya", "Kofi", "Lena", "Diego",
 ];
+// biome-ignore format: word lists read better packed
 const LAST = [
   "Okafor", "Schmidt", "Nguyen", "Garcia", "Rossi", "Kowalski", "Haddad", "Tanaka", "Silva", "Murphy", "Novak",
   "Jensen", "Patel", "Dubois", "Kim", "Andersen", "Costa", "Fischer", "Ali", "Moreau", "Larsen", "Russo", "Byrne",
   "Sato", "Mendes",
 ];
+// biome-ignore format: word lists read better packed
 const CO_A = [
   "Northwind", "Bluebird", "Cedar", "Summit", "Harbor", "Evergreen", "Granite", "Lumen", "Atlas", "Brightwater",
   "Oakridge", "Silverline", "Redwood", "Kestrel", "Meridian", "Pioneer", "Riverstone", "Sable", "Tidewater",
   "Vantage",
 ];
+// biome-ignore format: word lists read better packed
 const CO_B = [
   "Dental", "Logistics", "Analytics", "Bakery", "Fitness", "Legal", "Design", "Pharmacy", "Studios", "Engineering",
   "Foods", "Optics", "Robotics", "Consulting", "Outfitters",
 ];
 const CO_SUFFIX = ["LLC", "Ltd", "Inc", "GmbH", "& Co"];
+// biome-ignore format: word lists read better packed
 const STREET = [
   "Maple", "Harbor", "Cedar", "Linden", "Willow", "Granite", "Elm", "Chestnut", "Aspen", "Birch", "Juniper",
   "Magnolia", "Orchard", "Riverside", "Hillcrest", "Lakeview", "Parkside", "Sunset", "Union", "Market",
 ];
-const BUILDING = ["Court", "House", "Plaza", "Lofts", "Commons", "Tower", "Yards", "Gardens", "Works", "Exchange"];
+const BUILDING = [
+  "Court",
+  "House",
+  "Plaza",
+  "Lofts",
+  "Commons",
+  "Tower",
+  "Yards",
+  "Gardens",
+  "Works",
+  "Exchange",
+];
 
 const personName = (r: Rng): string => `${r.pick(FIRST)} ${r.pick(LAST)}`;
 const companyName = (r: Rng): string => `${r.pick(CO_A)} ${r.pick(CO_B)} ${r.pick(CO_SUFFIX)}`;
@@ -428,41 +456,42 @@ interface PropertySpec {
   units: UnitSpec[];
 }
 
-const UNIT_MIX: Record<PropertyType, { count: [number, number]; types: [string, number, number, number][] }> = {
-  // [unit type, min sqm, max sqm, monthly rent per sqm in currency units]
-  residential: {
-    count: [20, 70],
-    types: [
-      ["studio", 28, 38, 27],
-      ["1br", 40, 55, 24],
-      ["2br", 60, 80, 21],
-      ["3br", 85, 110, 19],
-    ],
-  },
-  office: {
-    count: [8, 24],
-    types: [
-      ["office-suite", 80, 250, 32],
-      ["office-floor", 300, 700, 28],
-    ],
-  },
-  retail: {
-    count: [6, 18],
-    types: [
-      ["shop", 50, 150, 45],
-      ["anchor", 400, 1200, 26],
-    ],
-  },
-  industrial: { count: [3, 8], types: [["warehouse", 800, 3500, 9]] },
-  mixed: {
-    count: [15, 45],
-    types: [
-      ["1br", 40, 55, 24],
-      ["2br", 60, 80, 21],
-      ["shop", 50, 150, 40],
-    ],
-  },
-};
+const UNIT_MIX: Record<PropertyType, { count: [number, number]; types: [string, number, number, number][] }> =
+  {
+    // [unit type, min sqm, max sqm, monthly rent per sqm in currency units]
+    residential: {
+      count: [20, 70],
+      types: [
+        ["studio", 28, 38, 27],
+        ["1br", 40, 55, 24],
+        ["2br", 60, 80, 21],
+        ["3br", 85, 110, 19],
+      ],
+    },
+    office: {
+      count: [8, 24],
+      types: [
+        ["office-suite", 80, 250, 32],
+        ["office-floor", 300, 700, 28],
+      ],
+    },
+    retail: {
+      count: [6, 18],
+      types: [
+        ["shop", 50, 150, 45],
+        ["anchor", 400, 1200, 26],
+      ],
+    },
+    industrial: { count: [3, 8], types: [["warehouse", 800, 3500, 9]] },
+    mixed: {
+      count: [15, 45],
+      types: [
+        ["1br", 40, 55, 24],
+        ["2br", 60, 80, 21],
+        ["shop", 50, 150, 40],
+      ],
+    },
+  };
 
 function propertyModel(ctx: Ctx): Model {
   const r = Rng.for(ctx.seed, ctx.entityId, "property");
@@ -527,9 +556,7 @@ function propertyModel(ctx: Ctx): Model {
   // Leases, built backwards from asOf. Exactly round(occupancy * units) units are let at asOf.
   const occupancy = r.range(0.86, 0.97);
   const occupiedIds = new Set(
-    r
-      .shuffle(allUnits.map((u) => u.id))
-      .slice(0, Math.round(occupancy * allUnits.length)),
+    r.shuffle(allUnits.map((u) => u.id)).slice(0, Math.round(occupancy * allUnits.length)),
   );
   const asOfMonth = monthFirst(ctx.asOfDay);
   const leases: LeaseSpec[] = [];
@@ -588,7 +615,10 @@ function propertyModel(ctx: Ctx): Model {
   for (const l of leases) {
     const pid = l.unitId.slice(0, l.unitId.indexOf("-"));
     let list = leasesByProperty.get(pid);
-    if (!list) leasesByProperty.set(pid, (list = []));
+    if (!list) {
+      list = [];
+      leasesByProperty.set(pid, list);
+    }
     list.push(l);
   }
 
@@ -628,7 +658,12 @@ function propertyModel(ctx: Ctx): Model {
         for (const u of p.units) insU.run(u.id, p.id, u.type, u.area, u.marketRent);
       }
       for (const l of leases) insL.run(l.id, l.unitId, l.tenant, isoOf(l.start), isoOf(l.end), l.rent);
-      return { properties: properties.length, units: allUnits.length, leases: leases.length, occupiedUnits: occupiedIds.size };
+      return {
+        properties: properties.length,
+        units: allUnits.length,
+        leases: leases.length,
+        occupiedUnits: occupiedIds.size,
+      };
     },
     opening(books, day) {
       const lines: Line[] = [];
@@ -647,7 +682,9 @@ function propertyModel(ctx: Ctx): Model {
     month(m, books) {
       monthlyRentTotal = 0;
       for (const p of properties) {
-        const active = (leasesByProperty.get(p.id) ?? []).filter((l) => l.start <= m.first && l.end >= m.first);
+        const active = (leasesByProperty.get(p.id) ?? []).filter(
+          (l) => l.start <= m.first && l.end >= m.first,
+        );
         // Rent charges on the 1st: one receivable line per lease, one income line.
         const charge: Line[] = [];
         let rentTotal = 0;
@@ -682,11 +719,32 @@ function propertyModel(ctx: Ctx): Model {
           ]);
         };
         spend(dayOfMonth(m, ops.int(8, 26)), "6000", "v-maint", units(n * ops.range(15, 45)), "Repairs");
-        spend(dayOfMonth(m, 20), "6100", "v-util", units(n * ops.range(18, 30) * (m.month <= 2 || m.month === 12 ? 1.3 : 1)), "Utilities");
+        spend(
+          dayOfMonth(m, 20),
+          "6100",
+          "v-util",
+          units(n * ops.range(18, 30) * (m.month <= 2 || m.month === 12 ? 1.3 : 1)),
+          "Utilities",
+        );
         spend(dayOfMonth(m, 10), "6200", "v-pm", Math.round(rentTotal * 0.05), "Management fee");
-        if (m.month === 1) spend(dayOfMonth(m, 15), "6300", "v-ins", units(n * ops.range(140, 220)), "Insurance premium");
-        if (m.month % 3 === 0) spend(dayOfMonth(m, 28), "6400", "v-tax", Math.round((p.value * 0.011) / 4 / 100) * 100, "Property tax");
-        if (ops.chance(0.04)) spend(dayOfMonth(m, ops.int(1, 28)), "1550", "v-capex", units(n * ops.range(400, 2500)), "Capital works");
+        if (m.month === 1)
+          spend(dayOfMonth(m, 15), "6300", "v-ins", units(n * ops.range(140, 220)), "Insurance premium");
+        if (m.month % 3 === 0)
+          spend(
+            dayOfMonth(m, 28),
+            "6400",
+            "v-tax",
+            Math.round((p.value * 0.011) / 4 / 100) * 100,
+            "Property tax",
+          );
+        if (ops.chance(0.04))
+          spend(
+            dayOfMonth(m, ops.int(1, 28)),
+            "1550",
+            "v-capex",
+            units(n * ops.range(400, 2500)),
+            "Capital works",
+          );
 
         // Mortgage on the 15th: interest on the balance, the rest repays principal.
         const bal = mortgageBalance.get(p.id) ?? 0;
@@ -762,7 +820,10 @@ function companyModel(ctx: Ctx): Model {
   const schedule = <T>(map: Map<number, T[]>, day: number, item: T): void => {
     const i = monthIndexOf(day);
     let list = map.get(i);
-    if (!list) map.set(i, (list = []));
+    if (!list) {
+      list = [];
+      map.set(i, list);
+    }
     list.push(item);
   };
   const baseRevenue = customers.reduce((s, c) => s + c.perMonth * c.ticket, 0);
@@ -830,10 +891,12 @@ function companyModel(ctx: Ctx): Model {
       // Restock what was sold, from a supplier, paid next month.
       const restock = units((revenue / 100) * (1 - margin) * 0.62 * ops.range(0.9, 1.1));
       const supplier = ops.pick(["sup-1", "sup-2"]);
-      if (books.add(dayOfMonth(m, 12), `Purchase ${supplier} ${m.label}`, [
-        ["1200", restock],
-        ["2000", -restock, supplier],
-      ])) {
+      if (
+        books.add(dayOfMonth(m, 12), `Purchase ${supplier} ${m.label}`, [
+          ["1200", restock],
+          ["2000", -restock, supplier],
+        ])
+      ) {
         schedule(payables, dayOfMonth(m, 12) + 30, [dayOfMonth(m, 12) + 30, supplier, restock]);
       }
       for (const [payDay, vendor, amount] of payables.get(m.index) ?? []) {
@@ -851,9 +914,22 @@ function companyModel(ctx: Ctx): Model {
       };
       pay(25, "6000", "payroll", units(base * 0.3 * ops.range(0.98, 1.02)), "Payroll");
       pay(1, "6100", "v-landlord", units(Math.max(3_000, base * 0.04)), "Office rent");
-      pay(3, "6200", "v-software", units(Math.max(400, base * 0.015 * ops.range(0.9, 1.1))), "Software subscriptions");
+      pay(
+        3,
+        "6200",
+        "v-software",
+        units(Math.max(400, base * 0.015 * ops.range(0.9, 1.1))),
+        "Software subscriptions",
+      );
       pay(ops.int(5, 25), "6300", "v-marketing", units(base * 0.05 * ops.range(0.5, 1.5)), "Marketing");
-      if (ops.chance(0.3)) pay(ops.int(5, 25), "6400", "v-legal", units(base * 0.03 * ops.range(0.5, 2)), "Legal and accounting");
+      if (ops.chance(0.3))
+        pay(
+          ops.int(5, 25),
+          "6400",
+          "v-legal",
+          units(base * 0.03 * ops.range(0.5, 2)),
+          "Legal and accounting",
+        );
       pay(28, "7100", BANK, units(ops.range(40, 120)), "Bank fees");
       if (loanBalance > 0) {
         const interest = Math.round((loanBalance * loanRate) / 12);
@@ -934,7 +1010,12 @@ function projectModel(ctx: Ctx): Model {
     accounts: [
       ...COMMON_ACCOUNTS,
       { code: "1610", name: "Land", class: "asset", subtype: "fixed_asset" },
-      ...PROJECT_COSTS.map(([code, name]) => ({ code, name, class: "asset" as const, subtype: "fixed_asset" as const })),
+      ...PROJECT_COSTS.map(([code, name]) => ({
+        code,
+        name,
+        class: "asset" as const,
+        subtype: "fixed_asset" as const,
+      })),
       { code: "1640", name: "Capitalised interest", class: "asset", subtype: "fixed_asset" },
       { code: "2100", name: "Retentions payable", class: "liability", subtype: "payable" },
       { code: "2500", name: "Construction loan", class: "liability", subtype: "debt" },
@@ -952,7 +1033,14 @@ function projectModel(ctx: Ctx): Model {
       for (const [code, name, share] of PROJECT_COSTS) {
         ins.run(`B-${code}`, name, code, Math.round((budget * share) / 100) * 100, from, to);
       }
-      ins.run("B-CONT", "Contingency (hard costs)", "1620", Math.round((budget * 0.05) / 100) * 100, from, to);
+      ins.run(
+        "B-CONT",
+        "Contingency (hard costs)",
+        "1620",
+        Math.round((budget * 0.05) / 100) * 100,
+        from,
+        to,
+      );
       return noSetup();
     },
     opening(books, day) {
@@ -979,7 +1067,7 @@ function projectModel(ctx: Ctx): Model {
         // S-curve: progress peaks in the middle of the contractor's engagement.
         const span = c.to - c.from + 1;
         const x = (m.index - c.from + 0.5) / span;
-        const weight = Math.sin(Math.PI * x) * (Math.PI / 2) / span;
+        const weight = (Math.sin(Math.PI * x) * (Math.PI / 2)) / span;
         const claim = ((budget * (1 + overrun) * c.share) / shares) * weight * ops.range(0.85, 1.15);
         const lines: Line[] = [];
         let total = 0;
@@ -1052,7 +1140,11 @@ function fundModel(ctx: Ctx): Model {
   for (let i = 1; i <= nInvestors; i++) {
     const id = `LP${String(i).padStart(4, "0")}`;
     const institutional = r.chance(0.4);
-    counterparties.push({ id, name: institutional ? `${companyName(r)} Pension` : personName(r), kind: "investor" });
+    counterparties.push({
+      id,
+      name: institutional ? `${companyName(r)} Pension` : personName(r),
+      kind: "investor",
+    });
     investors.push({ id, commitment: units(institutional ? r.range(2e6, 2e7) : r.range(1e5, 2e6)) });
   }
   const commitments = investors.reduce((s, i) => s + i.commitment, 0);
@@ -1204,14 +1296,15 @@ function fundModel(ctx: Ctx): Model {
 
 // --- household -------------------------------------------------------------------------------
 
-const SPENDING: [code: string, name: string, merchants: string[], lo: number, hi: number, weight: number][] = [
-  ["6000", "Groceries", ["Harvest Market", "GreenLeaf Grocers", "Corner Deli"], 15, 180, 5],
-  ["6100", "Dining", ["Luca's Trattoria", "Sakura Sushi", "Blue Door Cafe"], 12, 140, 3],
-  ["6200", "Transport", ["Metro Transit", "FuelStop", "CityCab"], 5, 90, 3],
-  ["6300", "Leisure", ["Cinema Paradiso", "Peak Climbing Gym", "Bookhaven"], 10, 160, 2],
-  ["6400", "Household", ["HomeBase Supplies", "Linen & Co", "Fixit Hardware"], 10, 300, 2],
-  ["6500", "Health", ["Riverside Pharmacy", "Smile Dental Clinic"], 10, 250, 1],
-];
+const SPENDING: [code: string, name: string, merchants: string[], lo: number, hi: number, weight: number][] =
+  [
+    ["6000", "Groceries", ["Harvest Market", "GreenLeaf Grocers", "Corner Deli"], 15, 180, 5],
+    ["6100", "Dining", ["Luca's Trattoria", "Sakura Sushi", "Blue Door Cafe"], 12, 140, 3],
+    ["6200", "Transport", ["Metro Transit", "FuelStop", "CityCab"], 5, 90, 3],
+    ["6300", "Leisure", ["Cinema Paradiso", "Peak Climbing Gym", "Bookhaven"], 10, 160, 2],
+    ["6400", "Household", ["HomeBase Supplies", "Linen & Co", "Fixit Hardware"], 10, 300, 2],
+    ["6500", "Health", ["Riverside Pharmacy", "Smile Dental Clinic"], 10, 250, 1],
+  ];
 
 function householdModel(ctx: Ctx): Model {
   const r = Rng.for(ctx.seed, ctx.entityId, "household");
@@ -1257,7 +1350,12 @@ function householdModel(ctx: Ctx): Model {
       { code: "4000", name: "Salaries", class: "income", subtype: "revenue" },
       { code: "4100", name: "Investment income", class: "income", subtype: "revenue" },
       { code: "4500", name: "Investment gains (losses)", class: "income", subtype: "gain" },
-      ...SPENDING.map(([code, name]) => ({ code, name, class: "expense" as const, subtype: "operating" as const })),
+      ...SPENDING.map(([code, name]) => ({
+        code,
+        name,
+        class: "expense" as const,
+        subtype: "operating" as const,
+      })),
       { code: "6600", name: "Utilities", class: "expense", subtype: "operating" },
       { code: "6700", name: "Insurance", class: "expense", subtype: "operating" },
       { code: "6800", name: "Education", class: "expense", subtype: "operating" },
@@ -1326,7 +1424,8 @@ function householdModel(ctx: Ctx): Model {
       };
       bill(18, "6600", "utility", units(ops.range(120, 380)), `Utilities ${m.label}`);
       if (m.month === 1) bill(10, "6700", "insurer", units(ops.range(1_500, 4_000)), `Insurance ${m.year}`);
-      if (m.month === 9 || m.month === 1) bill(5, "6800", "school", units(ops.range(3_000, 9_000)), `School fees ${m.label}`);
+      if (m.month === 9 || m.month === 1)
+        bill(5, "6800", "school", units(ops.range(3_000, 9_000)), `School fees ${m.label}`);
       if (mortgageBalance > 0) {
         const interest = Math.round((mortgageBalance * rate) / 12);
         const principal = Math.min(mortgageBalance, payment - interest);
@@ -1381,7 +1480,10 @@ export interface IntercompanyEvent {
   memo: string;
 }
 
-export type IntercompanyMismatchKind = "debtor-missing-recharge" | "creditor-wrong-amount" | "creditor-unapplied-settlement";
+export type IntercompanyMismatchKind =
+  | "debtor-missing-recharge"
+  | "creditor-wrong-amount"
+  | "creditor-unapplied-settlement";
 
 export interface IntercompanyPair {
   /** The entity that lent and charges fees (its books show a receivable). */
@@ -1407,7 +1509,8 @@ export interface IntercompanyPair {
  * Symmetric: intercompanyPair(a, b, ...) and intercompanyPair(b, a, ...) are equal.
  */
 export function intercompanyPair(a: string, b: string, seed: number, asOf: string): IntercompanyPair {
-  if (a === b) throw new ToteboxError("TOTEBOX_ERR_DEMO_ARGS", "an entity has no intercompany balance with itself");
+  if (a === b)
+    throw new ToteboxError("TOTEBOX_ERR_DEMO_ARGS", "an entity has no intercompany balance with itself");
   if (!isIsoDate(asOf)) throw new ToteboxError("TOTEBOX_ERR_DEMO_ARGS", "asOf must be a date YYYY-MM-DD");
   const [lo, hi] = a < b ? [a, b] : [b, a];
   const r = new Rng(hash32(`ic|${seed}|${lo}|${hi}`));
@@ -1425,7 +1528,8 @@ export function intercompanyPair(a: string, b: string, seed: number, asOf: strin
   const fee = r.int(2, 25) * 500;
   let unsettled = 0;
   for (const m of months) {
-    if (m.index === loanMonth) push(dayOfMonth(m, r.int(3, 20)), "loan", loan, `Intercompany loan ${m.label}`);
+    if (m.index === loanMonth)
+      push(dayOfMonth(m, r.int(3, 20)), "loan", loan, `Intercompany loan ${m.label}`);
     if (m.index > loanMonth && (m.index - loanMonth) % 6 === 0) {
       push(dayOfMonth(m, 12), "loan-repayment", Math.round(loan * 0.05), `Loan repayment ${m.label}`);
     }
@@ -1454,10 +1558,20 @@ export function intercompanyPair(a: string, b: string, seed: number, asOf: strin
     let odd: Omit<NonNullable<IntercompanyPair["mismatch"]>, "delta">;
     if (roll === 0 && lastOf("recharge") >= 0) {
       // Cut-off: the debtor has not booked the last recharge yet.
-      odd = { kind: "debtor-missing-recharge", side: debtor, eventIndex: lastOf("recharge"), bookedAmount: null };
+      odd = {
+        kind: "debtor-missing-recharge",
+        side: debtor,
+        eventIndex: lastOf("recharge"),
+        bookedAmount: null,
+      };
     } else if (roll === 1 && lastOf("settlement") >= 0) {
       // The creditor received the last settlement but has not applied it.
-      odd = { kind: "creditor-unapplied-settlement", side: creditor, eventIndex: lastOf("settlement"), bookedAmount: null };
+      odd = {
+        kind: "creditor-unapplied-settlement",
+        side: creditor,
+        eventIndex: lastOf("settlement"),
+        bookedAmount: null,
+      };
     } else {
       // The creditor posted one recharge (or, with none yet, the loan) with a wrong amount that
       // differs by a multiple of 9, as a transposition of digits does.
@@ -1496,7 +1610,12 @@ const creditorEffect = (e: IntercompanyEvent): number =>
  * units: positive when the peer owes `entityId`. Pairs reconcile when
  * expected(A, B) + expected(B, A) === 0.
  */
-export function expectedIntercompanyBalance(entityId: string, peerId: string, seed: number, asOf: string): number {
+export function expectedIntercompanyBalance(
+  entityId: string,
+  peerId: string,
+  seed: number,
+  asOf: string,
+): number {
   const pair = intercompanyPair(entityId, peerId, seed, asOf);
   const sign = pair.creditor === entityId ? 1 : -1;
   return intercompanyBooksOf(pair, entityId).reduce((s, e) => s + sign * creditorEffect(e), 0);
@@ -1507,17 +1626,35 @@ function intercompanyLines(peerCp: string, e: IntercompanyEvent, creditor: boole
   switch (e.kind) {
     case "loan":
       return creditor
-        ? [["1300", a, peerCp, e.memo], ["1000", -a]]
-        : [["1000", a], ["2300", -a, peerCp, e.memo]];
+        ? [
+            ["1300", a, peerCp, e.memo],
+            ["1000", -a],
+          ]
+        : [
+            ["1000", a],
+            ["2300", -a, peerCp, e.memo],
+          ];
     case "loan-repayment":
     case "settlement":
       return creditor
-        ? [["1000", a], ["1300", -a, peerCp, e.memo]]
-        : [["2300", a, peerCp, e.memo], ["1000", -a]];
+        ? [
+            ["1000", a],
+            ["1300", -a, peerCp, e.memo],
+          ]
+        : [
+            ["2300", a, peerCp, e.memo],
+            ["1000", -a],
+          ];
     case "recharge":
       return creditor
-        ? [["1300", a, peerCp, e.memo], ["4900", -a, peerCp]]
-        : [["6900", a, peerCp], ["2300", -a, peerCp, e.memo]];
+        ? [
+            ["1300", a, peerCp, e.memo],
+            ["4900", -a, peerCp],
+          ]
+        : [
+            ["6900", a, peerCp],
+            ["2300", -a, peerCp, e.memo],
+          ];
   }
 }
 
@@ -1552,7 +1689,8 @@ export function generateDemoData(db: Db, options: DemoDataOptions): DemoDataSumm
   const { kind, seed, entityId, asOf } = options;
   const scale = options.scale ?? 1;
   const peers = options.peers ?? [];
-  if (!(ENTITY_KINDS as readonly string[]).includes(kind)) throw demoArgs("unknown entity kind", { kind: String(kind) });
+  if (!(ENTITY_KINDS as readonly string[]).includes(kind))
+    throw demoArgs("unknown entity kind", { kind: String(kind) });
   if (!Number.isSafeInteger(seed)) throw demoArgs("seed must be a safe integer");
   if (!(typeof scale === "number" && Number.isFinite(scale) && scale > 0 && scale <= DEMO_LIMITS.maxScale)) {
     throw demoArgs(`scale must be a number in (0, ${DEMO_LIMITS.maxScale}]`);
@@ -1564,7 +1702,8 @@ export function generateDemoData(db: Db, options: DemoDataOptions): DemoDataSumm
   if (peers.length > DEMO_LIMITS.maxPeers) throw demoArgs("too many peers", { max: DEMO_LIMITS.maxPeers });
   const peerIds = new Set<string>();
   for (const p of peers) {
-    if (!idOk(p.entityId)) throw demoArgs(`peer entityId must be 1 to ${DEMO_LIMITS.maxEntityIdLength} characters`);
+    if (!idOk(p.entityId))
+      throw demoArgs(`peer entityId must be 1 to ${DEMO_LIMITS.maxEntityIdLength} characters`);
     if (p.entityId === entityId) throw demoArgs("an entity cannot be its own peer");
     if (peerIds.has(p.entityId)) throw demoArgs("a peer is listed twice", { peer: p.entityId });
     if (typeof p.name !== "string" || p.name.length === 0 || p.name.length > 200) {
@@ -1578,7 +1717,10 @@ export function generateDemoData(db: Db, options: DemoDataOptions): DemoDataSumm
       const entity = readEntity(db);
       if (entity) {
         if (entity.id !== entityId || entity.kind !== kind) {
-          throw demoArgs("the archive belongs to another entity or kind", { entity: entity.id, kind: entity.kind });
+          throw demoArgs("the archive belongs to another entity or kind", {
+            entity: entity.id,
+            kind: entity.kind,
+          });
         }
       } else {
         initEntity(db, {
@@ -1614,7 +1756,10 @@ export function generateDemoData(db: Db, options: DemoDataOptions): DemoDataSumm
         for (const e of intercompanyBooksOf(pair, entityId)) {
           const key = e.date.slice(0, 7);
           let list = icByMonth.get(key);
-          if (!list) icByMonth.set(key, (list = []));
+          if (!list) {
+            list = [];
+            icByMonth.set(key, list);
+          }
           list.push({ cp: `entity:${p.entityId}`, e, creditor: pair.creditor === entityId });
         }
       }

@@ -66,7 +66,12 @@ export class ToteboxError extends Error {
   /** Structured, non-secret context (line numbers, field names, limits, counts). */
   readonly detail: ToteboxErrorDetail | undefined;
 
-  constructor(code: ToteboxErrorCode, message: string, detail?: ToteboxErrorDetail, options?: { cause?: unknown }) {
+  constructor(
+    code: ToteboxErrorCode,
+    message: string,
+    detail?: ToteboxErrorDetail,
+    options?: { cause?: unknown },
+  ) {
     super(message, options);
     this.code = code;
     this.detail = detail;

@@ -5,7 +5,14 @@ import fc from "fast-check";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ToteboxError } from "./errors.ts";
 import { CsvParser, type CsvRecord, importFile, importText, parseCsv } from "./import.ts";
-import { addAccounts, addCounterparties, appendTransaction, chainHead, readTransaction, verifyChain } from "./ledger.ts";
+import {
+  addAccounts,
+  addCounterparties,
+  appendTransaction,
+  chainHead,
+  readTransaction,
+  verifyChain,
+} from "./ledger.ts";
 import { type Db, initEntity, openArchiveDatabase } from "./schema.ts";
 
 let dir: string;
@@ -89,34 +96,50 @@ describe("CSV parser", () => {
   it("bounds fields, records and field counts", () => {
     expect(refusal(() => parseCsv(`a\n${"x".repeat(20)}\n`, { maxFieldChars: 10 })).detail?.line).toBe(2);
     expect(refusal(() => parseCsv("a,b,c,d\n", { maxFields: 3 })).code).toBe("TOTEBOX_ERR_IMPORT_ROW");
-    expect(refusal(() => parseCsv(`${"x,".repeat(10)}x\n`, { maxRecordChars: 8 })).code).toBe("TOTEBOX_ERR_IMPORT_ROW");
+    expect(refusal(() => parseCsv(`${"x,".repeat(10)}x\n`, { maxRecordChars: 8 })).code).toBe(
+      "TOTEBOX_ERR_IMPORT_ROW",
+    );
   });
 
   it("gives the same records however the text is cut into chunks (property)", () => {
-    const field = fc.string({ unit: fc.constantFrom("a", "b", ",", '"', "\n", "\r", " ", "é", "🏠"), maxLength: 6 });
+    const field = fc.string({
+      unit: fc.constantFrom("a", "b", ",", '"', "\n", "\r", " ", "é", "🏠"),
+      maxLength: 6,
+    });
     const records = fc.array(fc.array(field, { minLength: 1, maxLength: 4 }), { minLength: 1, maxLength: 8 });
     fc.assert(
-      fc.property(records, fc.constantFrom("\n", "\r\n", "\r"), fc.array(fc.nat(), { maxLength: 6 }), (recs, eol, cuts) => {
-        // A record of one empty field would be a blank line, which CSV cannot tell apart: quote it.
-        const text = recs
-          .map((r) =>
-            r
-              .map((f) => (f === "" && r.length === 1 ? '""' : /[",\r\n]/.test(f) || f === "" ? `"${f.replaceAll('"', '""')}"` : f))
-              .join(","),
-          )
-          .join(eol);
-        const positions = [...new Set(cuts.map((c) => c % (text.length + 1)))].sort((a, b) => a - b);
-        const got: CsvRecord[] = [];
-        const p = new CsvParser((r) => got.push(r));
-        let from = 0;
-        for (const at of [...positions, text.length]) {
-          p.push(text.slice(from, at));
-          from = at;
-        }
-        p.end();
-        expect(got.map((r) => r.fields)).toEqual(recs);
-        expect(got).toEqual(parseCsv(text));
-      }),
+      fc.property(
+        records,
+        fc.constantFrom("\n", "\r\n", "\r"),
+        fc.array(fc.nat(), { maxLength: 6 }),
+        (recs, eol, cuts) => {
+          // A record of one empty field would be a blank line, which CSV cannot tell apart: quote it.
+          const text = recs
+            .map((r) =>
+              r
+                .map((f) =>
+                  f === "" && r.length === 1
+                    ? '""'
+                    : /[",\r\n]/.test(f) || f === ""
+                      ? `"${f.replaceAll('"', '""')}"`
+                      : f,
+                )
+                .join(","),
+            )
+            .join(eol);
+          const positions = [...new Set(cuts.map((c) => c % (text.length + 1)))].sort((a, b) => a - b);
+          const got: CsvRecord[] = [];
+          const p = new CsvParser((r) => got.push(r));
+          let from = 0;
+          for (const at of [...positions, text.length]) {
+            p.push(text.slice(from, at));
+            from = at;
+          }
+          p.end();
+          expect(got.map((r) => r.fields)).toEqual(recs);
+          expect(got).toEqual(parseCsv(text));
+        },
+      ),
       { numRuns: 300 },
     );
   });
@@ -126,18 +149,28 @@ const JOURNAL_CSV = [
   "tx_id,date,account,counterparty,amount,memo",
   "r-1,2024-01-01,1100,,150000,January rent",
   "r-1,2024-01-01,4000,,-150000,",
-  "p-1,2024-01-09,6000,v1,12550,\"Leak, flat 2\"",
+  'p-1,2024-01-09,6000,v1,12550,"Leak, flat 2"',
   "p-1,2024-01-09,1000,,-12550,",
   "",
 ].join("\n");
 
 describe("journal import", () => {
   it("imports consecutive rows with the same tx_id as one balanced transaction", () => {
-    const r = importText(db, JOURNAL_CSV, { kind: "journal", format: "csv", createdAt: "2024-02-01T00:00:00Z" });
+    const r = importText(db, JOURNAL_CSV, {
+      kind: "journal",
+      format: "csv",
+      createdAt: "2024-02-01T00:00:00Z",
+    });
     expect(r).toMatchObject({ rows: 4, transactions: 2, lines: 4, firstSeq: 1, lastSeq: 2 });
     const p1 = readTransaction(db, { id: "p-1" })!;
     expect(p1).toMatchObject({ date: "2024-01-09", source: "import", createdAt: "2024-02-01T00:00:00Z" });
-    expect(p1.lines[0]).toEqual({ lineNo: 1, account: "6000", counterparty: "v1", amount: 12550, memo: "Leak, flat 2" });
+    expect(p1.lines[0]).toEqual({
+      lineNo: 1,
+      account: "6000",
+      counterparty: "v1",
+      amount: 12550,
+      memo: "Leak, flat 2",
+    });
     expect(verifyChain(db).ok).toBe(true);
   });
 
@@ -187,7 +220,9 @@ describe("journal import", () => {
       const e = refusal(() => importText(db, `${header}\n`, { kind: "journal", format: "csv" }));
       expect(e.detail?.line, header).toBe(1);
     }
-    expect(refusal(() => importText(db, "", { kind: "journal", format: "csv" })).detail?.reason).toContain("no header");
+    expect(refusal(() => importText(db, "", { kind: "journal", format: "csv" })).detail?.reason).toContain(
+      "no header",
+    );
   });
 
   it("imports JSONL, with amounts as numbers or digit strings, and refuses bad lines by number", () => {
@@ -196,7 +231,10 @@ describe("journal import", () => {
       { tx_id: "j-1", date: "2024-03-01", account: "4000", amount: "-5000" },
     ];
     const text = `${rows.map((r) => JSON.stringify(r)).join("\r\n")}\n\n`;
-    expect(importText(db, text, { kind: "journal", format: "jsonl" })).toMatchObject({ transactions: 1, lines: 2 });
+    expect(importText(db, text, { kind: "journal", format: "jsonl" })).toMatchObject({
+      transactions: 1,
+      lines: 2,
+    });
     for (const [bad, reason] of [
       ["{not json", "not valid JSON"],
       ['["an","array"]', "JSON object"],
@@ -205,7 +243,10 @@ describe("journal import", () => {
       ['{"tx_id":"j-2","date":"2024-03-02","account":"1000","amount":{"$gt":0}}', "string, a number or null"],
     ]) {
       const e = refusal(() =>
-        importText(db, `${JSON.stringify({ ...rows[0], tx_id: "j-2" })}\n\n${bad}\n`, { kind: "journal", format: "jsonl" }),
+        importText(db, `${JSON.stringify({ ...rows[0], tx_id: "j-2" })}\n\n${bad}\n`, {
+          kind: "journal",
+          format: "jsonl",
+        }),
       );
       expect(e.detail, bad).toMatchObject({ line: 3 });
       expect(String(e.detail?.reason)).toContain(reason);
@@ -216,7 +257,9 @@ describe("journal import", () => {
   it("streams a file over several chunks, with a BOM and CRLF", () => {
     const lines = ["tx_id,date,account,amount,memo"];
     for (let i = 0; i < 14_000; i++) {
-      lines.push(`t${i},2024-04-${String((i % 28) + 1).padStart(2, "0")},1000,${i + 1},"mémo ${i}, with ""quotes"""`);
+      lines.push(
+        `t${i},2024-04-${String((i % 28) + 1).padStart(2, "0")},1000,${i + 1},"mémo ${i}, with ""quotes"""`,
+      );
       lines.push(`t${i},2024-04-${String((i % 28) + 1).padStart(2, "0")},4000,-${i + 1},`);
     }
     const file = path.join(dir, "big.csv");
@@ -233,9 +276,15 @@ describe("journal import", () => {
     const file = path.join(dir, "j.csv");
     fs.writeFileSync(file, JOURNAL_CSV);
     const big = refusal(() => importFile(db, file, { kind: "journal", limits: { maxFileBytes: 50 } }));
-    expect(big).toMatchObject({ code: "TOTEBOX_ERR_IMPORT_LIMIT", detail: { limit: "maxFileBytes", max: 50 } });
+    expect(big).toMatchObject({
+      code: "TOTEBOX_ERR_IMPORT_LIMIT",
+      detail: { limit: "maxFileBytes", max: 50 },
+    });
     const many = refusal(() => importFile(db, file, { kind: "journal", limits: { maxRows: 3 } }));
-    expect(many).toMatchObject({ code: "TOTEBOX_ERR_IMPORT_LIMIT", detail: { limit: "maxRows", max: 3, line: 5 } });
+    expect(many).toMatchObject({
+      code: "TOTEBOX_ERR_IMPORT_LIMIT",
+      detail: { limit: "maxRows", max: 3, line: 5 },
+    });
     const perTx = refusal(() => importFile(db, file, { kind: "journal", limits: { maxLinesPerTx: 1 } }));
     expect(perTx.detail).toMatchObject({ line: 3 });
     expect(counts().tx).toBe(0);
@@ -243,7 +292,13 @@ describe("journal import", () => {
 
   it("refuses files that are not UTF-8, and formats it cannot recognise", () => {
     const file = path.join(dir, "latin1.csv");
-    fs.writeFileSync(file, Buffer.concat([Buffer.from("tx_id,date,account,amount,memo\nx,2024-01-01,1000,1,caf"), Buffer.from([0xe9, 0x0a])]));
+    fs.writeFileSync(
+      file,
+      Buffer.concat([
+        Buffer.from("tx_id,date,account,amount,memo\nx,2024-01-01,1000,1,caf"),
+        Buffer.from([0xe9, 0x0a]),
+      ]),
+    );
     expect(refusal(() => importFile(db, file, { kind: "journal" })).code).toBe("TOTEBOX_ERR_IMPORT_FORMAT");
     const txt = path.join(dir, "rows.txt");
     fs.writeFileSync(txt, JOURNAL_CSV);
@@ -273,8 +328,16 @@ describe("units and leases import", () => {
   ].join("\n");
 
   it("creates properties, units, tenants and leases", () => {
-    expect(importText(db, UNITS, { kind: "units", format: "csv" })).toMatchObject({ rows: 3, properties: 2, units: 3 });
-    expect(importText(db, LEASES, { kind: "leases", format: "csv" })).toMatchObject({ rows: 3, leases: 3, tenants: 2 });
+    expect(importText(db, UNITS, { kind: "units", format: "csv" })).toMatchObject({
+      rows: 3,
+      properties: 2,
+      units: 3,
+    });
+    expect(importText(db, LEASES, { kind: "leases", format: "csv" })).toMatchObject({
+      rows: 3,
+      leases: 3,
+      tenants: 2,
+    });
     expect(db.prepare("SELECT id, property_type FROM properties ORDER BY id").all()).toEqual([
       { id: "p1", property_type: "residential" },
       { id: "p2", property_type: "retail" },
@@ -316,7 +379,9 @@ describe("units and leases import", () => {
     expect(e.detail).toMatchObject({ line: 5 });
     expect(String(e.detail?.reason)).toContain(reason);
     expect(counts().leases).toBe(0);
-    expect(db.prepare("SELECT count(*) AS n FROM counterparties WHERE kind = 'tenant'").get()).toEqual({ n: 0 });
+    expect(db.prepare("SELECT count(*) AS n FROM counterparties WHERE kind = 'tenant'").get()).toEqual({
+      n: 0,
+    });
   });
 
   it("imports leases from JSONL with numbers", () => {
@@ -330,6 +395,9 @@ describe("units and leases import", () => {
       end_date: null,
       monthly_rent: 150000,
     });
-    expect(importText(db, text, { kind: "leases", format: "jsonl" })).toMatchObject({ leases: 1, tenants: 1 });
+    expect(importText(db, text, { kind: "leases", format: "jsonl" })).toMatchObject({
+      leases: 1,
+      tenants: 1,
+    });
   });
 });

@@ -19,10 +19,10 @@
  * be those of record starts, which the parser tracks exactly.
  */
 import fs from "node:fs";
-import { TextDecoder } from "node:util";
 import path from "node:path";
-import { type ToteboxErrorDetail, ToteboxError } from "./errors.ts";
-import { appendTransaction, isIsoDate, LEDGER_LIMITS, type JournalLineInput } from "./ledger.ts";
+import { TextDecoder } from "node:util";
+import { ToteboxError, type ToteboxErrorDetail } from "./errors.ts";
+import { appendTransaction, isIsoDate, type JournalLineInput, LEDGER_LIMITS } from "./ledger.ts";
 import { type Db, PROPERTY_TYPES, toToteboxError } from "./schema.ts";
 
 export interface ImportLimits {
@@ -81,18 +81,19 @@ export interface ImportResult {
 }
 
 /** The columns of each kind: required ones first. Unknown columns are refused (typos). */
-export const IMPORT_COLUMNS: Readonly<Record<ImportKind, { required: readonly string[]; optional: readonly string[] }>> =
-  {
-    journal: { required: ["tx_id", "date", "account", "amount"], optional: ["counterparty", "memo"] },
-    units: {
-      required: ["property_id", "unit_id", "unit_type", "area_sqm"],
-      optional: ["property_name", "property_type", "market_rent"],
-    },
-    leases: {
-      required: ["lease_id", "unit_id", "tenant_id", "start_date", "monthly_rent"],
-      optional: ["tenant_name", "end_date"],
-    },
-  };
+export const IMPORT_COLUMNS: Readonly<
+  Record<ImportKind, { required: readonly string[]; optional: readonly string[] }>
+> = {
+  journal: { required: ["tx_id", "date", "account", "amount"], optional: ["counterparty", "memo"] },
+  units: {
+    required: ["property_id", "unit_id", "unit_type", "area_sqm"],
+    optional: ["property_name", "property_type", "market_rent"],
+  },
+  leases: {
+    required: ["lease_id", "unit_id", "tenant_id", "start_date", "monthly_rent"],
+    optional: ["tenant_name", "end_date"],
+  },
+};
 
 function rowError(line: number, reason: string, extra: Record<string, string | number> = {}): ToteboxError {
   const detail: ToteboxErrorDetail = { line, reason, ...extra };
@@ -113,7 +114,7 @@ const COMMA = 44;
 const LF = 10;
 const CR = 13;
 
-const enum CsvState {
+enum CsvState {
   FieldStart,
   Unquoted,
   Quoted,
@@ -195,7 +196,10 @@ export class CsvParser {
           i = j;
           if (j === n) break;
           if (c === QUOTE) {
-            throw rowError(this.#recordLine, "a quote inside an unquoted field (quote the whole field and double the quote)");
+            throw rowError(
+              this.#recordLine,
+              "a quote inside an unquoted field (quote the whole field and double the quote)",
+            );
           }
           this.#endField();
           if (c === COMMA) {
@@ -239,7 +243,10 @@ export class CsvParser {
             this.#endField();
             i = this.#lineBreak(s, i);
           } else {
-            throw rowError(this.#recordLine, "text after a closing quote (a quote inside a quoted field must be doubled)");
+            throw rowError(
+              this.#recordLine,
+              "text after a closing quote (a quote inside a quoted field must be doubled)",
+            );
           }
           break;
         }
@@ -353,7 +360,10 @@ function checkHeader(kind: ImportKind, fields: readonly string[], line: number):
   const seen = new Set<string>();
   for (const f of fields) {
     if (!known.has(f)) {
-      throw rowError(line, `unknown column "${f.slice(0, 40)}" (expected ${[...required, ...optional].join(", ")})`);
+      throw rowError(
+        line,
+        `unknown column "${f.slice(0, 40)}" (expected ${[...required, ...optional].join(", ")})`,
+      );
     }
     if (seen.has(f)) throw rowError(line, `column "${f}" appears twice`);
     seen.add(f);
@@ -489,9 +499,18 @@ interface Handler {
   finish(): void;
 }
 
-function journalHandler(db: Db, opts: { source: string; createdAt: string; limits: ImportLimits }, result: ImportResult): Handler {
-  let pending: { id: string; date: string; firstLine: number; lines: JournalLineInput[]; rowLines: number[] } | null =
-    null;
+function journalHandler(
+  db: Db,
+  opts: { source: string; createdAt: string; limits: ImportLimits },
+  result: ImportResult,
+): Handler {
+  let pending: {
+    id: string;
+    date: string;
+    firstLine: number;
+    lines: JournalLineInput[];
+    rowLines: number[];
+  } | null = null;
   const seen = new Set<string>();
 
   const flush = (): void => {
@@ -524,9 +543,14 @@ function journalHandler(db: Db, opts: { source: string; createdAt: string; limit
               : e.code === "TOTEBOX_ERR_DUPLICATE_TX"
                 ? `transaction ${p.id} is already recorded in the archive`
                 : e.message;
-      throw new ToteboxError("TOTEBOX_ERR_IMPORT_ROW", `line ${at}: ${reason}`, { line: at, reason, cause: e.code }, {
-        cause: e,
-      });
+      throw new ToteboxError(
+        "TOTEBOX_ERR_IMPORT_ROW",
+        `line ${at}: ${reason}`,
+        { line: at, reason, cause: e.code },
+        {
+          cause: e,
+        },
+      );
     }
   };
 
@@ -541,12 +565,18 @@ function journalHandler(db: Db, opts: { source: string; createdAt: string; limit
       if (!pending || pending.id !== id) {
         flush();
         if (seen.has(id)) {
-          throw rowError(r.line, `tx_id ${id} appears again after other transactions; keep a transaction's lines together`);
+          throw rowError(
+            r.line,
+            `tx_id ${id} appears again after other transactions; keep a transaction's lines together`,
+          );
         }
         seen.add(id);
         pending = { id, date: d, firstLine: r.line, lines: [], rowLines: [] };
       } else if (pending.date !== d) {
-        throw rowError(r.line, `date ${d} differs from ${pending.date} on the first line of transaction ${id}`);
+        throw rowError(
+          r.line,
+          `date ${d} differs from ${pending.date} on the first line of transaction ${id}`,
+        );
       }
       if (pending.lines.length >= opts.limits.maxLinesPerTx) {
         throw rowError(r.line, `transaction ${id} has more than ${opts.limits.maxLinesPerTx} lines`);
@@ -577,16 +607,24 @@ function unitsHandler(db: Db, result: ImportResult): Handler {
       const area = positiveDecimal(r, "area_sqm");
       const marketRent = integer(r, "market_rent", { required: false, min: 0 });
       if (propertyType !== null && !(PROPERTY_TYPES as readonly string[]).includes(propertyType)) {
-        throw rowError(r.line, `property_type must be one of ${PROPERTY_TYPES.join(", ")}`, { column: "property_type" });
+        throw rowError(r.line, `property_type must be one of ${PROPERTY_TYPES.join(", ")}`, {
+          column: "property_type",
+        });
       }
       const existing = getProperty.get(propertyId);
       if (existing) {
         if (propertyName !== null && propertyName !== existing.name) {
-          throw rowError(r.line, `property ${propertyId} is recorded as "${existing.name}", not "${propertyName}"`);
+          throw rowError(
+            r.line,
+            `property ${propertyId} is recorded as "${existing.name}", not "${propertyName}"`,
+          );
         }
       } else {
         if (propertyName === null) {
-          throw rowError(r.line, `property ${propertyId} does not exist: give property_name (and property_type)`);
+          throw rowError(
+            r.line,
+            `property ${propertyId} does not exist: give property_name (and property_type)`,
+          );
         }
         insProperty.run(propertyId, propertyName, propertyType ?? "residential");
         result.properties++;
@@ -618,11 +656,14 @@ function leasesHandler(db: Db, result: ImportResult): Handler {
       const start = date(r, "start_date", true)!;
       const end = date(r, "end_date", false);
       const rent = integer(r, "monthly_rent", { required: true, min: 0 })!;
-      if (end !== null && end < start) throw rowError(r.line, "end_date is before start_date", { column: "end_date" });
-      if (!unitExists.get(unitId)) throw rowError(r.line, `unit ${unitId} does not exist; import units first`);
+      if (end !== null && end < start)
+        throw rowError(r.line, "end_date is before start_date", { column: "end_date" });
+      if (!unitExists.get(unitId))
+        throw rowError(r.line, `unit ${unitId} does not exist; import units first`);
       if (leaseExists.get(leaseId)) throw rowError(r.line, `lease ${leaseId} already exists`);
       if (!getTenant.get(tenantId)) {
-        if (tenantName === null) throw rowError(r.line, `tenant ${tenantId} does not exist: give tenant_name`);
+        if (tenantName === null)
+          throw rowError(r.line, `tenant ${tenantId} does not exist: give tenant_name`);
         insTenant.run(tenantId, tenantName);
         result.tenants++;
       }
@@ -631,7 +672,10 @@ function leasesHandler(db: Db, result: ImportResult): Handler {
       } catch (e) {
         const mapped = toToteboxError(e);
         if (mapped instanceof ToteboxError && mapped.code === "TOTEBOX_ERR_LEASE_OVERLAP") {
-          throw rowError(r.line, `unit ${unitId} already has a lease overlapping ${start} to ${end ?? "open end"}`);
+          throw rowError(
+            r.line,
+            `unit ${unitId} already has a lease overlapping ${start} to ${end ?? "open end"}`,
+          );
         }
         throw mapped;
       }
@@ -648,9 +692,13 @@ function formatFromName(file: string): ImportFormat {
   const ext = path.extname(file).toLowerCase();
   if (ext === ".csv") return "csv";
   if (ext === ".jsonl" || ext === ".ndjson") return "jsonl";
-  throw new ToteboxError("TOTEBOX_ERR_IMPORT_FORMAT", "cannot tell the format from the file name: give csv or jsonl", {
-    extension: ext.slice(0, 16),
-  });
+  throw new ToteboxError(
+    "TOTEBOX_ERR_IMPORT_FORMAT",
+    "cannot tell the format from the file name: give csv or jsonl",
+    {
+      extension: ext.slice(0, 16),
+    },
+  );
 }
 
 function checkOptions(options: ImportOptions): void {
@@ -718,7 +766,8 @@ function runImport(
   };
   return db
     .transaction(() => {
-      const sink = format === "csv" ? csvRows(options.kind, limits, onRow) : jsonlRows(options.kind, limits, onRow);
+      const sink =
+        format === "csv" ? csvRows(options.kind, limits, onRow) : jsonlRows(options.kind, limits, onRow);
       produce((chunk) => sink.push(chunk));
       sink.end();
       handler.finish();
@@ -736,16 +785,25 @@ export function importFile(db: Db, file: string, options: ImportOptions): Import
   try {
     size = fs.statSync(file).size;
   } catch (e) {
-    throw new ToteboxError("TOTEBOX_ERR_IMPORT_FORMAT", "cannot read the import file", { file: path.basename(file) }, {
-      cause: e,
-    });
+    throw new ToteboxError(
+      "TOTEBOX_ERR_IMPORT_FORMAT",
+      "cannot read the import file",
+      { file: path.basename(file) },
+      {
+        cause: e,
+      },
+    );
   }
   if (size > limits.maxFileBytes) {
-    throw new ToteboxError("TOTEBOX_ERR_IMPORT_LIMIT", `the file is larger than ${limits.maxFileBytes} bytes`, {
-      limit: "maxFileBytes",
-      max: limits.maxFileBytes,
-      size,
-    });
+    throw new ToteboxError(
+      "TOTEBOX_ERR_IMPORT_LIMIT",
+      `the file is larger than ${limits.maxFileBytes} bytes`,
+      {
+        limit: "maxFileBytes",
+        max: limits.maxFileBytes,
+        size,
+      },
+    );
   }
   return runImport(db, format, options, `import:${path.basename(file)}`, (sink) => {
     const fd = fs.openSync(file, "r");
@@ -760,10 +818,14 @@ export function importFile(db: Db, file: string, options: ImportOptions): Import
         total += n;
         // The file may grow while it is read: the limit holds on what is read, not on stat.
         if (total > limits.maxFileBytes) {
-          throw new ToteboxError("TOTEBOX_ERR_IMPORT_LIMIT", `the file is larger than ${limits.maxFileBytes} bytes`, {
-            limit: "maxFileBytes",
-            max: limits.maxFileBytes,
-          });
+          throw new ToteboxError(
+            "TOTEBOX_ERR_IMPORT_LIMIT",
+            `the file is larger than ${limits.maxFileBytes} bytes`,
+            {
+              limit: "maxFileBytes",
+              max: limits.maxFileBytes,
+            },
+          );
         }
         sink(decodeChunk(decoder, buf.subarray(0, n), true));
       }
@@ -778,21 +840,31 @@ function decodeChunk(decoder: TextDecoder, bytes: Uint8Array, stream: boolean): 
   try {
     return decoder.decode(bytes, { stream });
   } catch (e) {
-    throw new ToteboxError("TOTEBOX_ERR_IMPORT_FORMAT", "the file is not valid UTF-8", undefined, { cause: e });
+    throw new ToteboxError("TOTEBOX_ERR_IMPORT_FORMAT", "the file is not valid UTF-8", undefined, {
+      cause: e,
+    });
   }
 }
 
 /** Imports CSV or JSONL text already in memory. All or nothing. */
-export function importText(db: Db, text: string, options: ImportOptions & { format: ImportFormat }): ImportResult {
+export function importText(
+  db: Db,
+  text: string,
+  options: ImportOptions & { format: ImportFormat },
+): ImportResult {
   checkOptions(options);
   const limits: ImportLimits = { ...IMPORT_LIMITS, ...options.limits };
   const bytes = Buffer.byteLength(text, "utf8");
   if (bytes > limits.maxFileBytes) {
-    throw new ToteboxError("TOTEBOX_ERR_IMPORT_LIMIT", `the input is larger than ${limits.maxFileBytes} bytes`, {
-      limit: "maxFileBytes",
-      max: limits.maxFileBytes,
-      size: bytes,
-    });
+    throw new ToteboxError(
+      "TOTEBOX_ERR_IMPORT_LIMIT",
+      `the input is larger than ${limits.maxFileBytes} bytes`,
+      {
+        limit: "maxFileBytes",
+        max: limits.maxFileBytes,
+        size: bytes,
+      },
+    );
   }
   return runImport(db, options.format, options, "import", (sink) => sink(text));
 }

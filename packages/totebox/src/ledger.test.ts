@@ -135,7 +135,9 @@ function referenceHash(
   ];
   lines.forEach((l, i) => {
     parts.push(u32(i + 1), str(l.account));
-    parts.push(l.counterparty === null ? Buffer.from([0]) : Buffer.concat([Buffer.from([1]), str(l.counterparty)]));
+    parts.push(
+      l.counterparty === null ? Buffer.from([0]) : Buffer.concat([Buffer.from([1]), str(l.counterparty)]),
+    );
     parts.push(i64(l.amount), str(l.memo));
   });
   return createHash("sha256").update(Buffer.concat(parts)).digest("hex");
@@ -263,7 +265,9 @@ describe("appendTransaction", () => {
 
   it("refuses fewer than two lines, a duplicate id, and oversize fields", () => {
     const db = archive();
-    expect(refusal(() => appendTransaction(db, { ...sale(1), lines: [] })).code).toBe("TOTEBOX_ERR_INVALID_TX");
+    expect(refusal(() => appendTransaction(db, { ...sale(1), lines: [] })).code).toBe(
+      "TOTEBOX_ERR_INVALID_TX",
+    );
     expect(
       refusal(() => appendTransaction(db, { ...sale(1), lines: [{ account: "1000", amount: 0 }] })).code,
     ).toBe("TOTEBOX_ERR_INVALID_TX");
@@ -282,8 +286,16 @@ describe("appendTransaction", () => {
   it("appends a batch all or nothing", () => {
     const db = archive();
     appendTransaction(db, sale(0));
-    const bad = { ...sale(3), lines: [{ account: "1000", amount: 5 }, { account: "4000", amount: -4 }] };
-    expect(refusal(() => appendTransactions(db, [sale(1), sale(2), bad, sale(4)])).code).toBe("TOTEBOX_ERR_UNBALANCED");
+    const bad = {
+      ...sale(3),
+      lines: [
+        { account: "1000", amount: 5 },
+        { account: "4000", amount: -4 },
+      ],
+    };
+    expect(refusal(() => appendTransactions(db, [sale(1), sale(2), bad, sale(4)])).code).toBe(
+      "TOTEBOX_ERR_UNBALANCED",
+    );
     expect(chainHead(db).seq).toBe(1);
     const r = appendTransactions(db, [sale(1), sale(2)]);
     expect(r.count).toBe(2);
@@ -314,15 +326,33 @@ describe("parseJournalTx", () => {
       [],
       { ...sale(1), extra: 1 },
       { ...sale(1), lines: "x" },
-      { ...sale(1), lines: [{ account: "1", amount: "5" }, { account: "2", amount: -5 }] },
-      { ...sale(1), lines: [{ account: "1", amount: 5, evil: true }, { account: "2", amount: -5 }] },
+      {
+        ...sale(1),
+        lines: [
+          { account: "1", amount: "5" },
+          { account: "2", amount: -5 },
+        ],
+      },
+      {
+        ...sale(1),
+        lines: [
+          { account: "1", amount: 5, evil: true },
+          { account: "2", amount: -5 },
+        ],
+      },
       { ...sale(1), date: 20240101 },
     ]) {
       expect(() => parseJournalTx(bad)).toThrow(ToteboxError);
     }
-    expect(() => parseJournalTx({ ...sale(1), lines: [{ account: "1", amount: 5 }, { account: "2", amount: -4 }] })).toThrow(
-      expect.objectContaining({ code: "TOTEBOX_ERR_UNBALANCED" }),
-    );
+    expect(() =>
+      parseJournalTx({
+        ...sale(1),
+        lines: [
+          { account: "1", amount: 5 },
+          { account: "2", amount: -4 },
+        ],
+      }),
+    ).toThrow(expect.objectContaining({ code: "TOTEBOX_ERR_UNBALANCED" }));
   });
 });
 
@@ -403,7 +433,12 @@ describe("verifyChain", () => {
     tamper("DELETE FROM journal_tx WHERE seq = 4");
     const a = openArchiveDatabase(file);
     open.push(a);
-    expect(verifyChain(a)).toMatchObject({ ok: false, firstBrokenSeq: 4, check: "sequence", entriesChecked: 3 });
+    expect(verifyChain(a)).toMatchObject({
+      ok: false,
+      firstBrokenSeq: 4,
+      check: "sequence",
+      entriesChecked: 3,
+    });
     a.close();
 
     // Rebuild, then forge entry 6 consistently (new amount, hash recomputed): entry 7 no longer links.
@@ -417,7 +452,11 @@ describe("verifyChain", () => {
     tamper("UPDATE journal_tx SET hash = ? WHERE seq = 6", forged);
     const c = openArchiveDatabase(file);
     open.push(c);
-    expect(verifyChain(c, { checkDailyTotals: false })).toMatchObject({ ok: false, firstBrokenSeq: 7, check: "link" });
+    expect(verifyChain(c, { checkDailyTotals: false })).toMatchObject({
+      ok: false,
+      firstBrokenSeq: 7,
+      check: "link",
+    });
   });
 
   it("finds lines that belong to no entry, a BLOB where text belongs, and tampered daily totals", () => {
@@ -436,7 +475,9 @@ describe("verifyChain", () => {
     d = openArchiveDatabase(file);
     expect(verifyChain(d).ok).toBe(true);
     d.close();
-    tamper("UPDATE journal_daily_totals SET amount = amount + 100 WHERE date = (SELECT date FROM journal_tx WHERE seq = 3) AND account = '4000'");
+    tamper(
+      "UPDATE journal_daily_totals SET amount = amount + 100 WHERE date = (SELECT date FROM journal_tx WHERE seq = 3) AND account = '4000'",
+    );
     d = openArchiveDatabase(file);
     open.push(d);
     const r = verifyChain(d);
@@ -475,7 +516,9 @@ describe("verifyChain", () => {
           // account values must stay existing accounts to reach the hash check, not an FK error
           const value = column === "account" ? "1000" : null;
           raw
-            .prepare(`UPDATE ${table} SET ${column} = coalesce(?, ${column} || ?) WHERE ${key} = ?${table === "journal_lines" ? " AND line_no = 1" : ""}`)
+            .prepare(
+              `UPDATE ${table} SET ${column} = coalesce(?, ${column} || ?) WHERE ${key} = ?${table === "journal_lines" ? " AND line_no = 1" : ""}`,
+            )
             .run(value, suffix, seq);
           raw.close();
           const check = openArchiveDatabase(copy);

@@ -306,7 +306,8 @@ function validateShape(tx: JournalTxInput): { lines: HashLine[] } {
   checkText(tx.source, "source", LEDGER_LIMITS.maxMemoLength, false);
   if (tx.createdAt !== undefined) checkText(tx.createdAt, "createdAt", 64, true);
   if (!Array.isArray(tx.lines)) throw invalid("lines must be an array", { id: tx.id });
-  if (tx.lines.length < 2) throw invalid("a double-entry transaction needs at least two lines", { id: tx.id });
+  if (tx.lines.length < 2)
+    throw invalid("a double-entry transaction needs at least two lines", { id: tx.id });
   if (tx.lines.length > LEDGER_LIMITS.maxLinesPerTx) {
     throw invalid("too many lines in one transaction", { id: tx.id, max: LEDGER_LIMITS.maxLinesPerTx });
   }
@@ -320,10 +321,14 @@ function validateShape(tx: JournalTxInput): { lines: HashLine[] } {
     const cp = l.counterparty ?? null;
     if (cp !== null) checkText(cp, `lines[${i}].counterparty`, LEDGER_LIMITS.maxIdLength, true);
     if (typeof l.amount !== "number" || !Number.isSafeInteger(l.amount)) {
-      throw new ToteboxError("TOTEBOX_ERR_BAD_AMOUNT", "amount must be a safe integer number of minor units", {
-        id: tx.id,
-        line: lineNo,
-      });
+      throw new ToteboxError(
+        "TOTEBOX_ERR_BAD_AMOUNT",
+        "amount must be a safe integer number of minor units",
+        {
+          id: tx.id,
+          line: lineNo,
+        },
+      );
     }
     sum += l.amount;
     if (!Number.isSafeInteger(sum)) exact = false;
@@ -347,7 +352,7 @@ function validateShape(tx: JournalTxInput): { lines: HashLine[] } {
 }
 
 /** Appends one validated entry. The caller holds a write transaction. */
-function appendInTransaction(db: Db, s: Statements, tx: JournalTxInput): AppendedTx {
+function appendInTransaction(s: Statements, tx: JournalTxInput): AppendedTx {
   const { lines } = validateShape(tx);
   for (const l of lines) {
     if (!s.knownAccounts.has(l.account)) {
@@ -401,7 +406,8 @@ function appendInTransaction(db: Db, s: Statements, tx: JournalTxInput): Appende
       header.prevHash,
       hash,
     );
-    for (const l of lines) s.insertLine.run(header.seq, l.lineNo, l.account, l.counterparty, l.amount, l.memo);
+    for (const l of lines)
+      s.insertLine.run(header.seq, l.lineNo, l.account, l.counterparty, l.amount, l.memo);
   } catch (e) {
     throw toToteboxError(e);
   }
@@ -415,7 +421,7 @@ function appendInTransaction(db: Db, s: Statements, tx: JournalTxInput): Appende
  */
 export function appendTransaction(db: Db, tx: JournalTxInput): AppendedTx {
   const s = statementsFor(db);
-  return db.transaction(() => appendInTransaction(db, s, tx)).immediate();
+  return db.transaction(() => appendInTransaction(s, tx)).immediate();
 }
 
 /** Appends many transactions all-or-nothing, in one SQLite transaction. */
@@ -430,7 +436,7 @@ export function appendTransactions(
       let first: AppendedTx | null = null;
       let last: AppendedTx | null = null;
       for (const tx of txs) {
-        last = appendInTransaction(db, s, tx);
+        last = appendInTransaction(s, tx);
         first ??= last;
         count++;
       }
@@ -459,11 +465,20 @@ export function readTransaction(db: Db, ref: { seq: number } | { id: string }): 
           .get(ref.id);
   if (!header) return undefined;
   const lines = db
-    .prepare<[number], { line_no: number; account: string; counterparty: string | null; amount: number; memo: string }>(
+    .prepare<
+      [number],
+      { line_no: number; account: string; counterparty: string | null; amount: number; memo: string }
+    >(
       "SELECT line_no, account, counterparty, amount, memo FROM journal_lines WHERE tx_seq = ? ORDER BY line_no",
     )
     .all(header.seq)
-    .map((l) => ({ lineNo: l.line_no, account: l.account, counterparty: l.counterparty, amount: l.amount, memo: l.memo }));
+    .map((l) => ({
+      lineNo: l.line_no,
+      account: l.account,
+      counterparty: l.counterparty,
+      amount: l.amount,
+      memo: l.memo,
+    }));
   return {
     seq: header.seq,
     id: header.id,
@@ -503,7 +518,8 @@ export function parseJournalTx(value: unknown): JournalTxInput {
   if (source !== undefined && typeof source !== "string") throw invalid("source must be a string");
   if (createdAt !== undefined && typeof createdAt !== "string") throw invalid("createdAt must be a string");
   if (!Array.isArray(lines)) throw invalid("lines must be an array");
-  if (lines.length > LEDGER_LIMITS.maxLinesPerTx) throw invalid("too many lines", { max: LEDGER_LIMITS.maxLinesPerTx });
+  if (lines.length > LEDGER_LIMITS.maxLinesPerTx)
+    throw invalid("too many lines", { max: LEDGER_LIMITS.maxLinesPerTx });
   const lineAllowed = new Set(["account", "counterparty", "amount", "memo"]);
   const parsedLines: JournalLineInput[] = lines.map((l: unknown, i: number) => {
     if (!isRecord(l)) throw invalid(`lines[${i}] must be an object`);
@@ -514,7 +530,8 @@ export function parseJournalTx(value: unknown): JournalTxInput {
       throw invalid(`lines[${i}].counterparty must be a string or null`);
     }
     if (typeof amount !== "number") throw invalid(`lines[${i}].amount must be a number`);
-    if (lineMemo !== undefined && typeof lineMemo !== "string") throw invalid(`lines[${i}].memo must be a string`);
+    if (lineMemo !== undefined && typeof lineMemo !== "string")
+      throw invalid(`lines[${i}].memo must be a string`);
     return { account, counterparty: counterparty ?? null, amount, memo: lineMemo ?? "" };
   });
   const tx: JournalTxInput = { id, date, lines: parsedLines };
@@ -566,9 +583,13 @@ export function addAccounts(db: Db, accounts: readonly AccountInput[]): void {
       } catch (e) {
         const mapped = toToteboxError(e);
         if (mapped instanceof ToteboxError && mapped.code === "TOTEBOX_ERR_CONSTRAINT") {
-          throw new ToteboxError("TOTEBOX_ERR_CONSTRAINT", "account refused (duplicate code or invalid field)", {
-            code: a.code,
-          });
+          throw new ToteboxError(
+            "TOTEBOX_ERR_CONSTRAINT",
+            "account refused (duplicate code or invalid field)",
+            {
+              code: a.code,
+            },
+          );
         }
         throw mapped;
       }
@@ -701,7 +722,11 @@ export function verifyChain(db: Db, options: VerifyChainOptions = {}): ChainVeri
       for (const [seq, id, date, memo, source, createdAt, rowPrev, hash, linesJson] of rows) {
         const expected = entries + 1;
         if (seq !== expected) {
-          return broken(expected, "sequence", `entry ${expected} is missing (the next entry found has seq ${seq})`);
+          return broken(
+            expected,
+            "sequence",
+            `entry ${expected} is missing (the next entry found has seq ${seq})`,
+          );
         }
         if (
           typeof id !== "string" ||
@@ -742,7 +767,11 @@ export function verifyChain(db: Db, options: VerifyChainOptions = {}): ChainVeri
             !Number.isSafeInteger(amount) ||
             typeof lineMemo !== "string"
           ) {
-            return broken(seq, "lines", `entry ${seq} line ${i + 1} is missing, out of order or of the wrong type`);
+            return broken(
+              seq,
+              "lines",
+              `entry ${seq} line ${i + 1} is missing, out of order or of the wrong type`,
+            );
           }
           writeLine(w, { lineNo, account, counterparty, amount, memo: lineMemo });
           sum += amount;
@@ -778,7 +807,11 @@ export function verifyChain(db: Db, options: VerifyChainOptions = {}): ChainVeri
         )
         .get();
       const seq = orphan?.s ?? entries + 1;
-      return broken(seq, "orphan-lines", `${totalLines - lineCount} journal line(s) belong to no entry (first: seq ${seq})`);
+      return broken(
+        seq,
+        "orphan-lines",
+        `${totalLines - lineCount} journal line(s) belong to no entry (first: seq ${seq})`,
+      );
     }
 
     if (checkDaily) {
@@ -795,7 +828,11 @@ export function verifyChain(db: Db, options: VerifyChainOptions = {}): ChainVeri
           const d = day?.get(String(account));
           if (!d || d.amount !== amount || d.lines !== lines) {
             const seq = d?.firstSeq ?? firstOnOrAfter.get(String(date))?.s ?? entries;
-            return broken(seq, "daily-totals", `daily totals for ${String(date)} / ${String(account)} disagree with the journal`);
+            return broken(
+              seq,
+              "daily-totals",
+              `daily totals for ${String(date)} / ${String(account)} disagree with the journal`,
+            );
           }
           day!.delete(String(account));
         }
@@ -809,7 +846,11 @@ export function verifyChain(db: Db, options: VerifyChainOptions = {}): ChainVeri
         }
       }
       if (missing) {
-        return broken(missing.firstSeq, "daily-totals", `daily totals for ${missing.date} / ${missing.account} are missing`);
+        return broken(
+          missing.firstSeq,
+          "daily-totals",
+          `daily totals for ${missing.date} / ${missing.account} are missing`,
+        );
       }
     }
     return { ok: true, entries, lines: lineCount, head: prevHash };
@@ -817,7 +858,10 @@ export function verifyChain(db: Db, options: VerifyChainOptions = {}): ChainVeri
 }
 
 /** verifyChain that throws TOTEBOX_ERR_CHAIN_BROKEN (for callers that must not go on). */
-export function assertChainIntact(db: Db, options?: VerifyChainOptions): Extract<ChainVerification, { ok: true }> {
+export function assertChainIntact(
+  db: Db,
+  options?: VerifyChainOptions,
+): Extract<ChainVerification, { ok: true }> {
   const r = verifyChain(db, options);
   if (!r.ok) {
     throw new ToteboxError("TOTEBOX_ERR_CHAIN_BROKEN", r.reason, {

@@ -50,7 +50,13 @@ function refusal(fn: () => unknown): ToteboxError {
 
 function seeded(): Db {
   const db = track(openArchiveDatabase(file));
-  initEntity(db, { id: "acme", kind: "company", name: "Acme Ltd", currency: "EUR", created: "2024-01-01T00:00:00Z" });
+  initEntity(db, {
+    id: "acme",
+    kind: "company",
+    name: "Acme Ltd",
+    currency: "EUR",
+    created: "2024-01-01T00:00:00Z",
+  });
   addAccounts(db, [
     { code: "1000", name: "Cash", class: "asset", subtype: "cash" },
     { code: "4000", name: "Sales", class: "income", subtype: "revenue" },
@@ -122,10 +128,14 @@ describe("openArchiveDatabase", () => {
     seeded().close();
     const ro = track(openArchiveDatabase(file, { readonly: true }));
     expect(ro.prepare("SELECT count(*) AS n FROM journal_lines").get()).toEqual({ n: 6 });
-    expect(() => ro.prepare("INSERT INTO accounts (code, name, class) VALUES ('9', 'x', 'asset')").run()).toThrow();
+    expect(() =>
+      ro.prepare("INSERT INTO accounts (code, name, class) VALUES ('9', 'x', 'asset')").run(),
+    ).toThrow();
     const blank = path.join(dir, "blank.db");
     new Database(blank).close();
-    expect(refusal(() => openArchiveDatabase(blank, { readonly: true })).code).toBe("TOTEBOX_ERR_SCHEMA_VERSION");
+    expect(refusal(() => openArchiveDatabase(blank, { readonly: true })).code).toBe(
+      "TOTEBOX_ERR_SCHEMA_VERSION",
+    );
   });
 });
 
@@ -140,9 +150,15 @@ describe("entity", () => {
       tags: {},
       created: "2024-01-01T00:00:00Z",
     });
-    expect(refusal(() => initEntity(db, { id: "other", kind: "fund", name: "Other" })).code).toBe("TOTEBOX_ERR_ENTITY");
-    expect(refusal(() => db.prepare("UPDATE entity SET kind = 'fund'").run()).code).toBe("TOTEBOX_ERR_ENTITY");
-    expect(refusal(() => db.prepare("UPDATE entity SET currency = 'USD'").run()).code).toBe("TOTEBOX_ERR_ENTITY");
+    expect(refusal(() => initEntity(db, { id: "other", kind: "fund", name: "Other" })).code).toBe(
+      "TOTEBOX_ERR_ENTITY",
+    );
+    expect(refusal(() => db.prepare("UPDATE entity SET kind = 'fund'").run()).code).toBe(
+      "TOTEBOX_ERR_ENTITY",
+    );
+    expect(refusal(() => db.prepare("UPDATE entity SET currency = 'USD'").run()).code).toBe(
+      "TOTEBOX_ERR_ENTITY",
+    );
     expect(refusal(() => db.prepare("DELETE FROM entity").run()).code).toBe("TOTEBOX_ERR_APPEND_ONLY");
     db.prepare("UPDATE entity SET name = 'Acme Group', tags = ? ").run(JSON.stringify({ region: "north" }));
     expect(readEntity(db)).toMatchObject({ name: "Acme Group", tags: { region: "north" } });
@@ -179,7 +195,11 @@ describe("append-only journal", () => {
 
   it("refuses INSERT OR REPLACE, which would otherwise delete a header without firing DELETE triggers", () => {
     const db = seeded();
-    const head = db.prepare<[], { seq: number; hash: string }>("SELECT seq, hash FROM journal_tx ORDER BY seq DESC LIMIT 1").get()!;
+    const head = db
+      .prepare<[], { seq: number; hash: string }>(
+        "SELECT seq, hash FROM journal_tx ORDER BY seq DESC LIMIT 1",
+      )
+      .get()!;
     const e = refusal(() =>
       db
         .prepare(
@@ -196,8 +216,12 @@ describe("append-only journal", () => {
     const ins = db.prepare(
       "INSERT INTO journal_tx (seq, id, date, memo, source, created_at, prev_hash, hash) VALUES (?, ?, '2024-03-01', '', 'raw', 'x', ?, ?)",
     );
-    expect(refusal(() => ins.run(7, "gap", "0".repeat(64), "a".repeat(64))).code).toBe("TOTEBOX_ERR_CHAIN_BROKEN");
-    expect(refusal(() => ins.run(4, "badlink", "b".repeat(64), "a".repeat(64))).code).toBe("TOTEBOX_ERR_CHAIN_BROKEN");
+    expect(refusal(() => ins.run(7, "gap", "0".repeat(64), "a".repeat(64))).code).toBe(
+      "TOTEBOX_ERR_CHAIN_BROKEN",
+    );
+    expect(refusal(() => ins.run(4, "badlink", "b".repeat(64), "a".repeat(64))).code).toBe(
+      "TOTEBOX_ERR_CHAIN_BROKEN",
+    );
     expect(
       refusal(() =>
         db
@@ -234,7 +258,9 @@ describe("append-only journal", () => {
 
   it("keeps daily totals per date and account in step with every line", () => {
     const db = seeded();
-    const rows = db.prepare("SELECT date, account, amount, lines FROM journal_daily_totals ORDER BY date, account").all();
+    const rows = db
+      .prepare("SELECT date, account, amount, lines FROM journal_daily_totals ORDER BY date, account")
+      .all();
     expect(rows).toEqual([
       { date: "2024-02-01", account: "1000", amount: 100, lines: 1 },
       { date: "2024-02-01", account: "4000", amount: -100, lines: 1 },
@@ -243,7 +269,9 @@ describe("append-only journal", () => {
       { date: "2024-02-03", account: "1000", amount: 300, lines: 1 },
       { date: "2024-02-03", account: "4000", amount: -300, lines: 1 },
     ]);
-    expect(refusal(() => db.prepare("DELETE FROM journal_daily_totals").run()).code).toBe("TOTEBOX_ERR_APPEND_ONLY");
+    expect(refusal(() => db.prepare("DELETE FROM journal_daily_totals").run()).code).toBe(
+      "TOTEBOX_ERR_APPEND_ONLY",
+    );
   });
 
   it("lists dropped guards", () => {
@@ -263,12 +291,12 @@ describe("master data", () => {
     expect(refusal(() => db.prepare("DELETE FROM accounts WHERE code = '4000'").run()).code).toBe(
       "TOTEBOX_ERR_APPEND_ONLY",
     );
-    expect(refusal(() => db.prepare("UPDATE accounts SET class = 'expense' WHERE code = '4000'").run()).code).toBe(
-      "TOTEBOX_ERR_APPEND_ONLY",
-    );
-    expect(refusal(() => db.prepare("UPDATE counterparties SET kind = 'vendor' WHERE id = 'c1'").run()).code).toBe(
-      "TOTEBOX_ERR_APPEND_ONLY",
-    );
+    expect(
+      refusal(() => db.prepare("UPDATE accounts SET class = 'expense' WHERE code = '4000'").run()).code,
+    ).toBe("TOTEBOX_ERR_APPEND_ONLY");
+    expect(
+      refusal(() => db.prepare("UPDATE counterparties SET kind = 'vendor' WHERE id = 'c1'").run()).code,
+    ).toBe("TOTEBOX_ERR_APPEND_ONLY");
     db.prepare("UPDATE accounts SET name = 'Product sales' WHERE code = '4000'").run();
     expect(refusal(() => addAccounts(db, [{ code: "1000", name: "dup", class: "asset" }])).code).toBe(
       "TOTEBOX_ERR_CONSTRAINT",
@@ -279,8 +307,9 @@ describe("master data", () => {
     ).toBe("TOTEBOX_ERR_CONSTRAINT");
     addCounterparties(db, [{ id: "peer", name: "Peer", kind: "entity", entityRef: "peer-co" }]);
     expect(
-      refusal(() => addCounterparties(db, [{ id: "peer2", name: "Peer again", kind: "entity", entityRef: "peer-co" }]))
-        .code,
+      refusal(() =>
+        addCounterparties(db, [{ id: "peer2", name: "Peer again", kind: "entity", entityRef: "peer-co" }]),
+      ).code,
       "one counterparty per peer entity",
     ).toBe("TOTEBOX_ERR_CONSTRAINT");
   });
@@ -301,14 +330,14 @@ describe("master data", () => {
     );
     expect(refusal(() => overlap.run("2024-12-31", "2025-01-15")).code).toBe("TOTEBOX_ERR_LEASE_OVERLAP");
     expect(refusal(() => overlap.run("2030-01-01", null)).code).toBe("TOTEBOX_ERR_LEASE_OVERLAP");
-    expect(refusal(() => db.prepare("UPDATE leases SET end_date = '2025-02-01' WHERE id = 'l1'").run()).code).toBe(
-      "TOTEBOX_ERR_LEASE_OVERLAP",
-    );
+    expect(
+      refusal(() => db.prepare("UPDATE leases SET end_date = '2025-02-01' WHERE id = 'l1'").run()).code,
+    ).toBe("TOTEBOX_ERR_LEASE_OVERLAP");
     // Ending a lease early is an ordinary edit.
     db.prepare("UPDATE leases SET end_date = '2024-06-30' WHERE id = 'l1'").run();
-    expect(refusal(() => db.prepare("UPDATE leases SET start_date = '2024-02-30' WHERE id = 'l1'").run()).code).toBe(
-      "TOTEBOX_ERR_CONSTRAINT",
-    );
+    expect(
+      refusal(() => db.prepare("UPDATE leases SET start_date = '2024-02-30' WHERE id = 'l1'").run()).code,
+    ).toBe("TOTEBOX_ERR_CONSTRAINT");
   });
 
   it("decides a staged entry once, and keeps command receipts append-only", () => {
@@ -317,15 +346,20 @@ describe("master data", () => {
       "INSERT INTO staged_entries (id, staged_at, proposed_by, entry) VALUES ('s1', '2024-03-01T00:00:00Z', 'op', ?)",
     ).run(JSON.stringify({ id: "x", date: "2024-03-01", lines: [] }));
     expect(
-      refusal(() => db.prepare("UPDATE staged_entries SET status = 'approved', decided_at = 'now' WHERE id = 's1'").run())
-        .code,
+      refusal(() =>
+        db.prepare("UPDATE staged_entries SET status = 'approved', decided_at = 'now' WHERE id = 's1'").run(),
+      ).code,
       "approved needs the applied entry",
     ).toBe("TOTEBOX_ERR_CONSTRAINT");
-    db.prepare("UPDATE staged_entries SET status = 'rejected', decided_at = 'now', decided_by = 'owner' WHERE id = 's1'").run();
-    expect(refusal(() => db.prepare("UPDATE staged_entries SET status = 'pending', decided_at = NULL").run()).code).toBe(
+    db.prepare(
+      "UPDATE staged_entries SET status = 'rejected', decided_at = 'now', decided_by = 'owner' WHERE id = 's1'",
+    ).run();
+    expect(
+      refusal(() => db.prepare("UPDATE staged_entries SET status = 'pending', decided_at = NULL").run()).code,
+    ).toBe("TOTEBOX_ERR_APPEND_ONLY");
+    expect(refusal(() => db.prepare("DELETE FROM staged_entries").run()).code).toBe(
       "TOTEBOX_ERR_APPEND_ONLY",
     );
-    expect(refusal(() => db.prepare("DELETE FROM staged_entries").run()).code).toBe("TOTEBOX_ERR_APPEND_ONLY");
 
     db.prepare(
       "INSERT INTO command_receipts (idempotency_key, command, args_hash, receipt, created_at) VALUES ('k1', 'snapshot', 'h', x'01', 'now')",
@@ -333,7 +367,9 @@ describe("master data", () => {
     expect(refusal(() => db.prepare("UPDATE command_receipts SET receipt = x'02'").run()).code).toBe(
       "TOTEBOX_ERR_APPEND_ONLY",
     );
-    expect(refusal(() => db.prepare("DELETE FROM command_receipts").run()).code).toBe("TOTEBOX_ERR_APPEND_ONLY");
+    expect(refusal(() => db.prepare("DELETE FROM command_receipts").run()).code).toBe(
+      "TOTEBOX_ERR_APPEND_ONLY",
+    );
     expect(
       refusal(() =>
         db
@@ -351,7 +387,9 @@ describe("toToteboxError", () => {
     const db = seeded();
     const other = new Error("disk I/O error");
     expect(toToteboxError(other)).toBe(other);
-    const e = refusal(() => db.prepare("INSERT INTO accounts (code, name, class) VALUES ('1', 'x', 'nonsense')").run());
+    const e = refusal(() =>
+      db.prepare("INSERT INTO accounts (code, name, class) VALUES ('1', 'x', 'nonsense')").run(),
+    );
     expect(e.code).toBe("TOTEBOX_ERR_CONSTRAINT");
     expect(isToteboxError(e, "TOTEBOX_ERR_CONSTRAINT")).toBe(true);
   });

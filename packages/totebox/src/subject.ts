@@ -9,7 +9,6 @@ import {
   signReceipt,
   type VerifiedCall,
   type VerifiedGrant,
-  verifyCallChain,
   verifyGrant,
 } from "@os-orchestration/psp";
 import { RpcTarget } from "capnweb";
