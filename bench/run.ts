@@ -6,11 +6,11 @@
  *   npm run bench                 all sections
  *   npm run bench -- psp          one section
  */
-import { benchRoundTrips } from "./psp.ts";
+import { benchCapabilities, benchRoundTrips } from "./psp.ts";
 import { type BenchRow, printTable, writeResults } from "./report.ts";
 
 const sections: Record<string, () => Promise<BenchRow[]>> = {
-  psp: async () => [...(await benchRoundTrips())],
+  psp: async () => [...(await benchCapabilities()), ...(await benchRoundTrips())],
 };
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith("-"));
