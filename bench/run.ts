@@ -8,9 +8,11 @@
  */
 import { benchCapabilities, benchRoundTrips } from "./psp.ts";
 import { type BenchRow, printTable, writeResults } from "./report.ts";
+import { benchTotebox } from "./totebox.ts";
 
 const sections: Record<string, () => Promise<BenchRow[]>> = {
   psp: async () => [...(await benchCapabilities()), ...(await benchRoundTrips())],
+  totebox: benchTotebox,
 };
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith("-"));

@@ -24,7 +24,15 @@ import {
   systemClock,
   verifyReceipt,
 } from "@os-orchestration/psp";
-import { type EntityKind, generateDemoData, initArchive, openArchive, ToteboxServer, trustPeer } from "@os-orchestration/totebox";
+import {
+  type EntityKind,
+  generateDemoData,
+  initArchive,
+  openArchive,
+  type ToteboxRemote,
+  ToteboxServer,
+  trustPeer,
+} from "@os-orchestration/totebox";
 import pino from "pino";
 
 const { values } = parseArgs({
@@ -37,10 +45,24 @@ const SEED = 2026;
 
 const REGIONS = ["west", "east", "north", "south"];
 function plan(i: number): { id: string; kind: EntityKind; name: string; tags: Record<string, string> } {
-  const kinds: EntityKind[] = ["property", "property", "property", "company", "property", "company", "project", "property"];
+  const kinds: EntityKind[] = [
+    "property",
+    "property",
+    "property",
+    "company",
+    "property",
+    "company",
+    "project",
+    "property",
+  ];
   const kind = kinds[i % kinds.length]!;
   const id = `${kind.slice(0, 4)}-${String(i + 1).padStart(3, "0")}`;
-  return { id, kind, name: `${kind[0]!.toUpperCase()}${kind.slice(1)} ${i + 1}`, tags: { region: REGIONS[i % 4]!, kind } };
+  return {
+    id,
+    kind,
+    name: `${kind[0]!.toUpperCase()}${kind.slice(1)} ${i + 1}`,
+    tags: { region: REGIONS[i % 4]!, kind },
+  };
 }
 
 if (values.fresh) rmSync(root, { recursive: true, force: true });
@@ -63,14 +85,27 @@ for (const e of entities) {
     asOf: AS_OF,
     peers: e.kind === "company" ? companies.filter((c) => c.entityId !== e.id) : [],
   });
-  trustPeer(a.db, { kind: "aggregator", label: "demo-hub", publicKey: hub.publicKey, fingerprint: hub.fingerprint, now: Date.now() });
-  trustPeer(a.db, { kind: "operator", label: "demo-operator", publicKey: operator.publicKey, now: Date.now() });
+  trustPeer(a.db, {
+    kind: "aggregator",
+    label: "demo-hub",
+    publicKey: hub.publicKey,
+    fingerprint: hub.fingerprint,
+    now: Date.now(),
+  });
+  trustPeer(a.db, {
+    kind: "operator",
+    label: "demo-operator",
+    publicKey: operator.publicKey,
+    now: Date.now(),
+  });
   a.db.close();
 }
 
 const logger = pino({ level: "warn" });
 const servers = await Promise.all(
-  entities.map((e) => ToteboxServer.start({ dir: join(root, "toteboxes", e.id), viewRunner: "in-process", logger })),
+  entities.map((e) =>
+    ToteboxServer.start({ dir: join(root, "toteboxes", e.id), viewRunner: "in-process", logger }),
+  ),
 );
 
 // One question over the whole estate, the way the hub asks it.
@@ -92,34 +127,71 @@ const caps = issueCallCapabilityBatch(
 const started = performance.now();
 const rows = await Promise.all(
   servers.map(async (s, i) => {
-    const link = await connectPsp({ identity: hub, role: "commander", host: "127.0.0.1", port: s.address.port, expect: s.identity.fingerprint });
+    const link = await connectPsp({
+      identity: hub,
+      role: "commander",
+      host: "127.0.0.1",
+      port: s.address.port,
+      expect: s.identity.fingerprint,
+    });
     try {
-      // biome-ignore lint/suspicious/noExplicitAny: the demo talks to the Totebox's remote API untyped.
-      const tb = openCommander<any>(link);
-      const ans = await tb.authorize(grant).view("position").read(caps[i], { as_of: AS_OF });
-      verifyReceipt({ token: ans.receipt, subjectPublicKey: s.identity.publicKey, expect: { arrowBytes: ans.arrow } });
-      const [p] = decodeResult(ans.arrow).rows();
-      return { totebox: s.entity.id, kind: s.entity.kind, region: s.entity.tags.region ?? "", ...p, verified: "yes" };
+      const tb = openCommander<ToteboxRemote>(link);
+      const ans = await tb.authorize(grant).view("position").read(caps[i]!, { as_of: AS_OF });
+      verifyReceipt({
+        token: ans.receipt,
+        subjectPublicKey: s.identity.publicKey,
+        expect: { arrowBytes: ans.arrow },
+      });
+      const p: Record<string, unknown> = decodeResult(ans.arrow).rows()[0] ?? {};
+      const row: Record<string, unknown> = {
+        totebox: s.entity.id,
+        kind: s.entity.kind,
+        region: s.entity.tags.region ?? "",
+        ...p,
+        verified: "yes",
+      };
+      return row;
     } finally {
       link.close();
     }
   }),
 );
 const ms = performance.now() - started;
-const money = (v: unknown) => (typeof v === "number" ? (v / 100).toLocaleString("en-US", { maximumFractionDigits: 0 }) : String(v));
-console.log(`\nPosition of the estate as of ${AS_OF} (${rows.length} Toteboxes, ${ms.toFixed(0)} ms, every receipt verified)\n`);
-console.log(["totebox", "kind", "region", "cash", "assets", "debt", "net value", "verified"].map((h) => h.padEnd(14)).join(""));
+const money = (v: unknown) =>
+  typeof v === "number" ? (v / 100).toLocaleString("en-US", { maximumFractionDigits: 0 }) : String(v);
+console.log(
+  `\nPosition of the estate as of ${AS_OF} (${rows.length} Toteboxes, ${ms.toFixed(0)} ms, every receipt verified)\n`,
+);
+console.log(
+  ["totebox", "kind", "region", "cash", "assets", "debt", "net value", "verified"]
+    .map((h) => h.padEnd(14))
+    .join(""),
+);
 let total = 0;
 for (const r of rows) {
   total += Number(r.net_value ?? 0);
-  console.log([r.totebox, r.kind, r.region, money(r.cash), money(r.assets), money(r.debt), money(r.net_value), r.verified].map((c) => String(c).padEnd(14)).join(""));
+  console.log(
+    [
+      r.totebox,
+      r.kind,
+      r.region,
+      money(r.cash),
+      money(r.assets),
+      money(r.debt),
+      money(r.net_value),
+      r.verified,
+    ]
+      .map((c) => String(c).padEnd(14))
+      .join(""),
+  );
 }
 console.log(`\nestate net value ${money(total)} USD`);
-console.log(`\nToteboxes serving PSP on ${servers.map((s) => s.address.port).join(", ")} (127.0.0.1). Ctrl-C stops them.`);
+console.log(
+  `\nToteboxes serving PSP on ${servers.map((s) => s.address.port).join(", ")} (127.0.0.1). Ctrl-C stops them.`,
+);
 const stop = async () => {
   await Promise.all(servers.map((s) => s.close()));
   process.exit(0);
 };
 process.once("SIGINT", stop);
 process.once("SIGTERM", stop);
-

@@ -23,9 +23,10 @@ class Api extends RpcTarget {
   }
 }
 interface ApiT {
-  echo(x: unknown): unknown;
+  echo(x: unknown): Promise<unknown>;
   self(): ApiT;
   hang(): Promise<void>;
+  // (remote calls return promises)
 }
 
 const closedWith = (link: PspLink) =>
@@ -102,7 +103,7 @@ describe("limits break only the offending link", () => {
   it("too many calls in flight closes the link with PSP_ERR_CALLS_IN_FLIGHT", async () => {
     const { link: cl, api, serverLink: link } = await goodCommander();
     const pending = Array.from({ length: 9 }, () => api.hang());
-    for (const p of pending) p.catch(() => {});
+    for (const p of pending) (p as Promise<void>).catch(() => {});
     expect((await closedWith(link))?.code).toBe("PSP_ERR_CALLS_IN_FLIGHT");
     cl.close();
   });

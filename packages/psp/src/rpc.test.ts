@@ -52,7 +52,7 @@ class Main extends RpcTarget {
 
 interface MainApi {
   authorize(grant: Uint8Array): SessionApi;
-  fail(): void;
+  fail(): Promise<void>;
 }
 interface SessionApi {
   view(name: string): ViewApi;
@@ -145,8 +145,8 @@ describe("capnweb over PSP links", () => {
       if (waiting) roundTrips++;
       waiting = false;
     });
-    using session = await api.authorize(new Uint8Array([1]));
-    using view = await session.view("position");
+    const session = await api.authorize(new Uint8Array([1]));
+    const view = await session.view("position");
     await view.read(new Uint8Array(1));
     expect(roundTrips).toBe(3);
     link.close();

@@ -1,4 +1,4 @@
-import { RpcSession, type RpcStub, type RpcTarget } from "capnweb";
+import { RpcSession, type RpcTarget } from "capnweb";
 import type { PspLink } from "./link.ts";
 
 /**
@@ -41,12 +41,16 @@ const sessionOptions = (link: PspLink) => ({
   limits: { maxDepth: link.limits.maxMessageDepth },
 });
 
-/** The commander's end: returns the stub of the subject's main object. */
-export function openCommander<T extends object>(link: PspLink): RpcStub<T> {
+/**
+ * The commander's end: returns the stub of the subject's main object, typed as the caller's
+ * description `T` of the remote API. Describe methods that return remote objects as returning
+ * them directly (so calls pipeline: `tb.authorize(g).view(v).read(c)`), and data as promises.
+ */
+export function openCommander<T extends object>(link: PspLink): T {
   // No local main: a commander exports nothing, so the subject has nothing to call.
   // biome-ignore lint/suspicious/noExplicitAny: capnweb's RpcCompatible<T> cannot be expressed for a generic T.
   const session = new RpcSession<any>(link, undefined, sessionOptions(link));
-  return session.getRemoteMain() as unknown as RpcStub<T>;
+  return session.getRemoteMain() as unknown as T;
 }
 
 /** The subject's end: serves `main` to the commander on this link. */

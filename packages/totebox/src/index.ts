@@ -14,6 +14,7 @@ export {
 } from "./demo-data.ts";
 export { isToteboxError, ToteboxError, type ToteboxErrorCode } from "./errors.ts";
 export { type PeerKind, trustPeer } from "./peers.ts";
+export type { ToteboxHello, ToteboxRemote, ToteboxSessionRemote, ToteboxViewRemote } from "./remote-api.ts";
 export { ENTITY_KINDS, type EntityKind, openArchiveDatabase } from "./schema.ts";
 export { ToteboxServer, type ToteboxServerOptions, type ToteboxStats } from "./server.ts";
 export type { CommandReply, ReadAnswer } from "./subject.ts";

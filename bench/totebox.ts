@@ -1,0 +1,194 @@
+import { existsSync, mkdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import pino from "pino";
+import {
+  connectPsp,
+  createIdentity,
+  issueCallCapabilityBatch,
+  issueGrant,
+  openCommander,
+  systemClock,
+} from "../packages/psp/src/index.ts";
+import type { ToteboxRemote } from "../packages/totebox/src/index.ts";
+import {
+  generateDemoData,
+  initArchive,
+  openArchive,
+  ToteboxServer,
+  trustPeer,
+} from "../packages/totebox/src/index.ts";
+import { parsePolicy, validateParams } from "../packages/totebox/src/policy.ts";
+import { createInProcessViewRunner } from "../packages/totebox/src/view-runner.ts";
+import { type BenchRow, percentile } from "./report.ts";
+
+const AS_OF = "2026-10-31";
+
+/** An archive of at least `lines` journal lines, made once and cached in the temp folder. */
+async function bigArchive(
+  lines: number,
+): Promise<{ dir: string; lines: number; buildSeconds: number | null }> {
+  // A property archive at scale 1 holds about 3,500 journal lines.
+  const scale = Math.ceil(lines / 3_400);
+  const dir = join(tmpdir(), `os-orchestration-bench-${scale}`, "archive");
+  if (existsSync(join(dir, "archive.db"))) {
+    const a = await openArchive(dir);
+    const n = (a.db.prepare("SELECT count(*) AS n FROM journal_lines").get() as { n: number }).n;
+    a.db.close();
+    if (n >= lines) return { dir, lines: n, buildSeconds: null };
+  }
+  mkdirSync(join(dir, ".."), { recursive: true });
+  const t = performance.now();
+  await initArchive({
+    dir,
+    id: "bench-prop",
+    kind: "property",
+    name: "Bench Tower",
+    tags: { region: "west" },
+  });
+  const a = await openArchive(dir);
+  let n = 0;
+  try {
+    const s = generateDemoData(a.db, {
+      kind: "property",
+      seed: 1,
+      scale,
+      entityId: "bench-prop",
+      asOf: AS_OF,
+    });
+    n = s.lines;
+  } finally {
+    a.db.close();
+  }
+  return { dir, lines: n, buildSeconds: (performance.now() - t) / 1000 };
+}
+
+export async function benchTotebox(): Promise<BenchRow[]> {
+  const rows: BenchRow[] = [];
+  const target = Number(process.env.BENCH_JOURNAL_LINES ?? 1_000_000);
+  const { dir, lines, buildSeconds } = await bigArchive(target);
+  if (buildSeconds !== null) {
+    rows.push({
+      section: "totebox",
+      name: `demo-data for ${lines.toLocaleString("en-US")} lines`,
+      value: buildSeconds,
+      unit: "s",
+    });
+  }
+
+  // The position view alone, over the big journal.
+  const a = await openArchive(dir);
+  const { readFileSync } = await import("node:fs");
+  const policy = parsePolicy(readFileSync(join(dir, "policy.yaml"), "utf8"), { db: a.db });
+  a.db.close();
+  const runner = createInProcessViewRunner(join(dir, "archive.db"));
+  const view = policy.views.get("position")!;
+  const params = validateParams(view, { as_of: AS_OF });
+  for (let i = 0; i < 5; i++) await runner.run({ policy, view: "position", params });
+  const times: number[] = [];
+  for (let i = 0; i < 50; i++) {
+    const t = performance.now();
+    await runner.run({ policy, view: "position", params });
+    times.push(performance.now() - t);
+  }
+  times.sort((x, y) => x - y);
+  // Baseline in the same run: the cheapest possible query on the same connection pool.
+  const base: number[] = [];
+  for (let i = 0; i < 50; i++) {
+    const t = performance.now();
+    await runner.run({
+      policy,
+      view: "archive-health",
+      params: validateParams(policy.views.get("archive-health")!, {}),
+    });
+    base.push(performance.now() - t);
+  }
+  base.sort((x, y) => x - y);
+  await runner.close();
+  const p50 = percentile(times, 50);
+  rows.push({
+    section: "totebox",
+    name: `position view, ${lines.toLocaleString("en-US")} lines, p50`,
+    value: p50,
+    unit: "ms",
+    ratio: `${(p50 / percentile(base, 50)).toFixed(1)}× archive-health`,
+    goal: `p50 < 50 ms: ${p50 < 50 ? "met" : "NOT met"}`,
+  });
+  rows.push({
+    section: "totebox",
+    name: `position view, ${lines.toLocaleString("en-US")} lines, p99`,
+    value: percentile(times, 99),
+    unit: "ms",
+  });
+
+  // Full reads through PSP on one link: capability chain, policy, view, Arrow, receipt.
+  const [agg, op] = await Promise.all([createIdentity({ name: "agg" }), createIdentity({ name: "op" })]);
+  const arch = await openArchive(dir);
+  trustPeer(arch.db, {
+    kind: "aggregator",
+    label: "bench",
+    publicKey: agg.publicKey,
+    fingerprint: agg.fingerprint,
+    now: Date.now(),
+  });
+  trustPeer(arch.db, { kind: "operator", label: "bench-op", publicKey: op.publicKey, now: Date.now() });
+  arch.db.close();
+  const server = await ToteboxServer.start({
+    dir,
+    viewRunner: "in-process",
+    logger: pino({ level: "silent" }),
+  });
+  const link = await connectPsp({
+    identity: agg,
+    role: "commander",
+    host: "127.0.0.1",
+    port: server.address.port,
+    expect: server.identity.fingerprint,
+  });
+  const tb = openCommander<ToteboxRemote>(link);
+  const grant = issueGrant({
+    operator: "bench-op",
+    aggregatorId: agg.fingerprint,
+    aggregatorKey: agg.publicKey,
+    tenant: "bench",
+    toteboxIds: ["bench-prop"],
+    views: ["archive-health", "position"],
+    actions: ["read"],
+    signer: op.privateKey,
+    clock: systemClock,
+  });
+  const session = tb.authorize(grant);
+  const N = 600;
+  const caps = issueCallCapabilityBatch(
+    Array.from({ length: N + 50 }, () => ({
+      grant,
+      totebox: "bench-prop",
+      view: "position",
+      action: "read",
+      clock: systemClock,
+    })),
+    agg.privateKey,
+  );
+  for (let i = 0; i < 50; i++) await session.read(caps[i]!, "position", { as_of: AS_OF });
+  const cpu0 = process.cpuUsage();
+  const t = performance.now();
+  const inFlight = 8;
+  let next = 50;
+  await Promise.all(
+    Array.from({ length: inFlight }, async () => {
+      while (next < N + 50) await session.read(caps[next++]!, "position", { as_of: AS_OF });
+    }),
+  );
+  const secs = (performance.now() - t) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  link.close();
+  await server.close();
+  rows.push({
+    section: "totebox",
+    name: "position reads/s over PSP, one link (8 in flight)",
+    value: N / secs,
+    unit: "reads/s",
+    ratio: `${((cpu.user + cpu.system) / 1e6 / secs).toFixed(2)} cores busy (both ends in-process)`,
+  });
+  return rows;
+}
