@@ -328,5 +328,5 @@ describe.skipIf(!process.env.TOTEBOX_LARGE_TESTS)("demo data at 1,000,000 lines"
     );
     expect(s.lines).toBeGreaterThanOrEqual(1_000_000);
     expect(v.ok).toBe(true);
-  });
+  }, 600_000);
 });

@@ -27,9 +27,11 @@
  * makes each archive's data different, and intercompany mirroring needs the shared seed.
  *
  * Size: `scale` multiplies the population (properties, customers, contractors, investors, card
- * spending). Measured journal lines per unit of scale: property ~10k, company ~10k, project ~9k,
- * fund ~2k, household ~5k; 1,000,000 lines is scale ~100 for a property or company archive.
- * Everything is inserted in one SQLite transaction with cached prepared statements.
+ * spending). Measured journal lines per unit of scale (at scale 10): property ~6.8k, company
+ * ~8.5k, project ~5.6k, fund ~2.6k, household ~5.1k. 1,000,000 lines is scale ~150 for a property
+ * archive (983k lines at 145) and ~115 for a company (949k at 108). Everything is inserted in one
+ * SQLite transaction with cached prepared statements; 1M property lines took ~37 s on a loaded
+ * 2-core machine (see demo-data.test.ts, TOTEBOX_LARGE_TESTS=1).
  *
  * ## The intercompany rule
  *
@@ -572,7 +574,8 @@ function propertyModel(ctx: Ctx): Model {
       counterparties.push({ id, name: commercial ? companyName(r) : personName(r), kind: "tenant" });
       return id;
     };
-    // `cursorFirst` is the first day of the month after the lease being placed ends.
+    // Leases start on a 1st and end on a month's last day. The newest is placed first (let at
+    // asOf, or ended 0-5 months before), then earlier ones going back past the books' start.
     let term = r.pick(terms);
     let end: number;
     let leaseStart: number;
@@ -584,7 +587,6 @@ function propertyModel(ctx: Ctx): Model {
       end = monthFirst(asOfMonth, -r.int(0, 5)) - 1;
       leaseStart = monthFirst(end, -term + 1);
     }
-    // Rent today is the market rent; earlier leases were cheaper by ~3 % a year.
     const chain: { start: number; end: number }[] = [];
     for (;;) {
       chain.push({ start: leaseStart, end });
@@ -599,6 +601,7 @@ function propertyModel(ctx: Ctx): Model {
     for (const [i, l] of chain.entries()) {
       // A renewal without a gap keeps the tenant 60 % of the time.
       if (!(tenant && l.start === previousEnd + 1 && r.chance(0.6))) tenant = newTenant();
+      // Rent today is the market rent; earlier leases were cheaper by ~3 % a year.
       const yearsAgo = (asOfMonth - l.start) / 365;
       leases.push({
         id: `${u.id}-L${i + 1}`,
@@ -1130,7 +1133,8 @@ function projectModel(ctx: Ctx): Model {
 
 function fundModel(ctx: Ctx): Model {
   const r = Rng.for(ctx.seed, ctx.entityId, "fund");
-  const nInvestors = Math.max(3, Math.round(40 * ctx.scale));
+  // A fund with a feeder: many investors, so capital calls and distributions carry many lines.
+  const nInvestors = Math.max(3, Math.round(100 * ctx.scale));
   const nCompanies = Math.max(3, Math.round(12 * ctx.scale));
   const counterparties: CounterpartyInput[] = [
     { id: "gp", name: "Fund manager (GP)", kind: "vendor" },
@@ -1151,6 +1155,8 @@ function fundModel(ctx: Ctx): Model {
   const companies: {
     id: string;
     invested: number;
+    /** What the fund plans to invest: about 75 % of commitments spread over the portfolio. */
+    ticket: number;
     month: number;
     value: number;
     drift: number;
@@ -1163,6 +1169,7 @@ function fundModel(ctx: Ctx): Model {
     companies.push({
       id,
       invested: 0,
+      ticket: Math.round((((commitments * 0.75) / nCompanies) * r.range(0.6, 1.4)) / 100_000) * 100_000,
       month: r.int(0, 20),
       value: 0,
       drift: r.range(-0.05, 0.09),
@@ -1204,7 +1211,7 @@ function fundModel(ctx: Ctx): Model {
       if (m.index % 3 === 0) {
         const planned = companies
           .filter((c) => c.month >= m.index && c.month < m.index + 3)
-          .reduce((s) => s + commitments * 0.06, 0);
+          .reduce((s, c) => s + c.ticket, 0);
         const fees = commitments * 0.005;
         const target = Math.min(commitments - called, Math.round(planned + fees));
         if (target > 0) {
@@ -1231,7 +1238,7 @@ function fundModel(ctx: Ctx): Model {
       }
       for (const c of companies) {
         if (c.month === m.index) {
-          const amount = Math.round((commitments * ops.range(0.04, 0.08)) / 100_000) * 100_000;
+          const amount = c.ticket;
           if (
             books.add(dayOfMonth(m, 18), `Investment ${c.id}`, [
               ["1400", amount, c.id],
@@ -1256,16 +1263,17 @@ function fundModel(ctx: Ctx): Model {
           }
           continue;
         }
+        // Monthly marks to fair value; income quarterly from the yielding companies.
+        const change = Math.round((c.value * (c.drift / 12 + ops.range(-0.015, 0.015))) / 100) * 100;
+        if (
+          books.add(m.last, `Valuation ${c.id} ${m.label}`, [
+            ["1400", change, c.id],
+            ["4500", -change, c.id],
+          ])
+        ) {
+          c.value += change;
+        }
         if (m.month % 3 === 0) {
-          const change = Math.round((c.value * (c.drift / 4 + ops.range(-0.04, 0.04))) / 100) * 100;
-          if (
-            books.add(m.last, `Valuation ${c.id} ${m.label}`, [
-              ["1400", change, c.id],
-              ["4500", -change, c.id],
-            ])
-          ) {
-            c.value += change;
-          }
           if (c.yielding) {
             const income = Math.round((c.invested * 0.015) / 100) * 100;
             books.add(dayOfMonth(m, 25), `Dividend ${c.id} ${m.label}`, [

@@ -573,8 +573,8 @@ describe("verifyChain", () => {
   });
 });
 
-// Opt-in (TOTEBOX_LARGE_TESTS=1): 1,000,000 lines, to show verifyChain streams. Heap growth is
-// printed, not asserted against a time.
+// Opt-in (TOTEBOX_LARGE_TESTS=1): 1,000,000 lines, to show verifyChain copes. Time and heap are
+// printed, not asserted.
 describe.skipIf(!process.env.TOTEBOX_LARGE_TESTS)("verifyChain at 1,000,000 lines", () => {
   it("verifies a million lines with bounded memory", () => {
     const db = archive();
@@ -596,15 +596,15 @@ describe.skipIf(!process.env.TOTEBOX_LARGE_TESTS)("verifyChain at 1,000,000 line
       }
     }
     appendTransactions(db, gen());
-    global.gc?.();
-    const before = process.memoryUsage().heapUsed;
-    let peak = before;
+    const heapBefore = process.memoryUsage().heapUsed;
     const t0 = performance.now();
     const r = verifyChain(db);
-    peak = Math.max(peak, process.memoryUsage().heapUsed);
+    const ms = Math.round(performance.now() - t0);
+    const heapAfter = process.memoryUsage().heapUsed;
     console.log(
-      `verifyChain: ${r.ok ? "ok" : "broken"} ${txs * perTx} lines in ${Math.round(performance.now() - t0)} ms, heap +${Math.round((peak - before) / 1e6)} MB`,
+      `verifyChain: ${r.ok ? "ok" : "broken"} over ${txs * perTx} lines in ${ms} ms; ` +
+        `heap ${Math.round(heapBefore / 1e6)} MB before, ${Math.round(heapAfter / 1e6)} MB after (rows are streamed)`,
     );
     expect(r).toMatchObject({ ok: true, entries: txs, lines: txs * perTx });
-  });
+  }, 600_000);
 });
