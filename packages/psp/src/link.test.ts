@@ -267,3 +267,27 @@ describe("TLS and pinning", () => {
     expect(refusals[n]).toMatchObject({ code: "PSP_ERR_TLS_TIMEOUT" });
   });
 });
+
+describe("the sender splits batches to fit the receiver's limits", () => {
+  it("200 calls carrying attachments in one turn travel in several frames, none over the segment limit", async () => {
+    const s = await subjectServer({});
+    const link = await connectPsp({
+      identity: commanderId,
+      role: "commander",
+      host: "127.0.0.1",
+      port: s.server.address.port,
+      expect: subjectId.fingerprint,
+    });
+    const api = openCommander<ApiT>(link);
+    let frames = 0;
+    link.on("frame-out", () => frames++);
+    const payload = new Uint8Array(1024).fill(3);
+    const answers = await Promise.all(Array.from({ length: 200 }, () => api.echo(payload)));
+    expect(answers).toHaveLength(200);
+    expect((answers[199] as Uint8Array).byteLength).toBe(1024);
+    expect(frames).toBeGreaterThanOrEqual(4); // 200 attachments / 63 per frame
+    expect(link.closed).toBe(false);
+    link.close();
+    await s.server.close();
+  });
+});

@@ -6,7 +6,7 @@ import { DiodeGuard, type PspRole } from "./diode.ts";
 import { isPspError, PspError } from "./errors.ts";
 import { encodeFrame, type Frame, FrameDecoder, FrameKind, frameByteLength } from "./frame-codec.ts";
 import { type PspLimits, resolveLimits } from "./limits.ts";
-import { decodeMessages, encodeMessages } from "./message-codec.ts";
+import { decodeMessages, encodeMessages, measureAttachments } from "./message-codec.ts";
 import { type Scheduler, systemScheduler, type TimerHandle } from "./scheduler.ts";
 
 /** Who is on the other end, as established by the TLS pin check. */
@@ -178,11 +178,26 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
   #flush(): void {
     this.#flushScheduled = false;
     if (this.#closed && this.#outbox.length === 0) return;
+    // Split the queue into frames the peer will accept: at most maxMessagesPerFrame messages,
+    // maxSegments - 1 attachments (segment 0 is the CBOR), and attachment bytes well under
+    // maxFrameBytes. A single message too large on its own is refused in #write.
+    const maxAttachments = this.limits.maxSegments - 1;
+    const byteBudget = this.limits.maxFrameBytes - 64 * 1024;
     while (this.#outbox.length > 0) {
-      const batch = this.#outbox.splice(0, this.limits.maxMessagesPerFrame);
-      const count = batch.length;
+      let n = 0;
+      let attachments = 0;
+      let bytes = 0;
+      while (n < this.#outbox.length && n < this.limits.maxMessagesPerFrame) {
+        const m = measureAttachments(this.#outbox[n], this.limits.attachmentThresholdBytes);
+        if (n > 0 && (attachments + m.count > maxAttachments || bytes + m.bytes > byteBudget)) break;
+        attachments += m.count;
+        bytes += m.bytes;
+        n++;
+      }
+      const batch = this.#outbox.splice(0, n);
       const parts = encodeFrame(FrameKind.Messages, encodeMessages(batch, this.limits));
-      this.#write(parts, FrameKind.Messages, count);
+      this.#write(parts, FrameKind.Messages, batch.length);
+      if (this.#closed) return;
     }
   }
 

@@ -50,6 +50,33 @@ export interface MessageCodecLimits {
 }
 
 /**
+ * How many attachments, and how many bytes of them, a message will lift when encoded. Lets the
+ * sender split a batch before encoding so no frame exceeds the receiver's segment or size limits.
+ */
+export function measureAttachments(
+  message: unknown,
+  threshold: number,
+  depthLimit = 64,
+): { count: number; bytes: number } {
+  let count = 0;
+  let bytes = 0;
+  const walk = (node: unknown, depth: number): void => {
+    if (node instanceof Uint8Array) {
+      if (node.byteLength >= threshold) {
+        count++;
+        bytes += node.byteLength;
+      } else bytes += node.byteLength;
+      return;
+    }
+    if (depth > depthLimit || node === null || typeof node !== "object") return;
+    if (Array.isArray(node)) for (const x of node) walk(x, depth + 1);
+    else for (const x of Object.values(node as Record<string, unknown>)) walk(x, depth + 1);
+  };
+  walk(message, 0);
+  return { count, bytes };
+}
+
+/**
  * Encodes a batch of messages into frame segments. Mutates the (freshly devaluated) message trees
  * only by swapping large byte strings for AttachmentRef placeholders.
  */

@@ -313,7 +313,11 @@ export class ToteboxServer implements ToteboxRuntime {
       .run(now);
     audit("TOTEBOX_ERR_PAIRING", null);
     this.log.warn({ fingerprint: link.peer.fingerprint }, "wrong pairing proof: open codes burned");
-    link.close(new PspError("PSP_ERR_PAIRING", "pairing proof refused"));
+    // Close the link once this refusal has been sent (the answer leaves when the prover pulls it,
+    // usually in its next frame): closing it now would leave the prover a bare closed link
+    // instead of TOTEBOX_ERR_PAIRING. A clean close flushes what was written; a prover that never
+    // pulls is cut by the idle timeout, and this link can no longer pair or authorize anyway.
+    link.once("frame-out", () => setImmediate(() => link.close()));
     throw new ToteboxError("TOTEBOX_ERR_PAIRING", "pairing proof refused; the code is no longer valid");
   }
 
