@@ -28,8 +28,8 @@ const AS_OF = "2026-10-31";
 async function bigArchive(
   lines: number,
 ): Promise<{ dir: string; lines: number; buildSeconds: number | null }> {
-  // A property archive at scale 1 holds about 3,500 journal lines.
-  const scale = Math.ceil(lines / 3_400);
+  // A property archive holds about 6,800 journal lines per unit of scale.
+  const scale = Math.ceil(lines / 6_800);
   const dir = join(tmpdir(), `os-orchestration-bench-${scale}`, "archive");
   if (existsSync(join(dir, "archive.db"))) {
     const a = await openArchive(dir);
@@ -92,17 +92,24 @@ export async function benchTotebox(): Promise<BenchRow[]> {
     times.push(performance.now() - t);
   }
   times.sort((x, y) => x - y);
-  // Baseline in the same run: the cheapest possible query on the same connection pool.
+  // Baseline in the same run: the same figures computed the obvious way, by scanning every
+  // journal line (what the view avoids by reading the per-day totals the ledger maintains).
+  const { default: Database } = await import("better-sqlite3");
+  const raw = new Database(join(dir, "archive.db"), { readonly: true });
+  const scan = raw.prepare(
+    `SELECT sum(CASE WHEN a.subtype = 'cash' THEN l.amount END) AS cash,
+            sum(CASE WHEN a.class = 'asset' THEN l.amount END) AS assets,
+            -sum(CASE WHEN a.class = 'liability' THEN l.amount END) AS liabilities
+       FROM journal_lines l JOIN journal_tx t ON t.seq = l.tx_seq JOIN accounts a ON a.code = l.account
+      WHERE t.date <= ?`,
+  );
   const base: number[] = [];
-  for (let i = 0; i < 50; i++) {
+  for (let i = 0; i < 5; i++) {
     const t = performance.now();
-    await runner.run({
-      policy,
-      view: "archive-health",
-      params: validateParams(policy.views.get("archive-health")!, {}),
-    });
+    scan.get(AS_OF);
     base.push(performance.now() - t);
   }
+  raw.close();
   base.sort((x, y) => x - y);
   await runner.close();
   const p50 = percentile(times, 50);
@@ -111,7 +118,7 @@ export async function benchTotebox(): Promise<BenchRow[]> {
     name: `position view, ${lines.toLocaleString("en-US")} lines, p50`,
     value: p50,
     unit: "ms",
-    ratio: `${(p50 / percentile(base, 50)).toFixed(1)}× archive-health`,
+    ratio: `${(percentile(base, 50) / p50).toFixed(0)}× faster than scanning every line`,
     goal: `p50 < 50 ms: ${p50 < 50 ? "met" : "NOT met"}`,
   });
   rows.push({
