@@ -23,7 +23,10 @@ export function newPairingCode(random: (n: number) => Uint8Array = randomBytes):
   let bits = 0n;
   for (const b of bytes) bits = (bits << 8n) | BigInt(b);
   let out = "";
-  for (let i = 0; i < 8; i++) (out = ALPHABET[Number(bits & 31n)]! + out), (bits >>= 5n);
+  for (let i = 0; i < 8; i++) {
+    out = ALPHABET[Number(bits & 31n)]! + out;
+    bits >>= 5n;
+  }
   return `${out.slice(0, 4)}-${out.slice(4)}`;
 }
 
