@@ -32,6 +32,18 @@ export interface DiodeViolation {
 
 type Expr = unknown;
 
+/** What one walk of an expression checks against, and what it collects. */
+interface ExprCheck {
+  readonly allowed: ReadonlySet<string>;
+  readonly offender: "peer" | "self";
+  readonly messageType: string;
+  readonly isCommander: boolean;
+  /** Push ids a call depends on (pipelining depth). */
+  readonly deps?: Set<number>;
+  /** Promise ids a subject announces in an answer (answered later without a pull). */
+  readonly announcedPromises?: Set<number>;
+}
+
 /** Special forms a commander may use inside call arguments. */
 const COMMANDER_ARG_FORMS = new Set([
   "bytes",
@@ -97,7 +109,11 @@ export class DiodeGuard {
     if (this.role === "commander") {
       switch (m.type) {
         case "push":
-          this.#checkExpr(m.body[0], COMMANDER_ARG_FORMS, "self", "push", 0, true);
+          this.#checkExpr(
+            m.body[0],
+            { allowed: COMMANDER_ARG_FORMS, offender: "self", messageType: "push", isCommander: true },
+            0,
+          );
           return;
         case "pull":
           if (typeof m.body[0] === "number") this.#expectedAnswers.add(m.body[0]);
@@ -112,7 +128,11 @@ export class DiodeGuard {
     switch (m.type) {
       case "resolve":
       case "reject":
-        this.#checkExpr(m.body[1], SUBJECT_ANSWER_FORMS, "self", m.type, 0, false);
+        this.#checkExpr(
+          m.body[1],
+          { allowed: SUBJECT_ANSWER_FORMS, offender: "self", messageType: m.type, isCommander: false },
+          0,
+        );
         return;
       case "abort":
         return;
@@ -129,7 +149,11 @@ export class DiodeGuard {
           throw violation("peer", "a push must be a call or property get (pipeline)", "push");
         }
         const deps = new Set<number>();
-        this.#checkExpr(expr, COMMANDER_ARG_FORMS, "peer", "push", 0, true, deps);
+        this.#checkExpr(
+          expr,
+          { allowed: COMMANDER_ARG_FORMS, offender: "peer", messageType: "push", isCommander: true, deps },
+          0,
+        );
         let depth = 1;
         for (const id of deps) depth = Math.max(depth, (this.#livePushes.get(id) ?? 0) + 1);
         if (depth > this.#limits.maxPipelineDepth) {
@@ -177,7 +201,17 @@ export class DiodeGuard {
           throw violation("peer", "answer to something that was never asked", m.type);
         }
         const announced = new Set<number>();
-        this.#checkExpr(m.body[1], SUBJECT_ANSWER_FORMS, "peer", m.type, 0, false, undefined, announced);
+        this.#checkExpr(
+          m.body[1],
+          {
+            allowed: SUBJECT_ANSWER_FORMS,
+            offender: "peer",
+            messageType: m.type,
+            isCommander: false,
+            announcedPromises: announced,
+          },
+          0,
+        );
         for (const p of announced) this.#expectedAnswers.add(p);
         return;
       }
@@ -201,21 +235,13 @@ export class DiodeGuard {
    * is an escaped literal array. `deps` collects the push ids a call depends on (pipelining);
    * `announcedPromises` collects promise ids a subject places in an answer.
    */
-  #checkExpr(
-    expr: Expr,
-    allowed: ReadonlySet<string>,
-    offender: "peer" | "self",
-    messageType: string,
-    depth: number,
-    isCommander: boolean,
-    deps?: Set<number>,
-    announcedPromises?: Set<number>,
-  ): void {
+  #checkExpr(expr: Expr, ctx: ExprCheck, depth: number): void {
+    const { allowed, offender, messageType, isCommander, deps, announcedPromises } = ctx;
     if (depth > this.#limits.maxMessageDepth) throw malformed("expression too deep");
     if (Array.isArray(expr)) {
       if (expr.length === 1 && Array.isArray(expr[0])) {
         for (const e of expr[0]) {
-          this.#checkExpr(e, allowed, offender, messageType, depth + 1, isCommander, deps, announcedPromises);
+          this.#checkExpr(e, ctx, depth + 1);
         }
         return;
       }
@@ -239,16 +265,7 @@ export class DiodeGuard {
             const args = expr[3];
             if (!Array.isArray(args)) throw malformed("call arguments must be a list");
             for (const a of args) {
-              this.#checkExpr(
-                a,
-                allowed,
-                offender,
-                messageType,
-                depth + 1,
-                isCommander,
-                deps,
-                announcedPromises,
-              );
+              this.#checkExpr(a, ctx, depth + 1);
             }
           }
           return;
@@ -260,16 +277,7 @@ export class DiodeGuard {
         case "error":
           // ["error", type, message, stack?, props?]: props are data.
           if (expr.length >= 5) {
-            this.#checkExpr(
-              expr[4],
-              allowed,
-              offender,
-              messageType,
-              depth + 1,
-              isCommander,
-              deps,
-              announcedPromises,
-            );
+            this.#checkExpr(expr[4], ctx, depth + 1);
           }
           return;
         default:
@@ -278,7 +286,7 @@ export class DiodeGuard {
     }
     if (expr !== null && typeof expr === "object" && !(expr instanceof Uint8Array)) {
       for (const v of Object.values(expr)) {
-        this.#checkExpr(v, allowed, offender, messageType, depth + 1, isCommander, deps, announcedPromises);
+        this.#checkExpr(v, ctx, depth + 1);
       }
     }
   }
