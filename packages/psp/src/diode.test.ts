@@ -191,7 +191,7 @@ describe("Diode: a commander that hands the subject something callable is cut of
 
 /** Polls a synchronous condition across event-loop turns (no timers): for state set by I/O callbacks. */
 async function waitFor<T>(get: () => T | undefined): Promise<T> {
-  for (let i = 0; i < 10_000; i++) {
+  for (let i = 0; i < 1_000_000; i++) {
     const v = get();
     if (v !== undefined) return v;
     await new Promise((r) => setImmediate(r));
