@@ -10,6 +10,8 @@ import {
 import { chmod, mkdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
+import { keyIdOf } from "./capability.ts";
+import { ed25519PublicKeyFromRaw, rawPublicKey } from "./cose.ts";
 import { PspError } from "./errors.ts";
 
 // @peculiar/x509 defaults to the global WebCrypto; Node 20 exposes it as node:crypto's webcrypto.
@@ -160,25 +162,28 @@ export function normalizeFingerprint(fp: string): string {
   return hex;
 }
 
+// Key bytes and key ids have one implementation, in cose.ts / capability.ts (cached per
+// KeyObject, JWK import). These wrappers keep identity's own error code for non-Ed25519 input.
+
+function requireEd25519(key: KeyObject): void {
+  if (key.asymmetricKeyType !== "ed25519")
+    throw new PspError("PSP_ERR_IDENTITY", "not an Ed25519 public key");
+}
+
 /** The 32 raw bytes of an Ed25519 public key. */
 export function rawEd25519PublicKey(publicKey: KeyObject): Buffer {
-  const jwk = publicKey.export({ format: "jwk" });
-  if (jwk.crv !== "Ed25519" || typeof jwk.x !== "string") {
-    throw new PspError("PSP_ERR_IDENTITY", "not an Ed25519 public key");
-  }
-  return Buffer.from(jwk.x, "base64url");
+  requireEd25519(publicKey);
+  return Buffer.from(rawPublicKey(publicKey));
 }
 
 export function publicKeyFromRaw(raw: Uint8Array): KeyObject {
   if (raw.length !== 32) throw new PspError("PSP_ERR_IDENTITY", "Ed25519 public keys are 32 bytes");
-  return createPublicKey({
-    key: { kty: "OKP", crv: "Ed25519", x: Buffer.from(raw).toString("base64url") },
-    format: "jwk",
-  });
+  return ed25519PublicKeyFromRaw(raw);
 }
 
 export function keyIdOfPublicKey(publicKey: KeyObject): string {
-  return createHash("sha256").update(rawEd25519PublicKey(publicKey)).digest("hex");
+  requireEd25519(publicKey);
+  return keyIdOf(publicKey);
 }
 
 /**
