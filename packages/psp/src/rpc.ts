@@ -21,6 +21,7 @@ export function sanitizeOutgoingError(error: Error): Error {
     out.stack = "";
     return out;
   }
+  if (process.env.PSP_DEBUG) console.error("PSP internal error:", error);
   const out = new Error("internal error") as Error & { code: string };
   out.name = "PspRemoteError";
   out.code = "PSP_ERR_INTERNAL";

@@ -1,0 +1,190 @@
+import type { KeyObject } from "node:crypto";
+import type {
+  AggregatorHello,
+  AggregatorRemote,
+  FanOutPage,
+  FanOutRequest,
+  FanOutResult,
+  OperatorSessionRemote,
+} from "@os-orchestration/orchestration";
+import {
+  type Clock,
+  connectPsp,
+  decodeResult,
+  type Identity,
+  issueGrant,
+  openCommander,
+  type PspLimits,
+  type PspLink,
+  requestHash,
+  systemClock,
+  verifyReceipt,
+} from "@os-orchestration/psp";
+import { ConsoleError } from "./errors.ts";
+
+/**
+ * The console's end of the aggregator link. The console is the commander: it exports nothing to
+ * the aggregator, so the aggregator has nothing of ours to call (invariant 5). The operator's
+ * private key stays in this process; the aggregator only ever sees grants it signs.
+ */
+export interface AggregatorConnection {
+  readonly link: PspLink;
+  readonly aggregator: AggregatorRemote;
+  readonly hello: AggregatorHello;
+  close(): void;
+}
+
+/** Console links receive whole fan-out answers (receipts of every Totebox): allow larger frames. */
+export const CONSOLE_LINK_LIMITS: Partial<PspLimits> = { maxFrameBytes: 64 * 1024 * 1024, maxSegments: 1024 };
+
+export async function connectAggregator(options: {
+  identity: Identity;
+  host: string;
+  port: number;
+  /** The aggregator's pinned certificate fingerprint (its device id). */
+  fingerprint: string;
+  limits?: Partial<PspLimits>;
+}): Promise<AggregatorConnection> {
+  const link = await connectPsp({
+    identity: options.identity,
+    role: "commander",
+    host: options.host,
+    port: options.port,
+    expect: options.fingerprint,
+    limits: { ...CONSOLE_LINK_LIMITS, ...options.limits },
+  });
+  const aggregator = openCommander<AggregatorRemote>(link);
+  let hello: AggregatorHello;
+  try {
+    hello = await aggregator.hello();
+  } catch (e) {
+    link.close();
+    throw e;
+  }
+  if (hello.fingerprint !== link.peer.fingerprint) {
+    link.close();
+    throw new ConsoleError("CONSOLE_ERR_AGGREGATOR", "the aggregator's hello does not match its certificate");
+  }
+  return { link, aggregator, hello, close: () => link.close() };
+}
+
+export interface GrantOptions {
+  readonly operator: Identity;
+  readonly operatorId: string;
+  readonly tenant: string;
+  /** The aggregator the grant delegates to: its fingerprint and raw public key (from hello). */
+  readonly aggregator: { readonly fingerprint: string; readonly publicKey: Uint8Array };
+  readonly toteboxIds?: readonly string[];
+  readonly toteboxSelectors?: readonly string[];
+  readonly views: readonly string[];
+  readonly actions: readonly string[];
+  readonly lifetimeSeconds?: number;
+  readonly clock?: Clock;
+}
+
+/** Signs a time-boxed grant for a session (the operator key never leaves this process). */
+export function signGrant(o: GrantOptions): Uint8Array {
+  return issueGrant({
+    operator: o.operatorId,
+    aggregatorId: o.aggregator.fingerprint,
+    aggregatorKey: o.aggregator.publicKey,
+    tenant: o.tenant,
+    ...(o.toteboxIds ? { toteboxIds: o.toteboxIds } : {}),
+    ...(o.toteboxSelectors ? { toteboxSelectors: o.toteboxSelectors } : {}),
+    views: o.views,
+    actions: o.actions,
+    ...(o.lifetimeSeconds !== undefined ? { lifetimeSeconds: o.lifetimeSeconds } : {}),
+    signer: o.operator.privateKey,
+    clock: o.clock ?? systemClock,
+  });
+}
+
+/**
+ * Starts a fan-out and follows it: `onProgress` gets every page of live progress (long polls on
+ * the handle: the console asks, the aggregator answers), and the result comes back through the
+ * same pipelined handle.
+ */
+export async function runFanOut(
+  session: OperatorSessionRemote,
+  request: FanOutRequest,
+  onProgress?: (page: FanOutPage) => void,
+): Promise<FanOutResult> {
+  const handle = session.start(request);
+  const result = handle.result();
+  if (onProgress) {
+    let cursor = 0;
+    for (;;) {
+      const page = await handle.next(cursor, 2_000);
+      cursor = page.cursor;
+      onProgress(page);
+      if (page.done) break;
+    }
+  }
+  return await result;
+}
+
+export interface AnswerCheck {
+  readonly totebox: string;
+  /** True when every answer of this Totebox carries a receipt its own key signed over these bytes. */
+  readonly verified: boolean;
+  readonly code: string | null;
+}
+
+/**
+ * Checks each Totebox's contribution with the Totebox's own key: the receipt must be signed by it,
+ * over exactly the Arrow bytes passed through, for the request the aggregator says it sent. A
+ * Totebox whose key the console does not know is reported unverified (not failed).
+ */
+export function verifyAnswers(
+  result: FanOutResult,
+  keyOf: (toteboxId: string) => KeyObject | undefined,
+): AnswerCheck[] {
+  const out: AnswerCheck[] = [];
+  for (const o of result.outcomes) {
+    if (o.status !== "ok" && o.status !== "suppressed") continue;
+    const key = keyOf(o.totebox);
+    if (!key) {
+      out.push({ totebox: o.totebox, verified: false, code: "CONSOLE_ERR_UNKNOWN_TOTEBOX" });
+      continue;
+    }
+    try {
+      if (o.answers.length === 0 && !o.command)
+        throw new ConsoleError("CONSOLE_ERR_RECEIPT", "answer carried no receipts");
+      for (const a of o.answers) {
+        const claims = verifyReceipt({
+          token: a.receipt,
+          subjectPublicKey: key,
+          expect: {
+            arrowBytes: a.arrow,
+            capabilityId: a.capabilityId,
+            requestHash: requestHash({
+              view: a.view,
+              params: { ...a.params },
+              ...(a.row !== null ? { row: a.row } : {}),
+            }),
+            subjectId: o.totebox,
+          },
+        });
+        if (decodeResult(a.arrow).rowCount !== claims.rowCount) {
+          throw new ConsoleError("CONSOLE_ERR_RECEIPT", "row count differs from the receipt");
+        }
+      }
+      if (o.command) {
+        verifyReceipt({
+          token: o.command.receipt,
+          subjectPublicKey: key,
+          expect: { arrowBytes: o.command.resultBytes, subjectId: o.totebox },
+        });
+      }
+      out.push({ totebox: o.totebox, verified: true, code: null });
+    } catch (e) {
+      const code = (e as { code?: unknown }).code;
+      out.push({
+        totebox: o.totebox,
+        verified: false,
+        code: typeof code === "string" ? code : "CONSOLE_ERR_RECEIPT",
+      });
+    }
+  }
+  return out;
+}

@@ -1,0 +1,733 @@
+import { type KeyObject, randomBytes } from "node:crypto";
+import {
+  type CanonicalValue,
+  type Cell,
+  type Clock,
+  type ColumnSpec,
+  type DecodedResult,
+  decodeResult,
+  issueCallCapabilityBatch,
+  requestHash,
+  type Scheduler,
+  type TimerHandle,
+  verifyReceipt,
+} from "@os-orchestration/psp";
+import type { CommandReply, ReadAnswer, ToteboxSessionRemote } from "@os-orchestration/totebox";
+import type pino from "pino";
+import { type CombinedSection, runCombine } from "./combine.ts";
+import { OrchError } from "./errors.ts";
+import type { OrchLimits } from "./limits.ts";
+import { errorInfo, type LinkLease, type LinkPool } from "./pool.ts";
+import type { ToteboxEntry } from "./registry.ts";
+import type { Viewport } from "./viewports.ts";
+
+/**
+ * One fan-out: a question sent to many Toteboxes at once, each answer checked where it lands, and
+ * every targeted Totebox accounted for exactly once (invariant 7).
+ *
+ * Per Totebox, one round trip: `authorize(grant)` and every read (or the command) of the request
+ * are pipelined into one batch on its link. The Totebox's answer is checked before it counts:
+ * the Arrow decodes to the expected columns, and the receipt is signed by the key pinned for that
+ * link and names the very capability, request and bytes we sent. An answer that arrives after its
+ * Totebox was settled (timeout, deadline, cancellation) is dropped, never merged.
+ */
+
+export type ToteboxStatus = "ok" | "timeout" | "offline" | "denied" | "suppressed" | "error";
+export const TOTEBOX_STATUSES: readonly ToteboxStatus[] = [
+  "ok",
+  "timeout",
+  "offline",
+  "denied",
+  "suppressed",
+  "error",
+];
+export type PartialMode = "warn" | "abort";
+
+export interface ReadSpec {
+  readonly view: string;
+  /** Table name in the combine step (viewports), or the view name. */
+  readonly as: string;
+  readonly params: Readonly<Record<string, CanonicalValue>>;
+  readonly row?: string | undefined;
+  /** Expected columns; answers with another schema are refused. */
+  readonly columns?: readonly ColumnSpec[] | undefined;
+}
+
+export interface CommandSpec {
+  readonly name: string;
+  readonly args: Readonly<Record<string, CanonicalValue>>;
+  readonly idempotencyKey: string;
+}
+
+/** A Totebox's answer to one read, exactly as it sent it (receipts pass through untouched). */
+export interface PassedAnswer {
+  readonly as: string;
+  readonly view: string;
+  readonly params: Readonly<Record<string, CanonicalValue>>;
+  readonly row: string | null;
+  readonly capabilityId: Uint8Array;
+  readonly arrow: Uint8Array;
+  readonly receipt: Uint8Array;
+  readonly rowCount: number;
+  readonly suppressedGroups: number;
+  readonly watermark: string;
+}
+
+export interface PassedCommand {
+  readonly command: string;
+  readonly capabilityId: Uint8Array;
+  readonly result: CanonicalValue;
+  readonly resultBytes: Uint8Array;
+  readonly receipt: Uint8Array;
+  readonly replayed: boolean;
+}
+
+export interface ToteboxOutcome {
+  readonly totebox: string;
+  readonly name: string;
+  readonly tags: Readonly<Record<string, string>>;
+  readonly status: ToteboxStatus;
+  /** Stable code of why it is not ok (null when ok). */
+  readonly code: string | null;
+  /** Human-readable reason; never carries token bytes. */
+  readonly reason: string;
+  readonly elapsedMs: number;
+  readonly answers: readonly PassedAnswer[];
+  readonly command: PassedCommand | null;
+}
+
+export interface ProgressEvent {
+  readonly seq: number;
+  readonly totebox: string;
+  readonly status: ToteboxStatus;
+  readonly code: string | null;
+  readonly reason: string;
+  readonly elapsedMs: number;
+  readonly answered: number;
+  readonly targeted: number;
+}
+
+export interface FanOutResult {
+  readonly id: string;
+  readonly kind: "viewport" | "read" | "command";
+  readonly name: string;
+  readonly params: Readonly<Record<string, CanonicalValue>>;
+  readonly mode: PartialMode;
+  readonly targeted: number;
+  /** Toteboxes that answered (ok or suppressed). */
+  readonly answered: number;
+  /** True if a Totebox is missing from the answer (its status says why). */
+  readonly partial: boolean;
+  readonly startedAt: number;
+  readonly finishedAt: number;
+  readonly outcomes: readonly ToteboxOutcome[];
+  readonly sections: readonly CombinedSection[];
+  /** Set when the fan-out failed as a whole: abort with a Totebox missing, cancelled, combine failure. */
+  readonly error: { readonly code: string; readonly message: string } | null;
+}
+
+export interface FanOutPlan {
+  readonly kind: "viewport" | "read" | "command";
+  readonly name: string;
+  readonly params: Readonly<Record<string, CanonicalValue>>;
+  readonly targets: readonly ToteboxEntry[];
+  readonly reads: readonly ReadSpec[];
+  readonly command: CommandSpec | undefined;
+  readonly viewport: Viewport | undefined;
+  readonly mode: PartialMode;
+  readonly toteboxTimeoutMs: number;
+  readonly deadlineMs: number;
+  /** The operator's grant token, presented to every Totebox as is. */
+  readonly grant: Uint8Array;
+  readonly tenant: string;
+  readonly operator: string;
+}
+
+export interface FanOutHooks {
+  outcome?(o: ToteboxOutcome): void;
+  finished?(r: FanOutResult): void;
+}
+
+export interface FanOutContext {
+  readonly pool: LinkPool;
+  readonly signer: KeyObject;
+  readonly clock: Clock;
+  readonly scheduler: Scheduler;
+  readonly limits: Readonly<OrchLimits>;
+  readonly logger: pino.Logger;
+  readonly hooks?: FanOutHooks;
+}
+
+interface Pending {
+  readonly entry: ToteboxEntry;
+  readonly started: number;
+  settled: boolean;
+  timer: TimerHandle | undefined;
+  session: ToteboxSessionRemote | undefined;
+  lease: LinkLease | undefined;
+  caps: Uint8Array[];
+  ctis: Uint8Array[];
+}
+
+export class FanOut {
+  readonly id: string;
+  readonly plan: FanOutPlan;
+  readonly startedAt: number;
+  readonly #ctx: FanOutContext;
+  readonly #events: ProgressEvent[] = [];
+  readonly #outcomes = new Map<string, ToteboxOutcome>();
+  readonly #pending = new Map<string, Pending>();
+  readonly #decoded = new Map<string, Map<string, DecodedResult>>();
+  readonly #waiters = new Set<() => void>();
+  #deadline: TimerHandle | undefined;
+  #failure: { code: string; message: string } | null = null;
+  #result: FanOutResult | undefined;
+  #completing = false;
+  readonly done: Promise<FanOutResult>;
+  #finish!: (r: FanOutResult) => void;
+
+  constructor(plan: FanOutPlan, ctx: FanOutContext) {
+    this.id = randomBytes(8).toString("hex");
+    this.plan = plan;
+    this.#ctx = ctx;
+    this.startedAt = ctx.clock.now();
+    this.done = new Promise((r) => {
+      this.#finish = r;
+    });
+  }
+
+  get answered(): number {
+    let n = 0;
+    for (const o of this.#outcomes.values()) if (o.status === "ok" || o.status === "suppressed") n++;
+    return n;
+  }
+
+  get finished(): boolean {
+    return this.#result !== undefined;
+  }
+
+  /** Progress events after `cursor` (exclusive); `done` once the result is ready. */
+  events(cursor: number, max: number): { events: ProgressEvent[]; cursor: number; done: boolean } {
+    const from = Math.max(0, Math.min(cursor, this.#events.length));
+    const events = this.#events.slice(from, from + max);
+    return {
+      events,
+      cursor: from + events.length,
+      done: this.finished && from + events.length >= this.#events.length,
+    };
+  }
+
+  /** Resolves when there is news after `cursor` or after `waitMs`. */
+  waitForNews(cursor: number, waitMs: number): Promise<void> {
+    if (cursor < this.#events.length || this.finished) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const wake = () => {
+        t.cancel();
+        this.#waiters.delete(wake);
+        resolve();
+      };
+      const t = this.#ctx.scheduler.after(waitMs, wake);
+      this.#waiters.add(wake);
+    });
+  }
+
+  #notify(): void {
+    for (const w of [...this.#waiters]) w();
+  }
+
+  /** Sends the request to every target; resolves `done` when every target is settled. */
+  start(): void {
+    const { plan } = this;
+    const ctx = this.#ctx;
+    const lifetimeSeconds = Math.min(120, Math.ceil(plan.deadlineMs / 1000) + 30);
+    // One signature for the whole fan-out: a capability per Totebox per read, each naming exactly
+    // one Totebox, one view (or command) and this grant, batch-signed over a Merkle root.
+    const per = plan.command ? 1 : plan.reads.length;
+    // Capability ids drawn once for the whole fan-out; kept to check each receipt names its own.
+    const ctiPool = randomBytes(16 * per * plan.targets.length);
+    const cti = (k: number) => ctiPool.subarray(16 * k, 16 * k + 16);
+    const inputs = [];
+    for (const e of plan.targets) {
+      if (plan.command) {
+        inputs.push({
+          grant: plan.grant,
+          totebox: e.id,
+          command: plan.command.name,
+          action: plan.command.name,
+          cti: cti(inputs.length),
+          lifetimeSeconds,
+          clock: ctx.clock,
+        });
+      } else {
+        for (const r of plan.reads) {
+          inputs.push({
+            grant: plan.grant,
+            totebox: e.id,
+            view: r.view,
+            action: "read",
+            ...(r.row !== undefined ? { row: r.row } : {}),
+            cti: cti(inputs.length),
+            lifetimeSeconds,
+            clock: ctx.clock,
+          });
+        }
+      }
+    }
+    let caps: Uint8Array[];
+    try {
+      caps = issueCallCapabilityBatch(inputs, ctx.signer);
+    } catch (e) {
+      // The grant's window no longer covers a call (it expired between check and signing).
+      const info = errorInfo(e);
+      for (const entry of plan.targets) this.#settleEarly(entry, "denied", info.code, info.message);
+      this.#failure = info;
+      void this.#complete();
+      return;
+    }
+    this.#deadline = ctx.scheduler.after(plan.deadlineMs, () => this.#onDeadline());
+    plan.targets.forEach((entry, i) => {
+      const p: Pending = {
+        entry,
+        started: ctx.clock.now(),
+        settled: false,
+        timer: undefined,
+        session: undefined,
+        lease: undefined,
+        caps: caps.slice(i * per, i * per + per),
+        ctis: Array.from({ length: per }, (_, k) => cti(i * per + k)),
+      };
+      this.#pending.set(entry.id, p);
+      const budget = Math.max(1, Math.min(plan.toteboxTimeoutMs, plan.deadlineMs));
+      p.timer = ctx.scheduler.after(budget, () =>
+        this.#settle(p, "timeout", "ORCH_ERR_TOTEBOX_TIMEOUT", `no answer within ${budget} ms`),
+      );
+      void this.#ask(p, budget);
+    });
+    if (plan.targets.length === 0) void this.#complete();
+  }
+
+  async #ask(p: Pending, budget: number): Promise<void> {
+    const { plan } = this;
+    let lease: LinkLease;
+    try {
+      lease = await this.#ctx.pool.acquire(p.entry.id, budget);
+    } catch (e) {
+      const info = errorInfo(e);
+      this.#settle(p, statusOf(info.code), info.code, info.message);
+      return;
+    }
+    if (p.settled) {
+      lease.release();
+      return;
+    }
+    p.lease = lease;
+    const session = lease.remote.authorize(plan.grant);
+    p.session = session;
+    try {
+      if (plan.command) {
+        const c = plan.command;
+        const reply = (await session.command(p.caps[0]!, c.name, { ...c.args }, c.idempotencyKey)) as unknown;
+        if (p.settled) return;
+        const checked = checkCommandReply(reply, p.entry.id, c, p.ctis[0]!, lease);
+        this.#settle(p, "ok", null, "", [], checked);
+      } else {
+        // Every read of this Totebox in the same microtask: one frame out, one round trip.
+        const replies = await Promise.all(
+          plan.reads.map(
+            (r, i) => session.view(r.view).read(p.caps[i]!, { ...r.params }, r.row) as Promise<unknown>,
+          ),
+        );
+        if (p.settled) return;
+        const answers: PassedAnswer[] = [];
+        const decoded = new Map<string, DecodedResult>();
+        let suppressed = 0;
+        let rows = 0;
+        plan.reads.forEach((r, i) => {
+          const { answer, result } = this.#checkRead(replies[i], r, p.ctis[i]!, p.entry.id, lease);
+          answers.push(answer);
+          decoded.set(r.as, result);
+          suppressed += answer.suppressedGroups;
+          rows += answer.rowCount;
+        });
+        this.#decoded.set(p.entry.id, decoded);
+        // A Totebox whose every group fell under the owner's privacy floor answered, but with nothing.
+        if (rows === 0 && suppressed > 0) {
+          this.#settle(
+            p,
+            "suppressed",
+            "TOTEBOX_PRIVACY_FLOOR",
+            `${suppressed} group(s) below the owner's privacy floor`,
+            answers,
+          );
+        } else
+          this.#settle(p, "ok", null, suppressed > 0 ? `${suppressed} group(s) suppressed` : "", answers);
+      }
+    } catch (e) {
+      let info = errorInfo(e);
+      // A link torn down because the registry suspended or archived the Totebox mid-query says
+      // only "link closed": report the reason the operator can act on.
+      const h = this.#ctx.pool.health(p.entry.id)?.health;
+      if (h === "suspended" || h === "archived") {
+        info = {
+          code: h === "suspended" ? "ORCH_ERR_TOTEBOX_SUSPENDED" : "ORCH_ERR_TOTEBOX_ARCHIVED",
+          message: `Totebox was ${h} in the registry while the query ran`,
+        };
+      }
+      this.#settle(p, statusOf(info.code), info.code, info.message);
+    }
+  }
+
+  #checkRead(
+    reply: unknown,
+    r: ReadSpec,
+    capabilityId: Uint8Array,
+    toteboxId: string,
+    lease: LinkLease,
+  ): { answer: PassedAnswer; result: DecodedResult } {
+    const a = reply as Partial<ReadAnswer> | null;
+    if (
+      typeof a !== "object" ||
+      a === null ||
+      a.totebox !== toteboxId ||
+      a.view !== r.view ||
+      !(a.arrow instanceof Uint8Array) ||
+      !(a.receipt instanceof Uint8Array) ||
+      typeof a.watermark !== "string" ||
+      !Number.isSafeInteger(a.rowCount) ||
+      !Number.isSafeInteger(a.suppressedGroups)
+    ) {
+      throw new OrchError("ORCH_ERR_TOTEBOX_ANSWER", "answer is not a read answer for this request");
+    }
+    if (a.arrow.byteLength > this.#ctx.limits.maxAnswerBytes) {
+      throw new OrchError("ORCH_ERR_TOTEBOX_ANSWER", "answer is larger than the limit", {
+        limit: this.#ctx.limits.maxAnswerBytes,
+      });
+    }
+    const publicKey = lease.link.peer.publicKey;
+    if (!publicKey) throw new OrchError("ORCH_ERR_TOTEBOX_ANSWER", "link has no peer key");
+    // The receipt must be this Totebox's signature over these bytes, for this capability and
+    // request: an old answer replayed, or one meant for another request, does not verify.
+    const claims = verifyReceipt({
+      token: a.receipt,
+      subjectPublicKey: publicKey,
+      expect: {
+        arrowBytes: a.arrow,
+        capabilityId,
+        requestHash: requestHash({
+          view: r.view,
+          params: { ...r.params },
+          ...(r.row !== undefined ? { row: r.row } : {}),
+        }),
+        subjectId: toteboxId,
+      },
+    });
+    let result: DecodedResult;
+    try {
+      result = decodeResult(a.arrow, r.columns);
+    } catch (e) {
+      throw new OrchError("ORCH_ERR_TOTEBOX_ANSWER", `unreadable result: ${errorInfo(e).code}`);
+    }
+    if (
+      result.rowCount !== claims.rowCount ||
+      result.rowCount > this.#ctx.limits.maxRowsPerTotebox ||
+      claims.suppressedGroups !== a.suppressedGroups
+    ) {
+      throw new OrchError(
+        "ORCH_ERR_TOTEBOX_ANSWER",
+        "row counts disagree with the receipt or exceed the limit",
+      );
+    }
+    return {
+      answer: {
+        as: r.as,
+        view: r.view,
+        params: r.params,
+        row: r.row ?? null,
+        capabilityId,
+        arrow: a.arrow,
+        receipt: a.receipt,
+        rowCount: claims.rowCount,
+        suppressedGroups: claims.suppressedGroups,
+        watermark: claims.watermark,
+      },
+      result,
+    };
+  }
+
+  #settleEarly(entry: ToteboxEntry, status: ToteboxStatus, code: string | null, reason: string): void {
+    this.#record({
+      totebox: entry.id,
+      name: entry.name,
+      tags: { ...entry.tags },
+      status,
+      code,
+      reason,
+      elapsedMs: 0,
+      answers: [],
+      command: null,
+    });
+  }
+
+  #settle(
+    p: Pending,
+    status: ToteboxStatus,
+    code: string | null,
+    reason: string,
+    answers: PassedAnswer[] = [],
+    command: PassedCommand | null = null,
+  ): void {
+    if (p.settled) return; // a late answer: dropped, never merged
+    p.settled = true;
+    p.timer?.cancel();
+    if (status !== "ok" && status !== "suppressed") {
+      this.#decoded.delete(p.entry.id);
+      this.#cancelAtTotebox(p);
+    }
+    p.lease?.release();
+    disposeStub(p.session);
+    p.session = undefined;
+    this.#pending.delete(p.entry.id);
+    this.#record({
+      totebox: p.entry.id,
+      name: p.entry.name,
+      tags: { ...p.entry.tags },
+      status,
+      code,
+      reason,
+      elapsedMs: this.#ctx.clock.now() - p.started,
+      answers,
+      command,
+    });
+    if (this.#pending.size === 0) void this.#complete();
+  }
+
+  /** Tells a Totebox to stop work we no longer want (timeout, deadline, cancel). Best effort. */
+  #cancelAtTotebox(p: Pending): void {
+    const s = p.session;
+    if (!s || !p.lease) return;
+    for (const cap of p.caps) {
+      try {
+        const r = (s as unknown as { cancel(c: Uint8Array): Promise<unknown> }).cancel(cap);
+        void Promise.resolve(r).catch(() => {});
+      } catch {
+        // the link may already be gone: nothing left to stop
+      }
+    }
+  }
+
+  #record(o: ToteboxOutcome): void {
+    if (this.#outcomes.has(o.totebox)) return;
+    this.#outcomes.set(o.totebox, o);
+    this.#events.push({
+      seq: this.#events.length + 1,
+      totebox: o.totebox,
+      status: o.status,
+      code: o.code,
+      reason: o.reason,
+      elapsedMs: o.elapsedMs,
+      answered: this.answered,
+      targeted: this.plan.targets.length,
+    });
+    this.#ctx.hooks?.outcome?.(o);
+    this.#notify();
+  }
+
+  #onDeadline(): void {
+    for (const p of [...this.#pending.values()]) {
+      this.#settle(
+        p,
+        "timeout",
+        "ORCH_ERR_DEADLINE",
+        `overall deadline of ${this.plan.deadlineMs} ms reached`,
+      );
+    }
+  }
+
+  /** Cancels the fan-out: pending Toteboxes are told to stop and reported as cancelled. */
+  cancel(): void {
+    if (this.finished || this.#failure) return;
+    this.#failure = { code: "ORCH_ERR_CANCELLED", message: "cancelled by the operator" };
+    for (const p of [...this.#pending.values()]) {
+      this.#settle(p, "error", "ORCH_ERR_CANCELLED", "fan-out cancelled before this Totebox answered");
+    }
+  }
+
+  async #complete(): Promise<void> {
+    if (this.#result || this.#completing) return;
+    this.#completing = true;
+    this.#deadline?.cancel();
+    const { plan } = this;
+    // Every target exactly once, in the order they were targeted.
+    const outcomes = plan.targets.map((e) => this.#outcomes.get(e.id)!);
+    const answered = outcomes.filter((o) => o.status === "ok" || o.status === "suppressed").length;
+    const partial = answered < outcomes.length;
+    let error = this.#failure;
+    if (!error && partial && plan.mode === "abort") {
+      const missing = outcomes.length - answered;
+      error = {
+        code: "ORCH_ERR_PARTIAL",
+        message: `${missing} of ${outcomes.length} Toteboxes did not answer`,
+      };
+    }
+    let sections: CombinedSection[] = [];
+    if (!error && plan.kind !== "command") {
+      try {
+        sections = await this.#combine(outcomes);
+      } catch (e) {
+        error = errorInfo(e);
+      }
+    }
+    this.#decoded.clear(); // nothing outlives the query (invariant 1)
+    const result: FanOutResult = {
+      id: this.id,
+      kind: plan.kind,
+      name: plan.name,
+      params: plan.params,
+      mode: plan.mode,
+      targeted: outcomes.length,
+      answered,
+      partial,
+      startedAt: this.startedAt,
+      finishedAt: this.#ctx.clock.now(),
+      outcomes,
+      sections,
+      error,
+    };
+    this.#result = result;
+    this.#ctx.hooks?.finished?.(result);
+    this.#notify();
+    this.#finish(result);
+  }
+
+  async #combine(outcomes: readonly ToteboxOutcome[]): Promise<CombinedSection[]> {
+    const { plan } = this;
+    const results = new Map<
+      string,
+      { totebox: string; tags: Readonly<Record<string, string>>; result: DecodedResult }[]
+    >();
+    for (const r of plan.reads) results.set(r.as, []);
+    for (const o of outcomes) {
+      const d = this.#decoded.get(o.totebox);
+      if (!d) continue;
+      for (const [as, result] of d) results.get(as)?.push({ totebox: o.totebox, tags: o.tags, result });
+    }
+    if (plan.viewport) {
+      return runCombine({
+        viewport: plan.viewport,
+        params: plan.params as Record<string, string | number | boolean>,
+        results,
+        coverage: outcomes.map((o) => ({
+          totebox: o.totebox,
+          name: o.name,
+          tags: o.tags,
+          status: o.status,
+          reason: o.code ?? "",
+          elapsedMs: o.elapsedMs,
+        })),
+        limits: this.#ctx.limits,
+      });
+    }
+    // A plain read: the union of the answers, each row tagged with its Totebox.
+    const r = plan.reads[0]!;
+    const parts = results.get(r.as) ?? [];
+    const columns: ColumnSpec[] = [
+      { name: "totebox", type: "string" },
+      ...(parts[0]?.result.columns ?? r.columns ?? []),
+    ];
+    const rows: Cell[][] = [];
+    for (const part of parts) {
+      for (const row of part.result.rows()) {
+        if (rows.length >= this.#ctx.limits.maxCombineOutputRows) {
+          throw new OrchError("ORCH_ERR_COMBINE_LIMIT", "more rows than one answer may carry", {
+            limit: this.#ctx.limits.maxCombineOutputRows,
+          });
+        }
+        rows.push([part.totebox, ...columns.slice(1).map((c) => row[c.name] ?? null)]);
+      }
+    }
+    return [{ name: r.view, title: r.view, columns, rows, chart: undefined }];
+  }
+
+  result(): FanOutResult | undefined {
+    return this.#result;
+  }
+}
+
+function checkCommandReply(
+  reply: unknown,
+  toteboxId: string,
+  c: CommandSpec,
+  capabilityId: Uint8Array,
+  lease: LinkLease,
+): PassedCommand {
+  const a = reply as Partial<CommandReply> | null;
+  if (
+    typeof a !== "object" ||
+    a === null ||
+    a.totebox !== toteboxId ||
+    a.command !== c.name ||
+    !(a.resultBytes instanceof Uint8Array) ||
+    !(a.receipt instanceof Uint8Array) ||
+    typeof a.replayed !== "boolean"
+  ) {
+    throw new OrchError("ORCH_ERR_TOTEBOX_ANSWER", "answer is not a command reply for this request");
+  }
+  const publicKey = lease.link.peer.publicKey;
+  if (!publicKey) throw new OrchError("ORCH_ERR_TOTEBOX_ANSWER", "link has no peer key");
+  // A replayed command answers with the receipt of its first run (other capability id): check the
+  // signer and the result bytes, and the capability only for a first run.
+  verifyReceipt({
+    token: a.receipt,
+    subjectPublicKey: publicKey,
+    expect: {
+      arrowBytes: a.resultBytes,
+      requestHash: requestHash({ command: c.name, params: { ...c.args } }),
+      subjectId: toteboxId,
+      ...(a.replayed ? {} : { capabilityId }),
+    },
+  });
+  return {
+    command: c.name,
+    capabilityId,
+    result: (a.result ?? null) as CanonicalValue,
+    resultBytes: a.resultBytes,
+    receipt: a.receipt,
+    replayed: a.replayed,
+  };
+}
+
+/** How a failure code reads as a Totebox status. */
+export function statusOf(code: string): ToteboxStatus {
+  switch (code) {
+    case "ORCH_ERR_TOTEBOX_OFFLINE":
+    case "ORCH_ERR_TOTEBOX_SUSPENDED":
+    case "ORCH_ERR_TOTEBOX_ARCHIVED":
+    case "PSP_ERR_LINK_CLOSED":
+    case "PSP_ERR_TLS_HANDSHAKE":
+    case "PSP_ERR_TLS_TIMEOUT":
+      return "offline";
+    case "ORCH_ERR_TOTEBOX_TIMEOUT":
+    case "ORCH_ERR_TOTEBOX_BUSY":
+    case "ORCH_ERR_DEADLINE":
+    case "TOTEBOX_ERR_VIEW_TIMEOUT":
+    case "TOTEBOX_ERR_VIEW_BUSY":
+      return "timeout";
+    case "TOTEBOX_ERR_POLICY_DENIED":
+    case "TOTEBOX_ERR_SUSPENDED":
+    case "TOTEBOX_ERR_VIEW_UNKNOWN":
+    case "TOTEBOX_ERR_COMMAND_UNKNOWN":
+      return "denied";
+    default:
+      return code.startsWith("PSP_ERR_CAP_") ? "denied" : "error";
+  }
+}
+
+/** Releases a capnweb stub's import on the remote side, so long-lived links do not accumulate them. */
+export function disposeStub(stub: unknown): void {
+  if (stub === undefined || stub === null) return;
+  try {
+    (stub as { [Symbol.dispose]?: () => void })[Symbol.dispose]?.();
+  } catch {
+    // already broken with its link
+  }
+}
