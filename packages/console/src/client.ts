@@ -188,3 +188,88 @@ export function verifyAnswers(
   }
   return out;
 }
+
+/** Failures after which a fresh link (and a re-authorized session) is worth a try. */
+const LINK_FAILURES = new Set([
+  "PSP_ERR_LINK_CLOSED",
+  "PSP_ERR_TLS_HANDSHAKE",
+  "PSP_ERR_TLS_TIMEOUT",
+  "PSP_ERR_IDLE_TIMEOUT",
+  "PSP_ERR_SEND_BUFFER",
+]);
+
+export function isLinkFailure(e: unknown): boolean {
+  const code = (e as { code?: unknown } | null)?.code;
+  if (typeof code === "string") return LINK_FAILURES.has(code);
+  // capnweb rejects calls on a dead session with a plain Error.
+  return e instanceof Error && /disconnected|closed|ECONNREFUSED|ECONNRESET/i.test(e.message);
+}
+
+/**
+ * An operator session that survives the aggregator going away: the aggregator keeps no state, so
+ * after a restart a new link and the same (still valid) grant give the same session back. Calls
+ * that fail because the link died are retried on a new link, with jittered backoff, up to
+ * `attempts` times; any other failure is the caller's.
+ */
+export class ResilientSession {
+  readonly #connect: () => Promise<AggregatorConnection>;
+  readonly #grant: (hello: AggregatorHello) => Uint8Array;
+  readonly #attempts: number;
+  readonly #random: () => number;
+  #conn: AggregatorConnection | undefined;
+  #session: OperatorSessionRemote | undefined;
+  /** How many times a new link was made after the first. */
+  reconnects = 0;
+
+  constructor(options: {
+    connect: () => Promise<AggregatorConnection>;
+    grant: (hello: AggregatorHello) => Uint8Array;
+    attempts?: number;
+    random?: () => number;
+  }) {
+    this.#connect = options.connect;
+    this.#grant = options.grant;
+    this.#attempts = options.attempts ?? 8;
+    this.#random = options.random ?? Math.random;
+  }
+
+  async session(): Promise<{ conn: AggregatorConnection; session: OperatorSessionRemote }> {
+    if (!this.#conn || !this.#session || this.#conn.link.closed) {
+      this.#conn?.close();
+      const conn = await this.#connect();
+      conn.link.once("close", () => {
+        if (this.#conn === conn) this.#session = undefined;
+      });
+      this.#conn = conn;
+      this.#session = conn.aggregator.authorize(this.#grant(conn.hello));
+    }
+    return { conn: this.#conn, session: this.#session };
+  }
+
+  async run<T>(fn: (session: OperatorSessionRemote) => Promise<T>): Promise<T> {
+    let last: unknown;
+    for (let i = 0; i < this.#attempts; i++) {
+      if (i > 0) {
+        this.reconnects++;
+        const delay = Math.min(2_000, 50 * 2 ** i) * (0.5 + this.#random() / 2);
+        await new Promise((r) => setTimeout(r, delay));
+      }
+      try {
+        const { session } = await this.session();
+        return await fn(session);
+      } catch (e) {
+        if (!isLinkFailure(e)) throw e;
+        last = e;
+        this.#conn?.close();
+        this.#session = undefined;
+      }
+    }
+    throw last;
+  }
+
+  close(): void {
+    this.#conn?.close();
+    this.#conn = undefined;
+    this.#session = undefined;
+  }
+}

@@ -10,6 +10,8 @@ export {
   CONSOLE_LINK_LIMITS,
   connectAggregator,
   type GrantOptions,
+  isLinkFailure,
+  ResilientSession,
   runFanOut,
   signGrant,
   verifyAnswers,

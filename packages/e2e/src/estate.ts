@@ -232,10 +232,12 @@ export function spawnServing(
   bin: string,
   args: readonly string[],
   env: NodeJS.ProcessEnv = {},
+  cwd?: string,
 ): Promise<ServedProcess> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [bin, ...args], {
       stdio: ["ignore", "pipe", "pipe"],
+      ...(cwd ? { cwd } : {}),
       env: { ...process.env, TOTEBOX_LOG_LEVEL: "warn", ORCH_LOG_LEVEL: "warn", ...env },
     });
     children.add(child);
@@ -396,7 +398,7 @@ export async function startAggregatorProcess(options: {
   const args = ["serve", "--config", options.config, "--identity", options.identityDir];
   if (options.listen) args.push("--listen", options.listen);
   if (options.http) args.push("--http", options.http);
-  const served = await spawnServing(ORCH_BIN, args, options.env ?? {});
+  const served = await spawnServing(ORCH_BIN, args, options.env ?? {}, options.cwd);
   return {
     ...served,
     port: Number(served.listening.port),
