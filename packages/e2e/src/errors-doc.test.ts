@@ -5,7 +5,8 @@ import { describe, expect, it } from "vitest";
 // Every stable error code used anywhere in the programs must be documented in docs/errors.md,
 // and the document must not list codes that no longer exist.
 const root = resolve(import.meta.dirname, "..", "..", "..");
-const CODE = /\b(?:PSP|TOTEBOX|ORCH|CONSOLE)_ERR_[A-Z0-9_]+\b/g;
+// A code ends in a letter or digit; "PSP_ERR_CAP_" in `code.startsWith("PSP_ERR_CAP_")` is a prefix.
+const CODE = /\b(?:PSP|TOTEBOX|ORCH|CONSOLE)_ERR_[A-Z0-9_]*[A-Z0-9]\b(?!_)/g;
 
 function sources(dir: string): string[] {
   const out: string[] = [];
