@@ -15,6 +15,7 @@ import {
 import type { ToteboxRemote } from "@os-orchestration/totebox";
 import { isMap, isSeq, parseDocument } from "yaml";
 import { OrchError } from "./errors.ts";
+import { pairOperator } from "./operator-pairing.ts";
 import { loadRegistry } from "./registry.ts";
 import { OrchestrationServer } from "./server.ts";
 import { builtinViewports, compileViewports } from "./viewports.ts";
@@ -25,6 +26,10 @@ const USAGE = `os-orchestration — the fleet aggregator
   os-orchestration id --identity DIR                   print its device id, fingerprint and public key
   os-orchestration check --config fleet.yaml           validate a configuration (registry and viewports)
   os-orchestration serve --config fleet.yaml --identity DIR [--listen HOST:PORT] [--http HOST:PORT|off]
+  os-orchestration pair-operator --identity DIR --config fleet.yaml --id ID --tenant T [--role viewer|manager]
+                                 [--listen HOST:PORT]
+      offer a one-time code to an operator's console (os-console pair); on success the operator's
+      key is added to fleet.yaml, which a running aggregator reloads
   os-orchestration pair-totebox --identity DIR --address HOST:PORT --device-id ID --code CODE
                                 [--config fleet.yaml --tag k=v... --tenant T...]
       prove a pairing code the Totebox's owner read out; with --config, add the Totebox to it
@@ -125,6 +130,38 @@ async function main(): Promise<void> {
       };
       process.once("SIGINT", stop);
       process.once("SIGTERM", stop);
+      return;
+    }
+    case "pair-operator": {
+      const { values } = parseArgs({
+        args: rest,
+        options: {
+          identity: { type: "string" },
+          config: { type: "string" },
+          id: { type: "string" },
+          tenant: { type: "string" },
+          role: { type: "string" },
+          listen: { type: "string" },
+        },
+      });
+      const identity = await loadIdentity(resolve(need(values.identity, "identity")));
+      const role = values.role ?? "viewer";
+      if (role !== "viewer" && role !== "manager") usage("--role must be viewer or manager");
+      const at = hostPort(values.listen ?? "127.0.0.1:0", "--listen");
+      const config = resolve(need(values.config, "config"));
+      await loadRegistry(config); // refuse to pair against a broken configuration
+      const { keyId } = await pairOperator({
+        identity,
+        configPath: config,
+        host: at.host,
+        port: at.port,
+        operator: { id: need(values.id, "id"), tenant: need(values.tenant, "tenant"), role },
+        onOffer: (o) =>
+          console.log(
+            `Pairing operator "${values.id}" (tenant ${values.tenant}, ${role}).\n\n  address    ${o.host}:${o.port}\n  device ID  ${o.deviceId}\n  code       ${o.code}\n\nOn the operator's machine: os-console pair --address ${o.host}:${o.port} --device-id <device ID> --code <code>`,
+          ),
+      });
+      console.log(`paired: operator ${values.id} (key ${keyId.slice(0, 16)}…) added to ${values.config}`);
       return;
     }
     case "pair-totebox": {
