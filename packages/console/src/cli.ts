@@ -20,7 +20,7 @@ import { ConsoleError } from "./errors.ts";
 import { csv, fromJson, ProgressBar, table, toJson } from "./format.ts";
 import { ConsoleHome, defaultHome } from "./home.ts";
 import { startUiServer } from "./ui-server.ts";
-import { verifyAuditGrowth, verifyResult } from "./verify.ts";
+import { type Verification, verifyAuditGrowth, verifyResult } from "./verify.ts";
 
 const USAGE = `os-console — the operator's terminal (Aggregate mode)
 
@@ -184,10 +184,21 @@ async function fanOut(request: FanOutRequest): Promise<number> {
       console.error(`os-console: ${r.error.code}: ${r.error.message}`);
       return r.error.code === "ORCH_ERR_PARTIAL" ? EXIT.partial : EXIT.failed;
     }
-    return v.verified || v.receipts === "all" ? EXIT.ok : EXIT.unverified;
+    return failedVerification(v) ? EXIT.unverified : EXIT.ok;
   } finally {
     conn.close();
   }
+}
+
+/**
+ * A verification that failed, as opposed to one that could not be made: a receipt that does not
+ * verify, or recomputed figures that differ. A Totebox whose key this console does not know is
+ * reported unverified on stderr but does not fail the command.
+ */
+function failedVerification(v: Verification): boolean {
+  return (
+    v.recomputed === false || v.toteboxes.some((c) => !c.verified && c.code !== "CONSOLE_ERR_UNKNOWN_TOTEBOX")
+  );
 }
 
 function requestOptions(): Omit<FanOutRequest, "kind" | "name"> {
@@ -312,24 +323,7 @@ async function main(): Promise<number> {
           ]),
         ];
         const actions = values.actions?.split(",") ?? ["read"];
-        const fleet =
-          targets.length > 0
-            ? []
-            : await conn.aggregator
-                .authorize(
-                  signGrant({
-                    operator: await home.identity(),
-                    operatorId: cfg.operator.id,
-                    tenant: cfg.operator.tenant,
-                    aggregator: conn.hello,
-                    toteboxSelectors: [],
-                    toteboxIds: [],
-                    views: ["position"],
-                    actions: ["read"],
-                    lifetimeSeconds: 60,
-                  }),
-                )
-                .fleet();
+        const fleet = targets.length > 0 ? [] : await conn.aggregator.fleet();
         const grant = signGrant({
           operator: await home.identity(),
           operatorId: cfg.operator.id,
@@ -461,7 +455,7 @@ async function main(): Promise<number> {
           `receipts: ${v.receipts}; figures recomputed: ${v.recomputed === null ? "n/a" : v.recomputed ? "equal" : "DIFFERENT"}`,
         );
       }
-      return v.verified || (v.receipts === "all" && v.recomputed === null) ? EXIT.ok : EXIT.unverified;
+      return failedVerification(v) ? EXIT.unverified : EXIT.ok;
     }
     case "ui": {
       const cfg = home.config();

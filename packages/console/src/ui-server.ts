@@ -116,20 +116,11 @@ export async function startUiServer(options: {
     connect: () => connectAggregator({ identity, ...aggregator }),
     grant: (hello) => grantFor(hello),
   });
-  // Learn the tenant's Toteboxes once with a minimal grant, so the session grant can name them.
+  // The tenant's Toteboxes, so that the session grant can name them by id.
   {
     const conn = await connectAggregator({ identity, ...aggregator });
     try {
-      const probe = signGrant({
-        operator: identity,
-        operatorId: operator.id,
-        tenant: operator.tenant,
-        aggregator: conn.hello,
-        views: ["position"],
-        actions: ["read"],
-        lifetimeSeconds: 60,
-      });
-      fleetIds = (await conn.aggregator.authorize(probe).fleet()).map((e) => e.id);
+      fleetIds = (await conn.aggregator.fleet()).map((e) => e.id);
     } finally {
       conn.close();
     }

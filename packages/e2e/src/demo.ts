@@ -1,197 +1,144 @@
 /**
- * `npm start`: a small demo estate on loopback, on embedded defaults, with no outside service.
+ * `npm start`: a demo estate on loopback, on embedded defaults, with no outside service.
  *
- * Until the aggregator and console land (issues 4–6), this brings up the Toteboxes of a demo
- * estate as real PSP servers, then plays the part of a hub for one question — "what is each
- * entity's position?" — with a real operator grant, batch-signed call capabilities, one pipelined
- * round trip per Totebox and a receipt check on every answer. It keeps the Toteboxes serving until
- * Ctrl-C.
+ *   - about 24 Toteboxes with seeded books: 16 buildings in four regions, a holding company and
+ *     its subsidiaries (intercompany balances that mostly reconcile), 2 development projects;
+ *   - two tenants, each with its own operator, sharing the northern buildings;
+ *   - the aggregator (`os-orchestration serve`), paired with every Totebox;
+ *   - the console's dashboard (`os-console ui`), whose address is printed last.
  *
- *   npm start                      reuse .demo-estate/ if it exists
- *   npm start -- --fresh           start afresh
- *   npm start -- --toteboxes 12    how many Toteboxes (default 8)
+ *   npm start                        reuse .demo-estate/ if it exists (starts in seconds)
+ *   npm start -- --fresh             start afresh
+ *   npm start -- --toteboxes 200     how many Toteboxes (default 24)
+ *   npm start -- --port 8080         the dashboard's port (default: any free one)
+ *
+ * Ctrl-C stops every process it started. The Toteboxes run inside this process (each a real PSP
+ * server with its own SQLite archive, key and audit log); the aggregator and the dashboard run as
+ * their own processes, as they would in production.
  */
-import { existsSync, mkdirSync, rmSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { existsSync, readdirSync, rmSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import {
-  connectPsp,
-  decodeResult,
-  issueCallCapabilityBatch,
-  issueGrant,
-  loadOrCreateIdentity,
-  openCommander,
-  systemClock,
-  verifyReceipt,
-} from "@os-orchestration/psp";
-import {
-  type EntityKind,
-  generateDemoData,
-  initArchive,
-  openArchive,
-  type ToteboxRemote,
-  ToteboxServer,
-  trustPeer,
-} from "@os-orchestration/totebox";
 import pino from "pino";
+import {
+  buildEstate,
+  fleetYaml,
+  startAggregatorProcess,
+  startConsoleUi,
+  startToteboxesInProcess,
+  stopAllChildren,
+  TENANTS,
+  writeConsoleHomes,
+  writeFleet,
+} from "./estate.ts";
 
 const { values } = parseArgs({
-  options: { fresh: { type: "boolean" }, toteboxes: { type: "string" }, dir: { type: "string" } },
+  options: {
+    fresh: { type: "boolean" },
+    toteboxes: { type: "string" },
+    dir: { type: "string" },
+    port: { type: "string" },
+  },
 });
 const root = resolve(values.dir ?? ".demo-estate");
-const count = Math.max(1, Math.min(200, Number(values.toteboxes ?? 8)));
-const AS_OF = "2026-10-31";
-const SEED = 2026;
+const count = Number(values.toteboxes ?? 24);
+if (!Number.isInteger(count) || count < 3 || count > 5000) {
+  console.error("npm start: --toteboxes must be a whole number from 3 to 5000");
+  process.exit(2);
+}
+const say = (s: string) => process.stderr.write(`${s}\n`);
 
-const REGIONS = ["west", "east", "north", "south"];
-function plan(i: number): { id: string; kind: EntityKind; name: string; tags: Record<string, string> } {
-  const kinds: EntityKind[] = [
-    "property",
-    "property",
-    "property",
-    "company",
-    "property",
-    "company",
-    "project",
-    "property",
-  ];
-  const kind = kinds[i % kinds.length]!;
-  const id = `${kind.slice(0, 4)}-${String(i + 1).padStart(3, "0")}`;
-  return {
-    id,
-    kind,
-    name: `${kind[0]!.toUpperCase()}${kind.slice(1)} ${i + 1}`,
-    tags: { region: REGIONS[i % 4]!, kind },
-  };
+// The dashboard is a Vite build: make it if it is missing or older than its sources.
+const repo = fileURLToPath(new URL("../../../", import.meta.url));
+const uiSrc = join(repo, "packages", "console", "ui");
+const uiDist = join(repo, "packages", "console", "ui-dist", "index.html");
+const newest = (dir: string): number =>
+  readdirSync(dir, { withFileTypes: true }).reduce((m, e) => {
+    const p = join(dir, e.name);
+    return Math.max(m, e.isDirectory() ? newest(p) : statSync(p).mtimeMs);
+  }, 0);
+if (!existsSync(uiDist) || newest(uiSrc) > statSync(uiDist).mtimeMs) {
+  say("building the dashboard …");
+  execFileSync(
+    process.execPath,
+    [
+      join(repo, "node_modules", "vite", "bin", "vite.js"),
+      "build",
+      "--config",
+      join(uiSrc, "vite.config.ts"),
+      "--logLevel",
+      "warn",
+    ],
+    {
+      stdio: ["ignore", "ignore", "inherit"],
+      cwd: repo,
+    },
+  );
 }
 
 if (values.fresh) rmSync(root, { recursive: true, force: true });
-mkdirSync(root, { recursive: true });
-const operator = await loadOrCreateIdentity(join(root, "operator"), "operator");
-const hub = await loadOrCreateIdentity(join(root, "hub"), "hub");
-
-const entities = Array.from({ length: count }, (_, i) => plan(i));
-const companies = entities.filter((e) => e.kind === "company").map((e) => ({ entityId: e.id, name: e.name }));
-for (const e of entities) {
-  const dir = join(root, "toteboxes", e.id);
-  if (existsSync(join(dir, "archive.db"))) continue;
-  process.stderr.write(`creating ${e.id} (${e.kind}) …\n`);
-  await initArchive({ dir, ...e });
-  const a = await openArchive(dir);
-  generateDemoData(a.db, {
-    kind: e.kind,
-    seed: SEED,
-    entityId: e.id,
-    asOf: AS_OF,
-    peers: e.kind === "company" ? companies.filter((c) => c.entityId !== e.id) : [],
-  });
-  trustPeer(a.db, {
-    kind: "aggregator",
-    label: "demo-hub",
-    publicKey: hub.publicKey,
-    fingerprint: hub.fingerprint,
-    now: Date.now(),
-  });
-  trustPeer(a.db, {
-    kind: "operator",
-    label: "demo-operator",
-    publicKey: operator.publicKey,
-    now: Date.now(),
-  });
-  a.db.close();
-}
-
-const logger = pino({ level: "warn" });
-const servers = await Promise.all(
-  entities.map((e) =>
-    ToteboxServer.start({ dir: join(root, "toteboxes", e.id), viewRunner: "in-process", logger }),
-  ),
-);
-
-// One question over the whole estate, the way the hub asks it.
-const grant = issueGrant({
-  operator: "demo-operator",
-  aggregatorId: hub.fingerprint,
-  aggregatorKey: hub.publicKey,
-  tenant: "demo",
-  toteboxSelectors: REGIONS.map((r) => `region=${r}`),
-  views: ["position"],
-  actions: ["read"],
-  signer: operator.privateKey,
-  clock: systemClock,
-});
-const caps = issueCallCapabilityBatch(
-  servers.map((s) => ({ grant, totebox: s.entity.id, view: "position", action: "read", clock: systemClock })),
-  hub.privateKey,
-);
 const started = performance.now();
-const rows = await Promise.all(
-  servers.map(async (s, i) => {
-    const link = await connectPsp({
-      identity: hub,
-      role: "commander",
-      host: "127.0.0.1",
-      port: s.address.port,
-      expect: s.identity.fingerprint,
-    });
-    try {
-      const tb = openCommander<ToteboxRemote>(link);
-      const ans = await tb.authorize(grant).view("position").read(caps[i]!, { as_of: AS_OF });
-      verifyReceipt({
-        token: ans.receipt,
-        subjectPublicKey: s.identity.publicKey,
-        expect: { arrowBytes: ans.arrow },
-      });
-      const p: Record<string, unknown> = decodeResult(ans.arrow).rows()[0] ?? {};
-      const row: Record<string, unknown> = {
-        totebox: s.entity.id,
-        kind: s.entity.kind,
-        region: s.entity.tags.region ?? "",
-        ...p,
-        verified: "yes",
-      };
-      return row;
-    } finally {
-      link.close();
-    }
-  }),
-);
-const ms = performance.now() - started;
-const money = (v: unknown) =>
-  typeof v === "number" ? (v / 100).toLocaleString("en-US", { maximumFractionDigits: 0 }) : String(v);
-console.log(
-  `\nPosition of the estate as of ${AS_OF} (${rows.length} Toteboxes, ${ms.toFixed(0)} ms, every receipt verified)\n`,
-);
-console.log(
-  ["totebox", "kind", "region", "cash", "assets", "debt", "net value", "verified"]
-    .map((h) => h.padEnd(14))
-    .join(""),
-);
-let total = 0;
-for (const r of rows) {
-  total += Number(r.net_value ?? 0);
-  console.log(
-    [
-      r.totebox,
-      r.kind,
-      r.region,
-      money(r.cash),
-      money(r.assets),
-      money(r.debt),
-      money(r.net_value),
-      r.verified,
-    ]
-      .map((c) => String(c).padEnd(14))
-      .join(""),
-  );
-}
-console.log(`\nestate net value ${money(total)} USD`);
-console.log(
-  `\nToteboxes serving PSP on ${servers.map((s) => s.address.port).join(", ")} (127.0.0.1). Ctrl-C stops them.`,
-);
+const estate = await buildEstate({ root, count, onProgress: say });
+say(`starting ${estate.entities.length} Toteboxes …`);
+const toteboxes = await startToteboxesInProcess(estate, pino({ level: "warn" }, pino.destination(2)));
+
+const config = join(root, "fleet.yaml");
+writeFleet(config, fleetYaml(estate, toteboxes));
+say("starting the aggregator …");
+const aggregator = await startAggregatorProcess({
+  config,
+  identityDir: join(root, "aggregator", "identity"),
+  listen: "127.0.0.1:0",
+  http: "127.0.0.1:0",
+});
+const homes = await writeConsoleHomes(estate, { host: "127.0.0.1", port: aggregator.port });
+say("starting the dashboard …");
+const ui = await startConsoleUi({
+  home: homes.get("atlas")!,
+  ...(values.port ? { port: Number(values.port) } : {}),
+});
+
+let stopping = false;
 const stop = async () => {
-  await Promise.all(servers.map((s) => s.close()));
+  if (stopping) return;
+  stopping = true;
+  say("\nstopping …");
+  await stopAllChildren();
+  await Promise.all([...toteboxes.values()].map((t) => t.stop()));
   process.exit(0);
 };
 process.once("SIGINT", stop);
 process.once("SIGTERM", stop);
+// If the aggregator or the dashboard dies, the demo is over: say so and stop the rest.
+for (const [name, child] of [
+  ["aggregator", aggregator.child],
+  ["dashboard", ui.child],
+] as const) {
+  child.once("exit", (code, signal) => {
+    if (stopping) return;
+    say(`${name} exited (${code ?? signal}); stopping the demo`);
+    void stop();
+  });
+}
+
+const byKind = (k: string) => estate.entities.filter((e) => e.kind === k).length;
+const lines = [
+  "",
+  `os-orchestration demo estate (${((performance.now() - started) / 1000).toFixed(1)} s)`,
+  `  ${estate.entities.length} Toteboxes: ${byKind("property")} buildings, ${byKind("company")} companies, ${byKind("project")} projects (archives in ${root}/toteboxes)`,
+  ...TENANTS.map(
+    (t) =>
+      `  tenant ${t.id.padEnd(6)} operator ${t.operator.padEnd(6)} ${estate.entities.filter((e) => e.tenants.includes(t.id)).length} Toteboxes   console home ${homes.get(t.id)}`,
+  ),
+  `  aggregator   127.0.0.1:${aggregator.port}   metrics ${aggregator.httpUrl}/metrics`,
+  "",
+  "  try the CLI:  node packages/console/bin/os-console.js viewport portfolio --home " + homes.get("crown"),
+  "                (after: node packages/console/bin/os-console.js grant --home " + homes.get("crown") + ")",
+  "",
+  "Ctrl-C stops everything.",
+  "",
+  `Dashboard (tenant atlas): ${ui.url}`,
+];
+console.log(lines.join("\n"));

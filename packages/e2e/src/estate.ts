@@ -7,7 +7,7 @@
  * Layout under the estate root:
  *   toteboxes/<id>/      one archive per entity (os-totebox layout)
  *   aggregator/identity/ the aggregator's key and certificate
- *   operators/<tenant>/  each tenant's operator identity (the console's key)
+ *   consoles/<tenant>/   each tenant's operator console home (os-console layout: identity, console.json)
  *   fleet.yaml           written once the Toteboxes' ports are known
  */
 import { type ChildProcess, spawn } from "node:child_process";
@@ -15,7 +15,12 @@ import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import { type Identity, loadOrCreateIdentity, rawEd25519PublicKey } from "@os-orchestration/psp";
+import {
+  type Identity,
+  loadIdentity,
+  loadOrCreateIdentity,
+  rawEd25519PublicKey,
+} from "@os-orchestration/psp";
 import {
   type EntityKind,
   generateDemoData,
@@ -125,6 +130,11 @@ export function planEstate(count: number): EstateEntity[] {
   return out;
 }
 
+/** The os-console home of a tenant's operator inside an estate. */
+export function consoleHomeOf(root: string, tenant: string): string {
+  return join(root, "consoles", tenant);
+}
+
 export interface Estate {
   readonly root: string;
   readonly entities: readonly EstateEntity[];
@@ -151,7 +161,11 @@ export async function buildEstate(options: {
   const aggregator = await loadOrCreateIdentity(join(root, "aggregator", "identity"), "os-orchestration");
   const operators = new Map<string, Identity>();
   for (const t of TENANTS) {
-    operators.set(t.id, await loadOrCreateIdentity(join(root, "operators", t.id), `operator:${t.operator}`));
+    // Each tenant's operator console keeps its key in its own home (os-console layout).
+    operators.set(
+      t.id,
+      await loadOrCreateIdentity(join(consoleHomeOf(root, t.id), "identity"), `operator:${t.operator}`),
+    );
   }
   const entities = planEstate(options.count);
   const companies = entities
@@ -214,6 +228,7 @@ export interface RunningTotebox {
 
 const TOTEBOX_BIN = fileURLToPath(new URL("../../totebox/bin/os-totebox.js", import.meta.url));
 const ORCH_BIN = fileURLToPath(new URL("../../orchestration/bin/os-orchestration.js", import.meta.url));
+const CONSOLE_BIN = fileURLToPath(new URL("../../console/bin/os-console.js", import.meta.url));
 
 /** Children started by this module, stopped by `stopAllChildren` (and on process exit). */
 const children = new Set<ChildProcess>();
@@ -382,6 +397,38 @@ export function fleetYaml(
   return `# os-orchestration fleet: generated for the demo estate in ${estate.root}\n${stringify(doc)}`;
 }
 
+/**
+ * Writes each tenant's console.json: the pinned aggregator and the keys of the tenant's Toteboxes,
+ * which is what `os-console pair` and `os-console pair-totebox` would have recorded.
+ */
+export async function writeConsoleHomes(
+  estate: Estate,
+  aggregator: { host: string; port: number },
+): Promise<Map<string, string>> {
+  const homes = new Map<string, string>();
+  const keys = new Map<string, { fingerprint: string; publicKey: string }>();
+  for (const e of estate.entities) {
+    const id = await loadIdentity(join(estate.toteboxDir(e.id), "identity"));
+    keys.set(e.id, {
+      fingerprint: id.fingerprint,
+      publicKey: Buffer.from(rawEd25519PublicKey(id.publicKey)).toString("hex"),
+    });
+  }
+  for (const t of TENANTS) {
+    const home = consoleHomeOf(estate.root, t.id);
+    const config = {
+      operator: { id: t.operator, tenant: t.id, role: "manager" },
+      aggregator: { ...aggregator, fingerprint: estate.aggregator.fingerprint },
+      toteboxes: Object.fromEntries(
+        estate.entities.filter((e) => e.tenants.includes(t.id)).map((e) => [e.id, keys.get(e.id)!]),
+      ),
+    };
+    writeFileSync(join(home, "console.json"), `${JSON.stringify(config, null, 2)}\n`, { mode: 0o600 });
+    homes.set(t.id, home);
+  }
+  return homes;
+}
+
 export function writeFleet(path: string, yaml: string): void {
   writeFileSync(path, yaml, { mode: 0o600 });
 }
@@ -406,4 +453,19 @@ export async function startAggregatorProcess(options: {
   };
 }
 
-export { ORCH_BIN, TOTEBOX_BIN };
+/** Starts `os-console ui` for a console home; resolves with the printed dashboard address. */
+export async function startConsoleUi(options: {
+  home: string;
+  port?: number;
+}): Promise<ServedProcess & { url: string }> {
+  const served = await spawnServing(CONSOLE_BIN, [
+    "ui",
+    "--home",
+    options.home,
+    "--port",
+    String(options.port ?? 0),
+  ]);
+  return { ...served, url: String(served.listening.url) };
+}
+
+export { CONSOLE_BIN, ORCH_BIN, TOTEBOX_BIN };

@@ -302,6 +302,41 @@ describe("parseRegistry: refusals carry code, line, column and path", () => {
     );
     expect(e.detail?.yamlCode).toBe("DUPLICATE_KEY");
     expectRefused(edit(7, "beta", '  1: {}\n  "1": {}'), "ORCH_ERR_CONFIG_SYNTAX", 8, "tenants.1");
+    // Inside a viewport definition too (it becomes a plain object, where the last key would win).
+    const deep = expectRefused(
+      edit(37, "my-view", "  my-view: { view: a, targets: [ { tags: x, tags: y } ] }"),
+      "ORCH_ERR_CONFIG_SYNTAX",
+      37,
+      "viewports.my-view.targets[0].tags",
+    );
+    expect(deep.detail?.yamlCode).toBe("DUPLICATE_KEY");
+    expectRefused(edit(37, "my-view", "  my-view: { 1: a, 01: b }"), "ORCH_ERR_CONFIG_SYNTAX", 37);
+  });
+
+  it("checks duplicate keys in linear time (yaml's own check is quadratic)", () => {
+    const tenants = Array.from({ length: 20_000 }, (_, i) => `  t${i}: {}`).join("\n");
+    const started = performance.now();
+    expect(parseRegistry(`version: 1\ntenants:\n${tenants}\n`).tenants.size).toBe(20_000);
+    expectRefused(
+      `version: 1\ntenants:\n${tenants}\n  t0: {}\n`,
+      "ORCH_ERR_CONFIG_SYNTAX",
+      20_003,
+      "tenants.t0",
+    );
+    // yaml's uniqueKeys took ~20 s for this on the same machine.
+    expect(performance.now() - started).toBeLessThan(10_000);
+  });
+
+  it("refuses more values than the node budget before composing them", () => {
+    // maxConfigBytes 64 KiB: at most 16 384 values (one per 4 bytes).
+    const limits = { limits: { maxConfigBytes: 64 * 1024 } };
+    const text = (n: number) => `version: 1\nviewports:\n  v: { x: [${"a,".repeat(n)}] }\n`;
+    const e = errorOf(() => parseRegistry(text(16_384), limits));
+    expect({ code: e.code, line: e.detail?.line }).toEqual({ code: "ORCH_ERR_CONFIG_SYNTAX", line: 3 });
+    expect(e.message).toContain("more than 16384 values");
+    expect(parseRegistry(text(16_000), limits).viewports[0]?.definition).toMatchObject({
+      x: expect.any(Array),
+    });
   });
 
   it("refuses undeclared tenants and tenants listed twice", () => {
@@ -497,6 +532,20 @@ describe("parseRegistry: refusals carry code, line, column and path", () => {
       code: "ORCH_ERR_CONFIG_SYNTAX",
       line: 4,
     });
+    expect(performance.now() - started).toBeLessThan(5000);
+    // Chains of `a: a: a:` (in block, or inside one flow entry) open a level each too.
+    const chains = [
+      `version: 1\nx: ${"a: ".repeat(1_000_000)}\n`,
+      `version: 1\nx: {${"a: ".repeat(1_000_000)}}\n`,
+      `version: 1\nx: [${"a: ".repeat(1_000_000)}]\n`,
+    ];
+    for (const text of chains) {
+      const chain = errorOf(() => parseRegistry(text));
+      expect({ code: chain.code, line: chain.detail?.line }).toEqual({
+        code: "ORCH_ERR_CONFIG_SYNTAX",
+        line: 2,
+      });
+    }
     expect(performance.now() - started).toBeLessThan(5000);
     // 64 levels is still fine.
     const ok = parseRegistry(`version: 1\nviewports:\n  v: { x: ${"[".repeat(63)}${"]".repeat(63)} }\n`);

@@ -30,7 +30,6 @@ import {
   type Document,
   isAlias,
   isMap,
-  isPair,
   isScalar,
   isSeq,
   Lexer,
@@ -150,6 +149,11 @@ const DECIMAL = /^(?:0|[1-9][0-9]{0,9})$/;
 
 /** Deepest flow nesting (`[`/`{`) and most compact block indicators (`- - -`, `? ?`) on one line. */
 const MAX_NESTING = 64;
+/**
+ * Most values (scalars and collections) in one file: one per BYTES_PER_NODE bytes of
+ * maxConfigBytes (1 Mi values at the default 4 MiB). A registry entry averages ~10 bytes per value.
+ */
+const BYTES_PER_NODE = 4;
 /** yaml's own alias-expansion guard for the viewport definitions we turn into JS values. */
 const MAX_ALIAS_COUNT = 100;
 /** Longest selector and most pairs in one (a selector arrives from the network). */
@@ -177,7 +181,7 @@ const OPERATOR_ROLES: readonly OperatorRole[] = ["viewer", "manager"];
 export function parseRegistry(text: string, options?: RegistryOptions): Registry {
   const limits = resolveOrchLimits(options?.limits);
   const source = options?.source ?? INLINE_SOURCE;
-  // Buffer.byteLength is computed without encoding, so the size check stays before any real work.
+  // Buffer.byteLength counts without encoding, so the size check comes before any real work.
   const size = Buffer.byteLength(text, "utf8");
   if (size > limits.maxConfigBytes) throw tooLarge(source, size, limits.maxConfigBytes);
   return parseText(text, source, sha256Hex(Buffer.from(text, "utf8")), limits);
@@ -501,7 +505,7 @@ function parseBytes(bytes: Buffer, source: string, digest: string, limits: Reado
 
 function parseText(text: string, source: string, digest: string, limits: Readonly<OrchLimits>): Registry {
   const lineCounter = new LineCounter();
-  boundNesting(text, source);
+  boundShape(text, source, Math.max(1024, Math.floor(limits.maxConfigBytes / BYTES_PER_NODE)));
   let doc: Document.Parsed;
   try {
     doc = parseDocument(text, {
@@ -509,7 +513,7 @@ function parseText(text: string, source: string, digest: string, limits: Readonl
       version: "1.2",
       schema: "core",
       merge: false, // `<<` is an ordinary (and therefore unknown) key
-      uniqueKeys: true,
+      uniqueKeys: false, // quadratic in yaml; checkStructure refuses duplicates in linear time
       strict: true,
       prettyErrors: false, // pretty errors echo file excerpts into messages; we give line/column
       // "error", not "silent": silent also drops the MULTIPLE_DOCS error; yaml itself only logs warnings.
@@ -524,32 +528,51 @@ function parseText(text: string, source: string, digest: string, limits: Readonl
       yamlCode: problem.code,
     });
   }
-  const aliases = resolveAliases(doc, source, lineCounter);
+  const aliases = checkStructure(doc, source, lineCounter);
   return new RegistryReader(doc, lineCounter, source, aliases, limits).read(digest);
 }
 
 /**
- * Bounds nesting with yaml's own lexer (so quoting and comments are understood) before the
- * composer, which recurses per level, sees the text. Stops at the first offending token.
+ * Bounds the shape of the text with yaml's own lexer (so quoting and comments are understood)
+ * before the composer sees it, stopping at the first offending token:
+ * - flow nesting (`[[[[`) and indicators that open a level each on one line (`- - -`, `? ? ?`,
+ *   `a: a: a:` in block or within one flow entry): the parser and composer recurse per level, and a
+ *   few MiB of them cost tens of seconds before failing;
+ * - the number of nodes (scalars and collections): yaml costs a roughly constant time per node, so
+ *   a file made only of tiny nodes (`[a,a,a,...]`) is the slowest file of a given size. The budget
+ *   is far above what a registry of `maxConfigBytes` holds (~25 nodes per Totebox entry).
  */
-function boundNesting(text: string, source: string): void {
+function boundShape(text: string, source: string, maxNodes: number): void {
   let offset = 0;
   let flow = 0;
-  let compact = 0;
+  let lineIndicators = 0;
+  let entryIndicators = 0;
+  let nodes = 0;
   try {
     for (const token of new Lexer().lex(text)) {
       const type = CST.tokenType(token);
-      if (type === "doc-mode" || type === "scalar" || type === "flow-error-end") continue; // zero-width markers
+      if (type === "scalar") {
+        // Zero-width marker before each scalar.
+        if (++nodes > maxNodes) throw refuse(offset, `more than ${maxNodes} values`);
+        continue;
+      }
+      if (type === "doc-mode" || type === "flow-error-end") continue; // zero-width markers
       if (type === "flow-map-start" || type === "flow-seq-start") {
-        flow++;
-        if (flow > MAX_NESTING) throw deep(offset);
+        entryIndicators = 0;
+        if (++nodes > maxNodes) throw refuse(offset, `more than ${maxNodes} values`);
+        if (++flow > MAX_NESTING) throw refuse(offset, `nesting deeper than ${MAX_NESTING} levels`);
       } else if (type === "flow-map-end" || type === "flow-seq-end") {
+        entryIndicators = 0;
         if (flow > 0) flow--;
-      } else if (type === "seq-item-ind" || type === "explicit-key-ind") {
-        compact++;
-        if (compact > MAX_NESTING) throw deep(offset);
+      } else if (type === "comma") {
+        entryIndicators = 0;
+      } else if (type === "map-value-ind" && flow > 0) {
+        if (++entryIndicators > MAX_NESTING)
+          throw refuse(offset, `nesting deeper than ${MAX_NESTING} levels`);
+      } else if (type === "seq-item-ind" || type === "explicit-key-ind" || type === "map-value-ind") {
+        if (++lineIndicators > MAX_NESTING) throw refuse(offset, `nesting deeper than ${MAX_NESTING} levels`);
       } else if (type === "newline") {
-        compact = 0;
+        lineIndicators = 0;
       }
       offset += token.length;
     }
@@ -558,9 +581,9 @@ function boundNesting(text: string, source: string): void {
     throw syntaxAt(source, lineCounterFor(text), offset, "the YAML lexer failed", { cause: e });
   }
 
-  function deep(at: number): OrchError {
+  function refuse(at: number, message: string): OrchError {
     // The parser has not run yet, so its line counter is still empty: count lines directly.
-    return syntaxAt(source, lineCounterFor(text), at, `nesting deeper than ${MAX_NESTING} levels`);
+    return syntaxAt(source, lineCounterFor(text), at, message);
   }
 }
 
@@ -572,11 +595,17 @@ function lineCounterFor(text: string): LineCounter {
 }
 
 /**
- * Maps every alias to its anchor in one pass (yaml's Alias.resolve walks the whole document per
- * call, quadratic over a large fleet), refusing aliases that point at one of their own ancestors:
- * such a node has no finite value and would make any recursive reader loop.
+ * One linear pass over the composed document that
+ * - maps every alias to its anchor (yaml's Alias.resolve walks the whole document per call,
+ *   quadratic over a large fleet);
+ * - refuses aliases that point at one of their own ancestors: such a node has no finite value and
+ *   would make any recursive reader loop;
+ * - refuses duplicate keys in every mapping. yaml's own `uniqueKeys` check compares each key with
+ *   every earlier one (a 25 000-key mapping took 36 s here), so it is off and done here with a set.
+ *   Two keys are the same if they are written the same or if they become the same JS property
+ *   (`1` and `"1"`, `1` and `01`): the viewport definitions are turned into plain objects.
  */
-function resolveAliases(
+function checkStructure(
   doc: Document.Parsed,
   source: string,
   lineCounter: LineCounter,
@@ -584,14 +613,25 @@ function resolveAliases(
   const latest = new Map<string, YamlNode>();
   const targets = new Map<Alias, YamlNode>();
   const ancestors = new Set<YamlNode>();
+  // Path segments of the node being walked (numbers are list indexes), joined only when reporting.
+  const segments: Array<string | number> = [];
+  const pathNow = (): string =>
+    segments.reduce<string>(
+      (acc, seg) => (typeof seg === "number" ? `${acc}[${seg}]` : keyPath(acc, seg)),
+      "",
+    );
   const walk = (node: unknown): void => {
     if (isAlias(node)) {
       const target = latest.get(node.source);
       if (target === undefined) {
-        throw syntaxAt(source, lineCounter, node.range?.[0] ?? 0, "alias to an unknown anchor");
+        throw syntaxAt(source, lineCounter, node.range?.[0] ?? 0, "alias to an unknown anchor", {
+          path: pathNow(),
+        });
       }
       if (ancestors.has(target)) {
-        throw syntaxAt(source, lineCounter, node.range?.[0] ?? 0, "alias refers to a node that contains it");
+        throw syntaxAt(source, lineCounter, node.range?.[0] ?? 0, "alias refers to a node that contains it", {
+          path: pathNow(),
+        });
       }
       targets.set(node, target);
       return;
@@ -600,17 +640,43 @@ function resolveAliases(
       if (node.anchor !== undefined) latest.set(node.anchor, node);
       return;
     }
-    if (isMap(node) || isSeq(node)) {
+    if (isMap(node)) {
       if (node.anchor !== undefined) latest.set(node.anchor, node);
       ancestors.add(node);
-      for (const item of node.items) {
-        if (isPair(item)) {
-          walk(item.key);
-          walk(item.value);
-        } else {
-          walk(item);
+      const written = new Set<string>();
+      const asProperties = new Set<string>();
+      for (const pair of node.items) {
+        const key = pair.key;
+        let label = "?";
+        if (isScalar(key)) {
+          label = scalarText(key);
+          const asProperty = key.value === null ? "" : String(key.value);
+          if (written.has(label) || asProperties.has(asProperty)) {
+            segments.push(label);
+            throw syntaxAt(source, lineCounter, key.range?.[0] ?? 0, "duplicate key", {
+              yamlCode: "DUPLICATE_KEY",
+              path: pathNow(),
+            });
+          }
+          written.add(label);
+          asProperties.add(asProperty);
         }
+        walk(key);
+        segments.push(label);
+        walk(pair.value);
+        segments.pop();
       }
+      ancestors.delete(node);
+      return;
+    }
+    if (isSeq(node)) {
+      if (node.anchor !== undefined) latest.set(node.anchor, node);
+      ancestors.add(node);
+      node.items.forEach((item, index) => {
+        segments.push(index);
+        walk(item);
+        segments.pop();
+      });
       ancestors.delete(node);
     }
   };
@@ -628,14 +694,16 @@ function syntaxAt(
   lineCounter: LineCounter,
   offset: number,
   message: string,
-  extra?: { yamlCode?: string; cause?: unknown },
+  extra?: { yamlCode?: string; path?: string; cause?: unknown },
 ): OrchError {
   const { line, col } = lineCounter.linePos(Math.max(0, offset));
   const detail: Record<string, string | number> = { source, line, column: col };
+  if (extra?.path !== undefined) detail.path = extra.path;
   if (extra?.yamlCode !== undefined) detail.yamlCode = extra.yamlCode;
+  const where = extra?.path ? `${extra.path}: ` : "";
   return new OrchError(
     "ORCH_ERR_CONFIG_SYNTAX",
-    `${source}:${line}:${col}: ${message}`,
+    `${source}:${line}:${col}: ${where}${message}`,
     detail,
     extra?.cause === undefined ? undefined : { cause: extra.cause },
   );
@@ -783,7 +851,6 @@ class RegistryReader {
           "tenant ids are 1-64 of a-z 0-9 . _ - starting with a letter or digit",
         );
       }
-      // Duplicate keys were refused by the parser and by #fields (same source text).
       let name = id;
       let maxConcurrentFanouts: number | undefined;
       if (f.value !== null) {
@@ -1164,8 +1231,8 @@ class RegistryReader {
 
   /**
    * The pairs of a mapping by key text. `allowed` lists the permitted keys (null: any key, for
-   * maps whose keys are names). Keys must be plain scalars; two keys with the same text are refused
-   * even if YAML would type them differently (`1` and `"1"`).
+   * maps whose keys are names). Keys must be plain scalars (duplicates were refused by
+   * checkStructure).
    */
   #fields(
     raw: unknown,
@@ -1187,15 +1254,6 @@ class RegistryReader {
       const p = keyPath(path, text);
       if (allowed !== null && !allowed.includes(text)) {
         throw this.#invalid(key, p, `unknown key ${quote(text)} (expected one of: ${allowed.join(", ")})`);
-      }
-      if (out.has(text)) {
-        const { line, col } = this.#lines.linePos(key.range?.[0] ?? 0);
-        throw new OrchError("ORCH_ERR_CONFIG_SYNTAX", `${this.#source}:${line}:${col}: ${p}: duplicate key`, {
-          source: this.#source,
-          line,
-          column: col,
-          path: p,
-        });
       }
       const value =
         isScalar(pair.value) && pair.value.value === null ? null : (pair.value as YamlNode | null);

@@ -55,5 +55,7 @@ export interface OperatorSessionRemote {
 
 export interface AggregatorRemote {
   hello(): Promise<AggregatorHello>;
+  /** The tenant's Toteboxes from the registry, before any grant (inGrant is false). */
+  fleet(): Promise<FleetEntry[]>;
   authorize(grant: Uint8Array): OperatorSessionRemote;
 }

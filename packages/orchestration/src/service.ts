@@ -126,6 +126,15 @@ export class AggregatorMain extends RpcTarget {
     };
   }
 
+  /**
+   * The tenant's Toteboxes as the registry lists them, before any grant: what an operator needs
+   * to see to decide what to delegate. Registry metadata only; no Totebox is asked anything.
+   */
+  fleet(): FleetEntry[] {
+    const op = currentOperator(this.#ctx, this.#operatorKeyId);
+    return fleetOf(this.#ctx, op.tenant, undefined);
+  }
+
   authorize(grant: unknown): OperatorSession {
     const g = checkGrant(this.#ctx, this.#operatorKeyId, grant);
     this.#ctx.logger.info(
@@ -147,6 +156,29 @@ function currentOperator(ctx: ServiceContext, keyId: string): OperatorEntry {
   const op = ctx.registry().operatorByKeyId.get(keyId);
   if (!op) throw refuse(ctx, new OrchError("ORCH_ERR_OPERATOR_UNKNOWN", "operator is not in the registry"));
   return op;
+}
+
+function fleetOf(ctx: ServiceContext, tenant: string, grant: VerifiedGrant | undefined): FleetEntry[] {
+  return ctx
+    .registry()
+    .toteboxes.filter((e) => e.tenants.includes(tenant))
+    .map((e) => {
+      const h = ctx.pool.health(e.id);
+      return {
+        id: e.id,
+        name: e.name,
+        // A fresh plain object: registry maps may be null-prototype, which capnweb refuses.
+        tags: { ...e.tags },
+        state: e.state,
+        health: h?.health ?? "offline",
+        online: h?.health === "online",
+        inGrant: grant !== undefined && inGrant(grant, e),
+        lastContact: h?.lastContact ?? null,
+        lastError: h?.lastError ? { ...h.lastError } : null,
+        fingerprint: e.fingerprint,
+        views: h?.hello?.views.map((v) => v.name) ?? [],
+      };
+    });
 }
 
 function refuse(ctx: ServiceContext, e: OrchError): OrchError {
@@ -331,26 +363,7 @@ export class OperatorSession extends RpcTarget {
   /** The tenant's Toteboxes (never another tenant's) with their link health. */
   fleet(): FleetEntry[] {
     const g = this.#checked();
-    const reg = this.#ctx.registry();
-    return reg.toteboxes
-      .filter((e) => e.tenants.includes(g.operator.tenant))
-      .map((e) => {
-        const h = this.#ctx.pool.health(e.id);
-        return {
-          id: e.id,
-          name: e.name,
-          // A fresh plain object: registry maps may be null-prototype, which capnweb refuses.
-          tags: { ...e.tags },
-          state: e.state,
-          health: h?.health ?? "offline",
-          online: h?.health === "online",
-          inGrant: inGrant(g.verified, e),
-          lastContact: h?.lastContact ?? null,
-          lastError: h?.lastError ? { ...h.lastError } : null,
-          fingerprint: e.fingerprint,
-          views: h?.hello?.views.map((v) => v.name) ?? [],
-        };
-      });
+    return fleetOf(this.#ctx, g.operator.tenant, g.verified);
   }
 
   viewports(): ViewportInfo[] {
