@@ -481,13 +481,24 @@ async function main(): Promise<number> {
   }
 }
 
+/** Exits once stdout and stderr have drained: a large --json answer piped to another program
+ * must not be cut off by process.exit. */
+function exitAfterFlush(code: number): void {
+  let pending = 2;
+  const done = () => {
+    if (--pending === 0) process.exit(code);
+  };
+  process.stdout.write("", done);
+  process.stderr.write("", done);
+}
+
 main().then(
   (code) => {
-    if (code >= 0) process.exit(code);
+    if (code >= 0) exitAfterFlush(code);
   },
   (e: unknown) => {
     const err = e as { code?: string; message?: string };
     console.error(`os-console: ${err.code ?? "error"}: ${err.message ?? String(e)}`);
-    process.exit(EXIT.failed);
+    exitAfterFlush(EXIT.failed);
   },
 );

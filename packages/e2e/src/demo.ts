@@ -16,14 +16,13 @@
  * server with its own SQLite archive, key and audit log); the aggregator and the dashboard run as
  * their own processes, as they would in production.
  */
-import { execFileSync } from "node:child_process";
-import { existsSync, readdirSync, rmSync, statSync } from "node:fs";
+import { rmSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import pino from "pino";
 import {
   buildEstate,
+  ensureUiBuilt,
   fleetYaml,
   startAggregatorProcess,
   startConsoleUi,
@@ -50,37 +49,12 @@ if (!Number.isInteger(count) || count < 3 || count > 5000) {
 }
 const say = (s: string) => process.stderr.write(`${s}\n`);
 
-// The dashboard is a Vite build: make it if it is missing or older than its sources.
-const repo = fileURLToPath(new URL("../../../", import.meta.url));
-const uiSrc = join(repo, "packages", "console", "ui");
-const uiDist = join(repo, "packages", "console", "ui-dist", "index.html");
-const newest = (dir: string): number =>
-  readdirSync(dir, { withFileTypes: true }).reduce((m, e) => {
-    const p = join(dir, e.name);
-    return Math.max(m, e.isDirectory() ? newest(p) : statSync(p).mtimeMs);
-  }, 0);
-if (!existsSync(uiDist) || newest(uiSrc) > statSync(uiDist).mtimeMs) {
-  say("building the dashboard …");
-  execFileSync(
-    process.execPath,
-    [
-      join(repo, "node_modules", "vite", "bin", "vite.js"),
-      "build",
-      "--config",
-      join(uiSrc, "vite.config.ts"),
-      "--logLevel",
-      "warn",
-    ],
-    {
-      stdio: ["ignore", "ignore", "inherit"],
-      cwd: repo,
-    },
-  );
-}
+ensureUiBuilt(say);
 
 if (values.fresh) rmSync(root, { recursive: true, force: true });
 const started = performance.now();
-const estate = await buildEstate({ root, count, onProgress: say });
+// A new estate's books run up to today, so the dashboard's reporting windows (1D, 1W, …) have data.
+const estate = await buildEstate({ root, count, asOf: new Date().toISOString().slice(0, 10), onProgress: say });
 say(`starting ${estate.entities.length} Toteboxes …`);
 const toteboxes = await startToteboxesInProcess(estate, pino({ level: "warn" }, pino.destination(2)));
 

@@ -10,8 +10,8 @@
  *   consoles/<tenant>/   each tenant's operator console home (os-console layout: identity, console.json)
  *   fleet.yaml           written once the Toteboxes' ports are known
  */
-import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
@@ -51,9 +51,12 @@ export interface EstateTenant {
   readonly operator: string;
 }
 
-/** The property manager and the holding company; they share the northern buildings. */
+/**
+ * Atlas, the family office, oversees the whole estate; Crown, the holding company, sees its own
+ * companies and the northern buildings it co-owns. They share those ten Toteboxes.
+ */
 export const TENANTS: readonly EstateTenant[] = [
-  { id: "atlas", name: "Atlas Property Management", operator: "alice" },
+  { id: "atlas", name: "Atlas Family Office", operator: "alice" },
   { id: "crown", name: "Crown Holdings", operator: "bob" },
 ];
 
@@ -103,7 +106,7 @@ export function planEstate(count: number): EstateEntity[] {
       kind: "property",
       name: i < BUILDINGS.length ? base : `${base} ${Math.floor(i / BUILDINGS.length) + 1}`,
       tags: { region, kind: "property", portfolio: i % 3 === 2 ? "value-add" : "core" },
-      // The northern buildings are managed by Atlas for Crown: both tenants see them.
+      // Crown co-owns the northern buildings: both tenants see them.
       tenants: region === "north" ? ["atlas", "crown"] : ["atlas"],
     });
   }
@@ -114,7 +117,7 @@ export function planEstate(count: number): EstateEntity[] {
       kind: "company",
       name: i < COMPANIES.length ? base : `${base} ${Math.floor(i / COMPANIES.length) + 1}`,
       tags: { region: REGIONS[(i + 1) % REGIONS.length]!, kind: "company", portfolio: "holding" },
-      tenants: ["crown"],
+      tenants: ["atlas", "crown"],
     });
   }
   for (let i = 0; i < projects; i++) {
@@ -451,6 +454,26 @@ export async function startAggregatorProcess(options: {
     port: Number(served.listening.port),
     httpUrl: (served.listening.http as string | null) ?? null,
   };
+}
+
+const REPO = fileURLToPath(new URL("../../../", import.meta.url));
+
+/** Builds the dashboard (Vite) if it is missing or older than its sources. */
+export function ensureUiBuilt(say: (s: string) => void = () => {}): void {
+  const src = join(REPO, "packages", "console", "ui");
+  const dist = join(REPO, "packages", "console", "ui-dist", "index.html");
+  const newest = (dir: string): number =>
+    readdirSync(dir, { withFileTypes: true }).reduce((m, e) => {
+      const p = join(dir, e.name);
+      return Math.max(m, e.isDirectory() ? newest(p) : statSync(p).mtimeMs);
+    }, 0);
+  if (existsSync(dist) && newest(src) <= statSync(dist).mtimeMs) return;
+  say("building the dashboard …");
+  execFileSync(
+    process.execPath,
+    [join(REPO, "node_modules", "vite", "bin", "vite.js"), "build", "--config", join(src, "vite.config.ts"), "--logLevel", "warn"],
+    { stdio: ["ignore", "ignore", "inherit"], cwd: REPO },
+  );
 }
 
 /** Starts `os-console ui` for a console home; resolves with the printed dashboard address. */
