@@ -54,7 +54,12 @@ ensureUiBuilt(say);
 if (values.fresh) rmSync(root, { recursive: true, force: true });
 const started = performance.now();
 // A new estate's books run up to today, so the dashboard's reporting windows (1D, 1W, …) have data.
-const estate = await buildEstate({ root, count, asOf: new Date().toISOString().slice(0, 10), onProgress: say });
+const estate = await buildEstate({
+  root,
+  count,
+  asOf: new Date().toISOString().slice(0, 10),
+  onProgress: say,
+});
 say(`starting ${estate.entities.length} Toteboxes …`);
 const toteboxes = await startToteboxesInProcess(estate, pino({ level: "warn" }, pino.destination(2)));
 
@@ -108,8 +113,8 @@ const lines = [
   ),
   `  aggregator   127.0.0.1:${aggregator.port}   metrics ${aggregator.httpUrl}/metrics`,
   "",
-  "  try the CLI:  node packages/console/bin/os-console.js viewport portfolio --home " + homes.get("crown"),
-  "                (after: node packages/console/bin/os-console.js grant --home " + homes.get("crown") + ")",
+  `  try the CLI:  node packages/console/bin/os-console.js viewport portfolio --home ${homes.get("crown")}`,
+  `                (after: node packages/console/bin/os-console.js grant --home ${homes.get("crown")})`,
   "",
   "Ctrl-C stops everything.",
   "",

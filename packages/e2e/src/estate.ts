@@ -471,7 +471,14 @@ export function ensureUiBuilt(say: (s: string) => void = () => {}): void {
   say("building the dashboard …");
   execFileSync(
     process.execPath,
-    [join(REPO, "node_modules", "vite", "bin", "vite.js"), "build", "--config", join(src, "vite.config.ts"), "--logLevel", "warn"],
+    [
+      join(REPO, "node_modules", "vite", "bin", "vite.js"),
+      "build",
+      "--config",
+      join(src, "vite.config.ts"),
+      "--logLevel",
+      "warn",
+    ],
     { stdio: ["ignore", "ignore", "inherit"], cwd: REPO },
   );
 }

@@ -15,7 +15,8 @@ import { afterAll, describe, expect, it } from "vitest";
 
 const repo = resolve(import.meta.dirname, "..", "..", "..");
 const isGitCheckout = existsSync(join(repo, ".git"));
-if (!isGitCheckout) console.warn("quickstart test skipped: this checkout is not a git repository (nothing to clone)");
+if (!isGitCheckout)
+  console.warn("quickstart test skipped: this checkout is not a git repository (nothing to clone)");
 
 let work: string | undefined;
 let npmStart: ChildProcess | undefined;
@@ -56,7 +57,10 @@ describe.skipIf(!isGitCheckout)("quick start from a clean clone", () => {
       symlinkSync(join(clone, "packages", pkg), join(clone, "node_modules", "@os-orchestration", pkg));
     }
     mkdirSync(join(clone, "node_modules", ".bin"));
-    symlinkSync(join(repo, "node_modules", "tsx", "dist", "cli.mjs"), join(clone, "node_modules", ".bin", "tsx"));
+    symlinkSync(
+      join(repo, "node_modules", "tsx", "dist", "cli.mjs"),
+      join(clone, "node_modules", ".bin", "tsx"),
+    );
 
     // `npm start`, in its own process group so that "Ctrl-C" reaches all of it, as in a terminal.
     npmStart = spawn("npm", ["start", "--", "--toteboxes", "24"], {
@@ -93,7 +97,9 @@ describe.skipIf(!isGitCheckout)("quick start from a clean clone", () => {
     });
     expect(started.status).toBe(200);
     const { id } = (await started.json()) as { id: string };
-    const result = (await (await fetch(new URL(`/api/fanouts/${id}`, url), { headers: { cookie } })).json()) as {
+    const result = (await (
+      await fetch(new URL(`/api/fanouts/${id}`, url), { headers: { cookie } })
+    ).json()) as {
       targeted: number;
       answered: number;
       outcomes: { status: string }[];

@@ -333,3 +333,151 @@ describe("durability and concurrency", () => {
     });
   });
 });
+
+describe("group commit (appendQueued)", () => {
+  /** A log whose group commits run only when the test says so. */
+  const manualLog = (conn: Database.Database = db, maxGroup?: number) => {
+    const flushes: (() => void)[] = [];
+    const log = new AuditLog(conn, {
+      sign: signer,
+      origin: "totebox.test/entity-1",
+      now: () => clock++,
+      schedule: (f) => flushes.push(f),
+      ...(maxGroup !== undefined ? { maxGroup } : {}),
+    });
+    return { log, flushes };
+  };
+  const same = (a: Uint8Array, b: Uint8Array) => Buffer.from(a).equals(Buffer.from(b));
+
+  it("entries queued in one turn share one transaction, and none resolves before it commits", async () => {
+    const { log, flushes } = manualLog();
+    log.append(entry(0));
+    const commits = log.commits;
+    let resolved = 0;
+    const queued = Array.from({ length: 10 }, (_, i) =>
+      log.appendQueued(entry(i + 1)).then((index) => {
+        resolved++;
+        return index;
+      }),
+    );
+    expect(flushes).toHaveLength(1); // one commit scheduled for the whole group
+    await new Promise((r) => setImmediate(r));
+    expect(resolved).toBe(0);
+    expect(log.size()).toBe(1);
+    expect(log.queued).toBe(10);
+    flushes[0]!();
+    expect(await Promise.all(queued)).toEqual(Array.from({ length: 10 }, (_, i) => i + 1));
+    expect(log.commits).toBe(commits + 1);
+    expect(log.queued).toBe(0);
+    expect(same(log.root(), referenceTree(log).root())).toBe(true);
+    expect(log.verifyStored()).toEqual({ ok: true, size: 11 });
+    // Entries keep the order they were queued in, with the time they were queued at.
+    expect(log.entries(1, 10).map((r) => r.entry.detail?.n)).toEqual(
+      Array.from({ length: 10 }, (_, i) => i + 1),
+    );
+  });
+
+  it("by default commits after the current turn: one transaction for a burst", async () => {
+    const log = newLog();
+    const commits = log.commits;
+    const indexes = await Promise.all(Array.from({ length: 25 }, (_, i) => log.appendQueued(entry(i))));
+    expect(indexes).toEqual(Array.from({ length: 25 }, (_, i) => i));
+    expect(log.commits).toBe(commits + 1);
+    // A later turn is a later group.
+    await log.appendQueued(entry(25));
+    expect(log.commits).toBe(commits + 2);
+  });
+
+  it("a malformed entry is refused on its own and never joins a group", async () => {
+    const { log, flushes } = manualLog();
+    const good1 = log.appendQueued(entry(1));
+    const bad = log.appendQueued(entry(2, { capability: "not hex: a token?" }));
+    const good2 = log.appendQueued(entry(3));
+    await expect(bad).rejects.toMatchObject({ code: "TOTEBOX_ERR_AUDIT_ENTRY" });
+    flushes[0]!();
+    expect([await good1, await good2]).toEqual([0, 1]);
+  });
+
+  it("a failed commit rejects every entry in it, leaves no trace, and the log carries on", async () => {
+    // A second writer holds the write lock; this connection does not wait for it.
+    const impatient = new Database(file, { timeout: 0 });
+    const writer = new Database(file);
+    try {
+      const { log, flushes } = manualLog(impatient);
+      log.append(entry(0));
+      writer.exec("BEGIN IMMEDIATE");
+      const group = [1, 2, 3].map((i) => log.appendQueued(entry(i)));
+      flushes[0]!();
+      for (const p of group) await expect(p).rejects.toMatchObject({ code: "SQLITE_BUSY" });
+      writer.exec("ROLLBACK");
+      expect(log.size()).toBe(1);
+      const next = log.appendQueued(entry(4));
+      flushes[1]!();
+      expect(await next).toBe(1);
+      expect(log.verifyStored()).toEqual({ ok: true, size: 2 });
+      expect(same(log.root(), referenceTree(log).root())).toBe(true);
+    } finally {
+      writer.close();
+      impatient.close();
+    }
+  });
+
+  it("a full group commits at once without waiting for its turn to end", async () => {
+    const { log, flushes } = manualLog(db, 3);
+    const ps = [0, 1, 2].map((i) => log.appendQueued(entry(i)));
+    expect(log.size()).toBe(3);
+    expect(await Promise.all(ps)).toEqual([0, 1, 2]);
+    // The group's scheduled flush finds nothing left to do.
+    flushes[0]!();
+    expect(log.size()).toBe(3);
+  });
+
+  it("random mixes of queued and direct appends keep one tree (property)", async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.oneof(fc.constant("queue"), fc.constant("append"), fc.constant("flush")), {
+          maxLength: 60,
+        }),
+        async (ops) => {
+          const conn = new Database(":memory:");
+          try {
+            const { log, flushes } = manualLog(conn);
+            const texts: string[] = [];
+            const pending: Promise<number>[] = [];
+            const queuedTexts: string[] = [];
+            let i = 0;
+            for (const op of ops) {
+              if (op === "flush") {
+                for (const f of flushes.splice(0)) f();
+                texts.push(...queuedTexts.splice(0));
+              } else {
+                const e = entry(i++);
+                const text = encodeEntry(normalizeEntry(e, clock));
+                if (op === "queue") {
+                  pending.push(log.appendQueued(e));
+                  queuedTexts.push(text);
+                } else {
+                  log.append(e);
+                  texts.push(text);
+                }
+              }
+            }
+            log.flush();
+            texts.push(...queuedTexts);
+            await Promise.all(pending);
+            expect(log.size()).toBe(texts.length);
+            const stored = log.entries(0, 1000).map((r) => encodeEntry(r.entry));
+            // Exactly the order of commits: direct appends at once, queued ones at their flush.
+            const n = (t: string) => (JSON.parse(t) as { detail: { n: number } }).detail.n;
+            expect(stored.map(n)).toEqual(texts.map(n));
+            expect(same(log.root(), referenceTree(log).root())).toBe(true);
+            expect(log.verifyStored().ok).toBe(true);
+          } finally {
+            conn.close();
+          }
+        },
+      ),
+      { seed, numRuns: 50 },
+    );
+  });
+});

@@ -56,7 +56,9 @@ export type ToteboxErrorCode =
   | "TOTEBOX_ERR_STAGED"
   | "TOTEBOX_ERR_PEER"
   | "TOTEBOX_ERR_PAIRING"
-  | "TOTEBOX_ERR_INTERNAL";
+  | "TOTEBOX_ERR_INTERNAL"
+  // cancellation of reads (subject.ts, view-runner.ts)
+  | "TOTEBOX_ERR_CANCELLED";
 
 export type ToteboxErrorDetail = Readonly<Record<string, string | number | boolean | null>>;
 

@@ -5,6 +5,12 @@
  * intercompany rule tests use to check reconciliation), and the shapes of its answers.
  */
 export { type ArchivePaths, archivePaths, initArchive, openArchive } from "./archive.ts";
+export {
+  type AuditCheckpoint,
+  type AuditConsistencyProof,
+  checkpointBody,
+  verifyCheckpoint,
+} from "./audit-log.ts";
 export { COMMAND_NAMES, type CommandName } from "./commands.ts";
 export {
   type DemoDataOptions,
@@ -17,4 +23,4 @@ export { type PeerKind, trustPeer } from "./peers.ts";
 export type { ToteboxHello, ToteboxRemote, ToteboxSessionRemote, ToteboxViewRemote } from "./remote-api.ts";
 export { ENTITY_KINDS, type EntityKind, openArchiveDatabase } from "./schema.ts";
 export { ToteboxServer, type ToteboxServerOptions, type ToteboxStats } from "./server.ts";
-export type { CommandReply, ReadAnswer } from "./subject.ts";
+export type { CancelReply, CommandReply, ReadAnswer } from "./subject.ts";

@@ -1,5 +1,5 @@
 import type { CanonicalValue } from "@os-orchestration/psp";
-import type { CommandReply, ReadAnswer } from "./subject.ts";
+import type { CancelReply, CommandReply, ReadAnswer } from "./subject.ts";
 
 /**
  * The Totebox's PSP API as a commander sees it (for `openCommander<ToteboxRemote>(link)`).
@@ -48,6 +48,14 @@ export interface ToteboxSessionRemote extends PromiseLike<unknown> {
     idempotencyKey: string,
   ): Promise<CommandReply>;
   audit(capability: Uint8Array, request: Record<string, unknown>): Promise<unknown>;
+  /**
+   * Stops the read that `capability` (that read's own call capability) authorised: a queued read
+   * is dropped, a running one is killed (pool runner) or its answer dropped; that read then
+   * rejects with TOTEBOX_ERR_CANCELLED. If the read is not there (answered, or not arrived yet),
+   * the answer is `{ cancelled: false, state: "unknown" }` and the read is refused if it arrives
+   * later. Refused with the PSP code of a capability that does not verify under this grant.
+   */
+  cancel(capability: Uint8Array): Promise<CancelReply>;
 }
 
 export interface ToteboxViewRemote {

@@ -1,6 +1,7 @@
 import { sign as edSign } from "node:crypto";
 import {
   type Clock,
+  decodeUnverified,
   type Identity,
   isPspError,
   listenPsp,
@@ -30,8 +31,13 @@ import { type PeerRecord, PeerRegistry, trustPeer } from "./peers.ts";
 import { type Policy, PolicyStore } from "./policy.ts";
 import { type LifecycleState, readState } from "./runtime-schema.ts";
 import type { Db } from "./schema.ts";
-import { ToteboxMain } from "./subject.ts";
-import { createInProcessViewRunner, createPooledViewRunner, type ViewRunner } from "./view-runner.ts";
+import { ReadCancellations, ToteboxMain } from "./subject.ts";
+import {
+  createInProcessViewRunner,
+  createPooledViewRunner,
+  type ViewPoolLimits,
+  type ViewRunner,
+} from "./view-runner.ts";
 
 export interface ToteboxServerOptions {
   dir: string;
@@ -42,6 +48,8 @@ export interface ToteboxServerOptions {
   scheduler?: Scheduler;
   /** "pool" (default): queries in killable child processes; "in-process": for tiny archives and tests. */
   viewRunner?: "pool" | "in-process";
+  /** Limits of the "pool" runner (children, pending requests, ...); defaults DEFAULT_VIEW_POOL_LIMITS. */
+  viewPool?: Partial<ViewPoolLimits>;
   limits?: Partial<PspLimits>;
   /** pino logger; default JSON to stderr at level from TOTEBOX_LOG_LEVEL or "info". */
   logger?: pino.Logger;
@@ -56,6 +64,8 @@ export interface ToteboxStats {
   commandsExecuted: number;
   diodeViolations: number;
   refusedConnections: number;
+  /** Reads stopped by a cancel: dropped from the queue, killed while running, or refused on arrival. */
+  readsCancelled: number;
 }
 
 /** What the subject's RpcTargets see of the running Totebox. */
@@ -69,6 +79,8 @@ export interface ToteboxRuntime {
   readonly auditLog: AuditLog;
   readonly stats: ToteboxStats;
   readonly trustedOperators: TrustedOperators;
+  /** Reads in flight by capability id, and the ids cancelled before their read arrived. */
+  readonly reads: ReadCancellations;
   policy(): Policy;
   state(): LifecycleState;
   requireActive(): void;
@@ -77,12 +89,22 @@ export interface ToteboxRuntime {
     capability: Uint8Array,
     request: { view?: string; command?: string; action: string; row?: string },
   ): VerifiedCall;
-  audit(entry: AuditEntryInput): void;
+  /**
+   * Checks a capability presented to cancel its read: the full chain under the session's grant,
+   * for the request the capability itself names, but without touching the replay store (the read
+   * already consumed that id, or will).
+   */
+  verifyCancel(grant: VerifiedGrant, capability: Uint8Array): VerifiedCall;
+  /**
+   * Appends to the audit log; resolves once the entry is committed (group commit). Answer a call
+   * only after this resolves: every answered call is in the log before its answer leaves.
+   */
+  audit(entry: AuditEntryInput): Promise<void>;
   onStateChange(state: LifecycleState): void;
   completePairing(
     link: PspLink,
     proof: Uint8Array,
-  ): { proof: Uint8Array; totebox: string; deviceId: string; kind: string };
+  ): Promise<{ proof: Uint8Array; totebox: string; deviceId: string; kind: string }>;
   rawKeyHexOfLinkPeer(link: PspLink): string;
 }
 
@@ -104,9 +126,11 @@ export class ToteboxServer implements ToteboxRuntime {
     commandsExecuted: 0,
     diodeViolations: 0,
     refusedConnections: 0,
+    readsCancelled: 0,
   };
   readonly log: pino.Logger;
   readonly trustedOperators: TrustedOperators;
+  readonly reads: ReadCancellations;
 
   readonly #policy: PolicyStore;
   readonly #peers: PeerRegistry;
@@ -138,13 +162,14 @@ export class ToteboxServer implements ToteboxRuntime {
     this.runner =
       options.viewRunner === "in-process"
         ? createInProcessViewRunner(archive.paths.db)
-        : createPooledViewRunner(archive.paths.db);
+        : createPooledViewRunner(archive.paths.db, options.viewPool ? { limits: options.viewPool } : {});
     this.auditLog = new AuditLog(archive.db, {
       sign: (body) => edSign(null, body, archive.identity.privateKey),
       origin: `os-totebox/${archive.entity.id}`,
       now: () => this.clock.now(),
     });
     this.#replay = new MemoryReplayStore(this.clock);
+    this.reads = new ReadCancellations();
     this.#peers = new PeerRegistry(archive.db, (p) => this.#onRevoked(p));
     this.trustedOperators = (keyId) => {
       const p = this.#peers.operator(keyId);
@@ -246,9 +271,33 @@ export class ToteboxServer implements ToteboxRuntime {
     });
   }
 
-  audit(entry: AuditEntryInput): void {
+  verifyCancel(grant: VerifiedGrant, capability: Uint8Array): VerifiedCall {
+    this.#peers.refresh();
+    // The request is what the capability names; the chain check below proves those claims were
+    // signed by the grant's aggregator for this Totebox, so nothing here trusts unverified bytes.
+    const claims = decodeUnverified(capability).claims;
+    if (claims.kind !== "call") throw new PspError("PSP_ERR_CAP_MALFORMED", "not a call capability");
+    return verifyCallChain({
+      grant,
+      capability,
+      trustedOperators: this.trustedOperators,
+      aggregatorId: grant.claims.aud,
+      totebox: { id: this.entity.id, tags: this.entity.tags },
+      request: {
+        action: claims.action,
+        ...(claims.view !== undefined ? { view: claims.view } : {}),
+        ...(claims.command !== undefined ? { command: claims.command } : {}),
+        ...(claims.row !== undefined ? { row: claims.row } : {}),
+      },
+      clock: this.clock,
+      // A throwaway store: a cancel neither consults nor burns the id its read consumed.
+      replayStore: new MemoryReplayStore(this.clock, { maxEntries: 1 }),
+    });
+  }
+
+  async audit(entry: AuditEntryInput): Promise<void> {
     try {
-      this.auditLog.append(entry);
+      await this.auditLog.appendQueued(entry);
     } catch (e) {
       // The audit log refusing an entry is a bug worth shouting about, never a reason to answer.
       this.log.error({ err: (e as Error).message, action: entry.action }, "audit append failed");
@@ -256,15 +305,20 @@ export class ToteboxServer implements ToteboxRuntime {
     }
   }
 
+  /** For events that answer no call (revocations, Diode cuts): logged, never thrown at a caller. */
+  #auditEvent(entry: AuditEntryInput): void {
+    this.audit(entry).catch(() => undefined);
+  }
+
   rawKeyHexOfLinkPeer(link: PspLink): string {
     const pk = link.peer.publicKey;
     return pk ? rawEd25519PublicKey(pk).toString("hex") : "";
   }
 
-  completePairing(link: PspLink, proof: Uint8Array) {
+  async completePairing(link: PspLink, proof: Uint8Array) {
     const offers = this.#openOffers();
     const now = this.clock.now();
-    const audit = (outcome: string, target: string | null) =>
+    const audit = (outcome: string, target: string | null): Promise<void> =>
       this.audit({
         peer: link.peer.fingerprint,
         operator: null,
@@ -275,7 +329,7 @@ export class ToteboxServer implements ToteboxRuntime {
         outcome,
       });
     if (link.peer.label !== "pairing" || offers.length === 0 || !link.peer.publicKey) {
-      audit("TOTEBOX_ERR_PAIRING", null);
+      await audit("TOTEBOX_ERR_PAIRING", null);
       throw new ToteboxError("TOTEBOX_ERR_PAIRING", "no pairing code is on offer for this link");
     }
     for (const offer of offers) {
@@ -298,7 +352,7 @@ export class ToteboxServer implements ToteboxRuntime {
         .prepare("UPDATE pairing_offers SET used_at = ?, outcome = 'paired' WHERE code = ?")
         .run(now, offer.code);
       this.#peers.afterLocalWrite();
-      audit("ok", `${peer.kind}:${peer.label}`);
+      await audit("ok", `${peer.kind}:${peer.label}`);
       this.log.info({ kind: peer.kind, label: peer.label, fingerprint: link.peer.fingerprint }, "paired");
       return {
         proof: pairingProof({ ...input, side: "responder" }),
@@ -311,7 +365,7 @@ export class ToteboxServer implements ToteboxRuntime {
     this.db
       .prepare("UPDATE pairing_offers SET used_at = ?, outcome = 'burned' WHERE used_at IS NULL")
       .run(now);
-    audit("TOTEBOX_ERR_PAIRING", null);
+    await audit("TOTEBOX_ERR_PAIRING", null);
     this.log.warn({ fingerprint: link.peer.fingerprint }, "wrong pairing proof: open codes burned");
     // Close the link once this refusal has been sent (the answer leaves when the prover pulls it,
     // usually in its next frame): closing it now would leave the prover a bare closed link
@@ -332,7 +386,7 @@ export class ToteboxServer implements ToteboxRuntime {
       // Operator sessions fail their next call: verifyCallChain re-checks operator trust each time.
       this.log.info({ label: peer.label }, "operator revoked: its grants are refused from now on");
     }
-    this.audit({
+    this.#auditEvent({
       peer: "local",
       operator: peer.kind === "operator" ? peer.keyId : null,
       tenant: null,
@@ -359,7 +413,7 @@ export class ToteboxServer implements ToteboxRuntime {
     link.on("violation", (err) => {
       this.stats.diodeViolations++;
       this.log.warn({ peer: link.peer.label, rule: err.detail?.rule }, "Diode violation: link cut");
-      this.audit({
+      this.#auditEvent({
         peer: link.peer.fingerprint,
         operator: null,
         tenant: null,
@@ -398,6 +452,9 @@ export class ToteboxServer implements ToteboxRuntime {
     this.#policy.close();
     await this.#psp?.close();
     await this.runner.close();
+    // Entries still queued (answers that will never leave) are committed, never dropped; a
+    // failed commit rejects them, and audit() has logged that.
+    this.auditLog.flush();
     this.db.close();
   }
 }

@@ -1,4 +1,5 @@
 import {
+  CAPABILITY_LIMITS,
   type CanonicalValue,
   decodeUnverified,
   encodeResult,
@@ -16,6 +17,7 @@ import { COMMAND_DESCRIPTIONS, COMMAND_NAMES, runCommand, watermark } from "./co
 import { ToteboxError } from "./errors.ts";
 import { canRead, canRun, type Policy, validateParams, viewCatalogue } from "./policy.ts";
 import type { ToteboxRuntime } from "./server.ts";
+import type { ViewResult } from "./view-runner.ts";
 
 /**
  * What a Totebox serves over PSP, as a subject. Every public method here is remotely callable
@@ -24,7 +26,12 @@ import type { ToteboxRuntime } from "./server.ts";
  * Order of checks for every read and command, enforced here and counted by the runtime's stats:
  *   lifecycle state → the capability chain (operator → grant → aggregator → capability → request)
  *   → the owner's policy → parameter validation → only then SQL or the command.
- * Every outcome, refusals included, is appended to the audit log.
+ * Every outcome, refusals included, is appended to the audit log, and a call is answered only once
+ * its entry is committed (`rt.audit` resolves after the group commit that holds it).
+ *
+ * Cancellation: `cancel(capability)` stops the read that capability authorised (see
+ * ReadCancellations), so an aggregator whose operator gave up, or whose per-Totebox timeout fired,
+ * does not leave the Totebox computing an answer nobody will read.
  */
 
 export interface ReadAnswer {
@@ -47,6 +54,112 @@ export interface CommandReply {
   readonly receipt: Uint8Array;
   readonly replayed: boolean;
 }
+
+export interface CancelReply {
+  /** True if a read was stopped by this cancel. */
+  readonly cancelled: boolean;
+  /**
+   * Where the read was: running (its SQL had started), queued (waiting for the view runner), or
+   * unknown (already answered, or not arrived yet: it will then be refused on arrival).
+   */
+  readonly state: "running" | "queued" | "unknown";
+}
+
+/** Bounds of the cancellation bookkeeping. */
+export const CANCEL_LIMITS = Object.freeze({
+  /**
+   * Capability ids remembered as cancelled before their read arrived. Beyond it the oldest is
+   * forgotten: only verified capabilities get here, so only a paired aggregator can fill it, and
+   * what it then loses is the protection of its own earlier cancels against a late read.
+   */
+  maxRemembered: 10_000,
+});
+
+interface ReadInFlight {
+  readonly controller: AbortController;
+  started: boolean;
+}
+
+/**
+ * The Totebox's reads in flight, by capability id (lowercase hex), and the ids cancelled before
+ * their read arrived. A read registers after its capability chain verified and deregisters once
+ * its SQL settled: from then on its answer is being signed and audited, and a cancel finds it
+ * "unknown" (the answer the aggregator will drop costs nothing more to finish).
+ *
+ * Race handled: the aggregator may send cancel while its read is still on the wire (pipelined
+ * behind other calls, or on a congested link). The cancel then finds no read, remembers the id
+ * until the capability could no longer verify anyway (exp + skew), and the read is refused with
+ * TOTEBOX_ERR_CANCELLED on arrival, before any SQL.
+ */
+export class ReadCancellations {
+  readonly #inFlight = new Map<string, ReadInFlight>();
+  /** cti hex → remember until (ms since the epoch); Map order = insertion order = eviction order. */
+  readonly #cancelled = new Map<string, number>();
+  readonly #max: number;
+
+  constructor(maxRemembered: number = CANCEL_LIMITS.maxRemembered) {
+    if (!Number.isSafeInteger(maxRemembered) || maxRemembered < 1) {
+      throw new RangeError("maxRemembered must be a positive integer");
+    }
+    this.#max = maxRemembered;
+  }
+
+  /** Registers a verified read; throws TOTEBOX_ERR_CANCELLED if its cancel came first. */
+  begin(cti: string, nowMs: number): { readonly signal: AbortSignal; readonly onStart: () => void } {
+    const until = this.#cancelled.get(cti);
+    if (until !== undefined) {
+      this.#cancelled.delete(cti);
+      if (until >= nowMs) {
+        throw new ToteboxError("TOTEBOX_ERR_CANCELLED", "this read was cancelled before it arrived");
+      }
+    }
+    const flight: ReadInFlight = { controller: new AbortController(), started: false };
+    this.#inFlight.set(cti, flight);
+    return {
+      signal: flight.controller.signal,
+      onStart: () => {
+        flight.started = true;
+      },
+    };
+  }
+
+  /** The read's SQL settled (answered, failed or cancelled): it can no longer be cancelled. */
+  end(cti: string): void {
+    this.#inFlight.delete(cti);
+  }
+
+  /** Cancels the read with this id, or remembers the id until `keepUntilMs` if no read has it. */
+  cancel(cti: string, keepUntilMs: number, nowMs: number): CancelReply {
+    const flight = this.#inFlight.get(cti);
+    if (flight !== undefined) {
+      this.#inFlight.delete(cti);
+      const state = flight.started ? "running" : "queued";
+      flight.controller.abort();
+      return { cancelled: true, state };
+    }
+    if (keepUntilMs >= nowMs) {
+      this.#cancelled.delete(cti); // re-inserted at the end: a repeated cancel is the newest
+      this.#cancelled.set(cti, keepUntilMs);
+      for (const [old, until] of this.#cancelled) {
+        if (this.#cancelled.size <= this.#max && until >= nowMs) break;
+        this.#cancelled.delete(old);
+      }
+    }
+    return { cancelled: false, state: "unknown" };
+  }
+
+  /** Reads registered and not settled. */
+  get inFlight(): number {
+    return this.#inFlight.size;
+  }
+
+  /** Ids remembered as cancelled (expired ones included until evicted). */
+  get remembered(): number {
+    return this.#cancelled.size;
+  }
+}
+
+const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
 
 function ctiHex(capability: unknown): string | null {
   if (!(capability instanceof Uint8Array)) return null;
@@ -116,8 +229,11 @@ export class ToteboxMain extends RpcTarget {
     return this.#rt.completePairing(this.#link, asBytes(proof, "proof"));
   }
 
-  /** Opens an operator session under an operator-signed grant to the aggregator on this link. */
-  authorize(grant: unknown): ToteboxSession {
+  /**
+   * Opens an operator session under an operator-signed grant to the aggregator on this link.
+   * Async only to await the audit commit: calls pipelined on the session wait for it, in order.
+   */
+  async authorize(grant: unknown): Promise<ToteboxSession> {
     const rt = this.#rt;
     const bytes = asBytes(grant, "grant");
     const audit = (outcome: string, g?: VerifiedGrant) =>
@@ -147,10 +263,10 @@ export class ToteboxMain extends RpcTarget {
           "grant names another aggregator key than this link's",
         );
       }
-      audit("ok", verified);
+      await audit("ok", verified);
       return new ToteboxSession(rt, this.#link, verified);
     } catch (e) {
-      audit(codeOf(e));
+      await audit(codeOf(e));
       throw e;
     }
   }
@@ -218,7 +334,7 @@ export class ToteboxSession extends RpcTarget {
         args,
         typeof idempotencyKey === "string" ? idempotencyKey : "",
       );
-      rt.audit({
+      await rt.audit({
         peer: this.#link.peer.fingerprint,
         operator: call.grant.iss,
         tenant: call.grant.tenant,
@@ -230,7 +346,7 @@ export class ToteboxSession extends RpcTarget {
       });
       return { totebox: rt.entity.id, ...answer };
     } catch (e) {
-      rt.audit({
+      await rt.audit({
         peer: this.#link.peer.fingerprint,
         operator: call?.grant.iss ?? this.#grant.claims.iss,
         tenant: this.#grant.claims.tenant,
@@ -247,7 +363,7 @@ export class ToteboxSession extends RpcTarget {
    * The audit log's proofs, served as ordinary reads: the capability must name view "audit" with
    * action "read". `op` is checkpoint | consistency | inclusion | entries.
    */
-  audit(capability: unknown, request: unknown) {
+  async audit(capability: unknown, request: unknown): Promise<unknown> {
     const rt = this.#rt;
     const cap = asBytes(capability, "capability");
     try {
@@ -291,7 +407,7 @@ export class ToteboxSession extends RpcTarget {
             { param: "op" },
           );
       }
-      rt.audit({
+      await rt.audit({
         peer: this.#link.peer.fingerprint,
         operator: call.grant.iss,
         tenant: call.grant.tenant,
@@ -302,12 +418,59 @@ export class ToteboxSession extends RpcTarget {
       });
       return out;
     } catch (e) {
-      rt.audit({
+      await rt.audit({
         peer: this.#link.peer.fingerprint,
         operator: this.#grant.claims.iss,
         tenant: this.#grant.claims.tenant,
         action: "audit",
         target: null,
+        capability: ctiHex(cap),
+        outcome: codeOf(e),
+      });
+      throw e;
+    }
+  }
+
+  /**
+   * Cancels a read of this session's grant. `capability` is that read's own call capability:
+   * holding it is the authority to cancel it. Its whole chain is verified under this session's
+   * grant, for the view request it names, without touching the replay store; the Totebox must be
+   * active. The cancelled read rejects with TOTEBOX_ERR_CANCELLED. Audited as action "cancel"
+   * (capability id only).
+   */
+  async cancel(capability: unknown): Promise<CancelReply> {
+    const rt = this.#rt;
+    const cap = asBytes(capability, "capability");
+    let target: string | null = null;
+    try {
+      rt.requireActive();
+      const call = rt.verifyCancel(this.#grant, cap);
+      if (call.capability.view === undefined || call.capability.action !== "read") {
+        throw new ToteboxError("TOTEBOX_ERR_PARAM", "only a read can be cancelled", { param: "capability" });
+      }
+      target = call.capability.view;
+      const cti = hex(call.capability.cti);
+      const keepUntil = call.capability.exp * 1000 + CAPABILITY_LIMITS.defaultSkewMs;
+      const reply = rt.reads.cancel(cti, keepUntil, rt.clock.now());
+      if (reply.cancelled) rt.stats.readsCancelled++;
+      await rt.audit({
+        peer: this.#link.peer.fingerprint,
+        operator: call.grant.iss,
+        tenant: call.grant.tenant,
+        action: "cancel",
+        target,
+        capability: cti,
+        outcome: "ok",
+        detail: { cancelled: reply.cancelled, state: reply.state },
+      });
+      return reply;
+    } catch (e) {
+      await rt.audit({
+        peer: this.#link.peer.fingerprint,
+        operator: this.#grant.claims.iss,
+        tenant: this.#grant.claims.tenant,
+        action: "cancel",
+        target,
         capability: ctiHex(cap),
         outcome: codeOf(e),
       });
@@ -364,30 +527,22 @@ async function readView(
       action: "read",
       ...(row !== undefined ? { row } : {}),
     });
-    // 2. The owner's policy.
-    const policy = rt.policy();
-    const view = policy.views.get(viewName);
-    if (!view) throw new ToteboxError("TOTEBOX_ERR_VIEW_UNKNOWN", "no such view", { view: viewName });
-    if (!canRead(policy, { tenant: call.grant.tenant, operator: call.grant.iss, view: viewName })) {
-      throw new ToteboxError(
-        "TOTEBOX_ERR_POLICY_DENIED",
-        "the owner's policy does not let this operator read this view",
-      );
+    const cti = hex(call.capability.cti);
+    // Cancellable from here until its SQL settles; refused here if its cancel overtook it.
+    let flight: ReturnType<ReadCancellations["begin"]>;
+    try {
+      flight = rt.reads.begin(cti, rt.clock.now());
+    } catch (e) {
+      rt.stats.readsCancelled++;
+      throw e;
     }
-    if (row !== undefined && !view.rowKey) {
-      throw new ToteboxError("TOTEBOX_ERR_PARAM", "this view has no row key", { param: "row" });
+    let result: ViewResult;
+    try {
+      result = await runPolicedView(rt, call, viewName, row, req.params, flight);
+    } finally {
+      rt.reads.end(cti);
     }
-    // 3. Parameters, typed and bounded.
     const rawParams = (req.params ?? {}) as Record<string, unknown>;
-    const params = validateParams(view, rawParams, { now: () => rt.clock.now() });
-    // 4. Only now: SQL.
-    rt.stats.viewsExecuted++;
-    const result = await rt.runner.run({
-      policy,
-      view: viewName,
-      params,
-      ...(row !== undefined ? { rowKey: row } : {}),
-    });
     const arrow = encodeResult(result.columns, result.rows);
     const wm = watermark(rt.db);
     const receipt = signReceipt({
@@ -406,13 +561,13 @@ async function readView(
       clock: rt.clock,
       signer: rt.identity.privateKey,
     });
-    rt.audit({
+    await rt.audit({
       peer: link.peer.fingerprint,
       operator: call.grant.iss,
       tenant: call.grant.tenant,
       action: "read",
       target: viewName,
-      capability: Buffer.from(call.capability.cti).toString("hex"),
+      capability: cti,
       outcome: "ok",
       rows: result.rowCount,
       detail: { suppressed: result.suppressedGroups },
@@ -427,7 +582,7 @@ async function readView(
       watermark: wm,
     };
   } catch (e) {
-    rt.audit({
+    await rt.audit({
       peer: link.peer.fingerprint,
       operator: call?.grant.iss ?? grant.claims.iss,
       tenant: grant.claims.tenant,
@@ -439,4 +594,41 @@ async function readView(
     if (isPspError(e) || e instanceof ToteboxError) throw e;
     throw new ToteboxError("TOTEBOX_ERR_INTERNAL", "internal error", {}, { cause: e });
   }
+}
+
+/** Steps 2–4 of a read: the owner's policy, the parameters, then the SQL (cancellable). */
+function runPolicedView(
+  rt: ToteboxRuntime,
+  call: VerifiedCall,
+  viewName: string,
+  row: string | undefined,
+  rawParamsInput: unknown,
+  flight: { readonly signal: AbortSignal; readonly onStart: () => void },
+): Promise<ViewResult> {
+  // 2. The owner's policy.
+  const policy = rt.policy();
+  const view = policy.views.get(viewName);
+  if (!view) throw new ToteboxError("TOTEBOX_ERR_VIEW_UNKNOWN", "no such view", { view: viewName });
+  if (!canRead(policy, { tenant: call.grant.tenant, operator: call.grant.iss, view: viewName })) {
+    throw new ToteboxError(
+      "TOTEBOX_ERR_POLICY_DENIED",
+      "the owner's policy does not let this operator read this view",
+    );
+  }
+  if (row !== undefined && !view.rowKey) {
+    throw new ToteboxError("TOTEBOX_ERR_PARAM", "this view has no row key", { param: "row" });
+  }
+  // 3. Parameters, typed and bounded.
+  const rawParams = (rawParamsInput ?? {}) as Record<string, unknown>;
+  const params = validateParams(view, rawParams, { now: () => rt.clock.now() });
+  // 4. Only now: SQL.
+  rt.stats.viewsExecuted++;
+  return rt.runner.run({
+    policy,
+    view: viewName,
+    params,
+    ...(row !== undefined ? { rowKey: row } : {}),
+    signal: flight.signal,
+    onStart: flight.onStart,
+  });
 }

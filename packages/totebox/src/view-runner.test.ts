@@ -233,6 +233,39 @@ describe.each(modes)("view runner (%s mode)", (_mode, make) => {
     expect((await runner.run(request("huge"))).rowCount).toBe(1);
   });
 
+  it("a request cancelled before it starts never runs", async () => {
+    const c = new AbortController();
+    c.abort();
+    let started = 0;
+    const e = await expectCode(
+      runner.run({ ...request("huge"), signal: c.signal, onStart: () => started++ }),
+      "TOTEBOX_ERR_CANCELLED",
+    );
+    expect(e.detail).toMatchObject({ view: "huge" });
+    expect(started).toBe(0);
+    expect((await runner.run(request("huge"))).rowCount).toBe(1);
+  });
+
+  it("a cancel that arrives once the SQL started rejects CANCELLED (the answer is dropped)", async () => {
+    const c = new AbortController();
+    let started = 0;
+    const run = runner.run({
+      ...request("huge"),
+      signal: c.signal,
+      onStart: () => {
+        started++;
+        c.abort();
+      },
+    });
+    await expectCode(run, "TOTEBOX_ERR_CANCELLED");
+    expect(started).toBe(1);
+    // Finished requests ignore a later abort; the runner still serves.
+    const later = new AbortController();
+    const ok = await runner.run({ ...request("huge"), signal: later.signal });
+    later.abort();
+    expect(ok.rowCount).toBe(1);
+  });
+
   it("fails pending and later requests once closed", async () => {
     await runner.close();
     await expectCode(runner.run(request("huge")), "TOTEBOX_ERR_VIEW_FAILED");
@@ -274,6 +307,55 @@ describe("pooled view runner", () => {
     await expectCode(a, "TOTEBOX_ERR_VIEW_TIMEOUT");
     await expectCode(b, "TOTEBOX_ERR_VIEW_TIMEOUT");
     expect((await runner.run(request("huge"))).rowCount).toBe(1);
+  });
+
+  it("a cancel kills the process running the query and replaces it", async () => {
+    runner = createPooledViewRunner(file, { limits: { poolSize: 1 } });
+    const c = new AbortController();
+    let started = 0;
+    const stuck = runner.run({ ...request("slow_aggregate"), signal: c.signal, onStart: () => started++ });
+    // Dispatched at once to the idle process.
+    expect(started).toBe(1);
+    expect(runner.stats()).toMatchObject({ running: 1, queued: 0 });
+    c.abort();
+    await expectCode(stuck, "TOTEBOX_ERR_CANCELLED");
+    expect(runner.stats()).toMatchObject({
+      cancelled: 1,
+      cancelKilled: 1,
+      killed: 0,
+      spawned: 2,
+      children: 1,
+    });
+    expect((await runner.run(request("huge"))).rowCount).toBe(1);
+  });
+
+  it("a cancel takes a queued request out of the queue, leaving the running one alone", async () => {
+    runner = createPooledViewRunner(file, { limits: { poolSize: 1 } });
+    const first = new AbortController();
+    const second = new AbortController();
+    let secondStarted = false;
+    const a = runner.run({ ...request("slow_aggregate"), signal: first.signal });
+    const b = runner.run({
+      ...request("huge"),
+      signal: second.signal,
+      onStart: () => {
+        secondStarted = true;
+      },
+    });
+    expect(runner.stats()).toMatchObject({ running: 1, queued: 1 });
+    second.abort();
+    await expectCode(b, "TOTEBOX_ERR_CANCELLED");
+    expect(secondStarted).toBe(false);
+    expect(runner.stats()).toMatchObject({
+      running: 1,
+      queued: 0,
+      cancelled: 1,
+      cancelKilled: 0,
+      spawned: 1,
+    });
+    first.abort();
+    await expectCode(a, "TOTEBOX_ERR_CANCELLED");
+    expect(runner.stats()).toMatchObject({ cancelled: 2, cancelKilled: 1, spawned: 2 });
   });
 
   it("close() fails requests in flight", async () => {

@@ -19,6 +19,11 @@
  *   (an aggregate over a huge CTE) blocks the event loop until SQLite finishes. Never use it where
  *   untrusted callers can pick views with heavy SQL.
  *
+ * Cancellation (`ViewRunRequest.signal`): a queued request leaves the queue; a running one is, in
+ * pool mode, stopped by SIGKILLing its process (a fresh one takes its place, as on timeout); in
+ * in-process mode it cannot be interrupted (the thread is inside SQLite), so it finishes and its
+ * answer is dropped. Either way the request rejects with TOTEBOX_ERR_CANCELLED.
+ *
  * Integers: statements run with `safeIntegers(true)`, so SQLite's 64-bit integers are never
  * silently rounded. Amounts are integer minor units; an `integer` cell comes back as a `number`
  * when it is a safe integer (|v| < 2^53: 90 trillion in cents) and as a `bigint` beyond that,
@@ -57,6 +62,10 @@ export interface ViewRunRequest {
   readonly params: Readonly<Record<string, ParamValue>>;
   /** The capability's row key, if it carries one: only rows whose row-key column equals it. */
   readonly rowKey?: string | number | null;
+  /** Aborting cancels the request (see the file comment); it then rejects with TOTEBOX_ERR_CANCELLED. */
+  readonly signal?: AbortSignal;
+  /** Called once, synchronously, when the request leaves the queue and its SQL starts. */
+  readonly onStart?: () => void;
 }
 
 export interface ViewRunner {
@@ -235,6 +244,10 @@ function shape(view: ViewSpec, outcome: Outcome): ViewResult {
   };
 }
 
+function cancelledError(view: ViewSpec): ToteboxError {
+  return new ToteboxError("TOTEBOX_ERR_CANCELLED", `view "${view.name}" was cancelled`, { view: view.name });
+}
+
 function timeoutError(view: ViewSpec): ToteboxError {
   return new ToteboxError(
     "TOTEBOX_ERR_VIEW_TIMEOUT",
@@ -312,6 +325,8 @@ export function createInProcessViewRunner(
     async run(request) {
       const { view, task } = plan(request);
       if (db === undefined) throw closedError();
+      if (request.signal?.aborted) throw cancelledError(view);
+      request.onStart?.();
       if (task.generation !== generation) {
         cache.clear();
         generation = task.generation;
@@ -322,6 +337,8 @@ export function createInProcessViewRunner(
       } catch (e) {
         outcome = { ok: false, kind: "sqlite", message: e instanceof Error ? e.message : String(e) };
       }
+      // The query could not be interrupted; a cancel that arrived meanwhile drops its answer.
+      if (request.signal?.aborted) throw cancelledError(view);
       return shape(view, outcome);
     },
     async close() {
@@ -420,6 +437,7 @@ interface Pending {
   readonly resolve: (r: ViewResult) => void;
   readonly reject: (e: unknown) => void;
   readonly timer: NodeJS.Timeout;
+  readonly onStart: (() => void) | undefined;
   slot: Slot | undefined;
 }
 
@@ -442,6 +460,10 @@ export interface ViewPoolStats {
   readonly killed: number;
   /** Children spawned since the start (replacements included). */
   readonly spawned: number;
+  /** Requests cancelled through their signal, queued or running. */
+  readonly cancelled: number;
+  /** Children killed because the query they were running was cancelled (each one replaced). */
+  readonly cancelKilled: number;
 }
 
 export interface PooledViewRunner extends ViewRunner {
@@ -465,6 +487,8 @@ export function createPooledViewRunner(
   let nextId = 1;
   let killed = 0;
   let spawned = 0;
+  let cancelled = 0;
+  let cancelKilled = 0;
   // Children that exited on their own since the last good reply: past MAX_CRASHES the pool stops
   // respawning (a child that cannot start must not become a fork loop) until the next request.
   let crashes = 0;
@@ -564,14 +588,18 @@ export function createPooledViewRunner(
   }
 
   function dispatch(): void {
+    const started: Pending[] = [];
     for (const slot of slots) {
-      if (queue.length === 0) return;
+      if (queue.length === 0) break;
       if (slot.running !== undefined || slot.dead) continue;
       const p = queue.shift()!;
       p.slot = slot;
       slot.running = p;
       send(slot, { type: "run", id: p.id, task: p.task });
+      started.push(p);
     }
+    // After the loop: a callback may cancel its request, which kills and replaces a slot.
+    for (const p of started) p.onStart?.();
   }
 
   for (let i = 0; i < limits.poolSize; i++) spawnSlot();
@@ -601,22 +629,61 @@ export function createPooledViewRunner(
             maxPending: limits.maxPending,
           });
         }
+        const signal = request.signal;
+        if (signal?.aborted) throw cancelledError(view);
         const id = nextId++;
+        /**
+         * Takes the request out of the pool wherever it is: out of the queue, or off its child,
+         * which is killed (it may be stuck inside SQLite) and replaced. False if it had settled.
+         */
+        const withdraw = (): boolean => {
+          const qi = queue.indexOf(pending);
+          if (qi >= 0) {
+            queue.splice(qi, 1);
+            return true;
+          }
+          const slot = pending.slot;
+          if (slot === undefined || slot.running !== pending) return false;
+          slot.running = undefined;
+          kill(slot);
+          if (!closed) spawnSlot();
+          return true;
+        };
         // The limit covers waiting in the queue too: the caller's deadline is what matters.
         const timer = setTimeout(() => {
-          const qi = queue.indexOf(pending);
-          if (qi >= 0) queue.splice(qi, 1);
-          const slot = pending.slot;
-          if (slot !== undefined && slot.running === pending) {
-            slot.running = undefined;
-            killed++;
-            kill(slot);
-            if (!closed) spawnSlot();
-          }
-          reject(timeoutError(view));
+          if (pending.slot !== undefined && pending.slot.running === pending) killed++;
+          withdraw();
+          pending.reject(timeoutError(view));
           dispatch();
         }, view.timeoutMs);
-        const pending: Pending = { id, view, task, resolve, reject, timer, slot: undefined };
+        const onAbort = () => {
+          const running = pending.slot !== undefined && pending.slot.running === pending;
+          if (!withdraw()) return;
+          cancelled++;
+          if (running) cancelKilled++;
+          clearTimeout(timer);
+          pending.reject(cancelledError(view));
+          dispatch();
+        };
+        // Every way out of the pool goes through these two, so the listener never outlives the request.
+        const detach = () => signal?.removeEventListener("abort", onAbort);
+        const pending: Pending = {
+          id,
+          view,
+          task,
+          resolve: (r) => {
+            detach();
+            resolve(r);
+          },
+          reject: (e) => {
+            detach();
+            reject(e);
+          },
+          timer,
+          onStart: request.onStart,
+          slot: undefined,
+        };
+        signal?.addEventListener("abort", onAbort, { once: true });
         queue.push(pending);
         dispatch();
       });
@@ -645,6 +712,8 @@ export function createPooledViewRunner(
         queued: queue.length,
         killed,
         spawned,
+        cancelled,
+        cancelKilled,
       };
     },
   };
