@@ -6,6 +6,7 @@ import {
   type ColumnSpec,
   type DecodedResult,
   decodeResult,
+  isPspError,
   issueCallCapabilityBatch,
   requestHash,
   type Scheduler,
@@ -323,11 +324,14 @@ export class FanOut {
     p.lease = lease;
     const session = lease.remote.authorize(plan.grant);
     p.session = session;
+    // Set once the Totebox's reply is in hand: a failure from then on is a failure of its answer.
+    let checking = false;
     try {
       if (plan.command) {
         const c = plan.command;
         const reply = (await session.command(p.caps[0]!, c.name, { ...c.args }, c.idempotencyKey)) as unknown;
         if (p.settled) return;
+        checking = true;
         const checked = checkCommandReply(reply, p.entry.id, c, p.ctis[0]!, lease);
         this.#settle(p, "ok", null, "", [], checked);
       } else {
@@ -338,6 +342,7 @@ export class FanOut {
           ),
         );
         if (p.settled) return;
+        checking = true;
         const answers: PassedAnswer[] = [];
         const decoded = new Map<string, DecodedResult>();
         let suppressed = 0;
@@ -364,6 +369,7 @@ export class FanOut {
       }
     } catch (e) {
       let info = errorInfo(e);
+      if (checking && isForgedAnswer(e)) this.#ctx.pool.cut(p.entry.id, lease.link, info);
       // A link torn down because the registry suspended or archived the Totebox mid-query says
       // only "link closed": report the reason the operator can act on.
       const h = this.#ctx.pool.health(p.entry.id)?.health;
@@ -427,15 +433,13 @@ export class FanOut {
     } catch (e) {
       throw new OrchError("ORCH_ERR_TOTEBOX_ANSWER", `unreadable result: ${errorInfo(e).code}`);
     }
-    if (
-      result.rowCount !== claims.rowCount ||
-      result.rowCount > this.#ctx.limits.maxRowsPerTotebox ||
-      claims.suppressedGroups !== a.suppressedGroups
-    ) {
-      throw new OrchError(
-        "ORCH_ERR_TOTEBOX_ANSWER",
-        "row counts disagree with the receipt or exceed the limit",
-      );
+    if (result.rowCount !== claims.rowCount || claims.suppressedGroups !== a.suppressedGroups) {
+      throw new OrchError("ORCH_ERR_TOTEBOX_ANSWER", "row counts disagree with the receipt");
+    }
+    if (result.rowCount > this.#ctx.limits.maxRowsPerTotebox) {
+      throw new OrchError("ORCH_ERR_TOTEBOX_ANSWER", "more rows than one Totebox may send", {
+        limit: this.#ctx.limits.maxRowsPerTotebox,
+      });
     }
     return {
       answer: {
@@ -694,6 +698,16 @@ function checkCommandReply(
     receipt: a.receipt,
     replayed: a.replayed,
   };
+}
+
+/**
+ * An answer refused for what the Totebox said — malformed, unreadable, or a receipt that is not
+ * its signature over this request — as opposed to one refused by one of our size limits (those
+ * carry `detail.limit`: an honest Totebox can exceed them).
+ */
+function isForgedAnswer(e: unknown): boolean {
+  if (e instanceof OrchError) return e.code === "ORCH_ERR_TOTEBOX_ANSWER" && e.detail?.limit === undefined;
+  return isPspError(e, "PSP_ERR_RECEIPT_SIGNATURE") || isPspError(e, "PSP_ERR_RECEIPT_MISMATCH");
 }
 
 /** How a failure code reads as a Totebox status. */

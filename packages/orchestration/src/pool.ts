@@ -3,6 +3,7 @@ import {
   type Identity,
   isPspError,
   openCommander,
+  PspError,
   type PspLimits,
   type PspLink,
   type Scheduler,
@@ -43,7 +44,10 @@ export interface ToteboxHealth {
 export interface PoolEvents {
   /** A link changed health (for metrics and logs). */
   health?(id: string, health: LinkHealth, error: { code: string; message: string } | null): void;
-  /** A Totebox broke the Diode or the frame rules; its link was cut. */
+  /**
+   * A Totebox broke the Diode or the frame rules, or answered with something that does not verify
+   * (`cut`); its link was cut. `code` names the rule.
+   */
   violation?(id: string, code: string): void;
 }
 
@@ -85,6 +89,8 @@ class ToteboxConnection {
   link: PspLink | undefined;
   remote: ToteboxRemote | undefined;
   retryTimer: TimerHandle | undefined;
+  /** Why we cut the current link ourselves (`cut`): reported instead of the bare close. */
+  cutReason: { code: string; message: string } | undefined;
   closed = false;
   /** Callers waiting for the link to come up or for a free call slot. */
   readonly waiters: Waiter[] = [];
@@ -257,8 +263,18 @@ export class LinkPool {
       c.link = undefined;
       c.remote = undefined;
       c.hello = null;
+      const cut = c.cutReason;
+      c.cutReason = undefined;
+      // Diode breaks arrive as `violation` events; breaks of the frame rules only as the close.
+      if (!cut && err && frameRuleBroken(err)) {
+        this.#o.events?.violation?.(c.entry.id, err.code);
+        this.#o.logger.warn(
+          { totebox: c.entry.id, code: err.code },
+          "Totebox broke the frame rules; link cut",
+        );
+      }
       if (c.closed || this.#closed || c.entry.state !== "active") return;
-      this.#failed(c, err ? { code: err.code, message: err.message } : linkClosed());
+      this.#failed(c, cut ?? (err ? { code: err.code, message: err.message } : linkClosed()));
     });
     this.#setHealth(c, "online", null);
     this.#o.logger.info({ totebox: c.entry.id }, "link online");
@@ -344,6 +360,22 @@ export class LinkPool {
     });
   }
 
+  /**
+   * Cuts a Totebox's link because it answered with something that does not verify (a receipt
+   * signed by another key, an answer replayed from another request, unreadable Arrow): a peer
+   * that forges once is not trusted with the calls still queued on that link. The link comes back
+   * through the usual backoff; `reason` becomes its last error and is reported as a violation.
+   * Does nothing if `link` is no longer the Totebox's current link.
+   */
+  cut(id: string, link: PspLink, reason: { code: string; message: string }): void {
+    const c = this.#conns.get(id);
+    if (!c || c.link !== link || link.closed) return;
+    c.cutReason = reason;
+    this.#o.events?.violation?.(id, reason.code);
+    this.#o.logger.warn({ totebox: id, code: reason.code }, "Totebox answered with a forgery; link cut");
+    link.close(new PspError("PSP_ERR_LINK_CLOSED", "link cut: the Totebox's answer did not verify"));
+  }
+
   /** The live link of a Totebox (internal: frame-counting tests). */
   linkOf(id: string): PspLink | undefined {
     return this.#conns.get(id)?.link;
@@ -401,6 +433,27 @@ function snapshot(c: ToteboxConnection): ToteboxHealth {
     queued: c.waiters.length,
     hello: c.hello,
   };
+}
+
+/**
+ * Whether a link closed because the Totebox broke the frame rules, rather than because the
+ * network failed or we shut it down. (Our own outgoing frames to a Totebox are a grant and a few
+ * capabilities, far below any frame limit, so PSP_ERR_FRAME_TOO_LARGE here is the peer's frame.)
+ */
+function frameRuleBroken(err: PspError): boolean {
+  switch (err.code) {
+    case "PSP_ERR_FRAME_TOO_LARGE":
+    case "PSP_ERR_FRAME_MALFORMED":
+    case "PSP_ERR_FRAME_KIND":
+    case "PSP_ERR_MESSAGE_MALFORMED":
+      return true;
+    case "PSP_ERR_IDLE_TIMEOUT":
+      // Bytes kept arriving without completing a frame (a trickle). A peer that merely went
+      // silent (crash, network) times out between frames: offline, not hostile.
+      return err.detail?.midFrame === true;
+    default:
+      return false;
+  }
 }
 
 function linkClosed(): { code: string; message: string } {
