@@ -474,6 +474,48 @@ describe("commands and progress", () => {
     } finally {
       process.kill(slowed.pid!, "SIGCONT");
     }
+    // The cancellation reached the Totebox: once it runs again, its audit log records the
+    // aggregator's cancel of that read (by capability id, never the token).
+    await waitFor(() => auditActions("prop-005").includes("cancel"), 30_000);
+  });
+
+  it("per-tenant limits: one tenant's fan-outs cannot starve another's", async () => {
+    const cfg = readFileSync(configPath, "utf8");
+    writeFileSync(
+      configPath,
+      cfg.replace(
+        /crown:\n(\s+)name: Crown Holdings/,
+        "crown:\n$1name: Crown Holdings\n$1max_concurrent_fanouts: 1",
+      ),
+    );
+    await waitFor(() => server.registry.tenants.get("crown")?.maxConcurrentFanouts === 1);
+    const crown = await operator("crown");
+    const atlas = await operator("atlas");
+    const held = toteboxes.get("co-002")!;
+    process.kill(held.pid!, "SIGSTOP");
+    try {
+      const first = crown.session.start({
+        kind: "read",
+        name: "position",
+        targets: ["co-002"],
+        timeoutMs: 30_000,
+      });
+      await first.id(); // the fan-out is running (held open by the stopped Totebox)
+      await expect(crown.session.read("position", { targets: ["co-001"] })).rejects.toMatchObject({
+        code: "ORCH_ERR_TENANT_BUSY",
+      });
+      // The other tenant is served meanwhile.
+      const other = await atlas.session.read("position", { targets: ["prop-001"] });
+      expect(other.answered).toBe(1);
+      await first.cancel();
+      await first.result();
+      // Once the first is done, the tenant may run again.
+      const again = await crown.session.read("position", { targets: ["co-001"] });
+      expect(again.answered).toBe(1);
+    } finally {
+      process.kill(held.pid!, "SIGCONT");
+      writeFileSync(configPath, cfg);
+    }
   });
 
   it("runFanOut follows progress to the end", async () => {
@@ -524,6 +566,18 @@ describe("one round trip each way", () => {
     for (const id of ids) expect(perTotebox.get(id)?.outBeforeAnswer).toBe(1);
   });
 });
+
+/** Actions recorded in a Totebox's own audit log (read straight from its archive). */
+function auditActions(id: string): string[] {
+  const db = new Database(join(estate.toteboxDir(id), "archive.db"), { readonly: true, fileMustExist: true });
+  try {
+    return (
+      db.prepare("SELECT entry FROM audit_entry ORDER BY idx DESC LIMIT 200").all() as { entry: string }[]
+    ).map((r) => (JSON.parse(r.entry) as { action: string }).action);
+  } finally {
+    db.close();
+  }
+}
 
 /** Fan-outs finished so far, from the aggregator's own metrics. */
 async function fanoutsStarted(): Promise<number> {

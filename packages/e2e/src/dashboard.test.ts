@@ -31,7 +31,9 @@ import {
 const CHROMIUM = "/usr/bin/chromium";
 const haveChromium = existsSync(CHROMIUM);
 if (!haveChromium) {
-  console.warn("dashboard browser tests SKIPPED: /usr/bin/chromium is not installed (apt-get install chromium)");
+  console.warn(
+    "dashboard browser tests SKIPPED: /usr/bin/chromium is not installed (apt-get install chromium)",
+  );
 }
 const SHOTS = resolve(import.meta.dirname, "..", "..", "..", "test-output", "screenshots");
 const AS_OF = "2026-10-31";
@@ -144,17 +146,29 @@ describe.skipIf(!haveChromium)("the dashboard in Chromium", () => {
     await page.waitForSelector('main[data-ready="true"]', { timeout: 60_000 });
     const cliRollup = rowsOf(
       JSON.parse(
-        await cli(["viewport", "portfolio", "--param", "group_by=portfolio", "--param", `as_of=${AS_OF}`, "--json"]),
+        await cli([
+          "viewport",
+          "portfolio",
+          "--param",
+          "group_by=portfolio",
+          "--param",
+          `as_of=${AS_OF}`,
+          "--json",
+        ]),
       ) as CliResult,
       "rollup",
     );
     for (const r of cliRollup.filter((x) => x.level === "subtotal")) {
-      const row = page.locator(`[data-testid="rollup-table"] tr[data-level="subtotal"][data-grp="${String(r.grp)}"]`);
+      const row = page.locator(
+        `[data-testid="rollup-table"] tr[data-level="subtotal"][data-grp="${String(r.grp)}"]`,
+      );
       const cell = row.locator('[data-col="net_value"]');
       expect(Number(await cell.getAttribute("data-value")), String(r.grp)).toBe(Number(r.net_value));
     }
     const total = cliRollup.find((x) => x.level === "total")!;
-    const totalCell = page.locator('[data-testid="rollup-table"] tr[data-level="total"] [data-col="net_value"]');
+    const totalCell = page.locator(
+      '[data-testid="rollup-table"] tr[data-level="total"] [data-col="net_value"]',
+    );
     expect(Number(await totalCell.getAttribute("data-value"))).toBe(Number(total.net_value));
     await shot("portfolio");
   });
@@ -163,7 +177,9 @@ describe.skipIf(!haveChromium)("the dashboard in Chromium", () => {
     await open("reconciliation");
     await setAsOf();
     const cliPairs = rowsOf(
-      JSON.parse(await cli(["viewport", "reconciliation", "--param", `as_of=${AS_OF}`, "--json"])) as CliResult,
+      JSON.parse(
+        await cli(["viewport", "reconciliation", "--param", `as_of=${AS_OF}`, "--json"]),
+      ) as CliResult,
       "pairs",
     );
     const rows = page.locator('[data-testid="pairs-table"] tbody tr[data-status]');
@@ -197,7 +213,10 @@ describe.skipIf(!haveChromium)("the dashboard in Chromium", () => {
     await toteboxes.get(victim)!.stop();
     // Ask the estate again (the overview's Refresh re-runs the executive summary), then look at coverage.
     await open("overview");
-    await page.getByRole("button", { name: /^refresh$/i }).first().click();
+    await page
+      .getByRole("button", { name: /^refresh$/i })
+      .first()
+      .click();
     await page.waitForSelector('main[data-ready="true"]', { timeout: 60_000 });
     await open("coverage");
     const row = page.locator(`[data-testid="coverage-table"] tr[data-totebox="${victim}"]`);
@@ -220,7 +239,9 @@ describe.skipIf(!haveChromium)("the dashboard in Chromium", () => {
     let found = false;
     for (let i = 0; i < 30 && !found; i++) {
       await page.keyboard.press("Tab");
-      found = await page.evaluate(() => document.activeElement?.getAttribute("data-testid") === "nav-portfolio");
+      // Evaluated in the page (the e2e package is typed for Node, not the DOM).
+      found =
+        (await page.evaluate("document.activeElement?.getAttribute('data-testid')")) === "nav-portfolio";
     }
     expect(found).toBe(true);
     await page.keyboard.press("Enter");

@@ -511,8 +511,7 @@ export class FanOut {
     if (!s || !p.lease) return;
     for (const cap of p.caps) {
       try {
-        const r = (s as unknown as { cancel(c: Uint8Array): Promise<unknown> }).cancel(cap);
-        void Promise.resolve(r).catch(() => {});
+        void Promise.resolve(s.cancel(cap)).catch(() => {});
       } catch {
         // the link may already be gone: nothing left to stop
       }
