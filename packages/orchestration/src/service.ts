@@ -378,15 +378,25 @@ export class OperatorSession extends RpcTarget {
   }
 
   viewport(name: unknown, options?: unknown): Promise<FanOutResult> {
-    return this.#run({ ...asOptions(options), kind: "viewport", name });
+    return this.#run({ ...this.#options(options), kind: "viewport", name });
   }
 
   read(view: unknown, options?: unknown): Promise<FanOutResult> {
-    return this.#run({ ...asOptions(options), kind: "read", name: view });
+    return this.#run({ ...this.#options(options), kind: "read", name: view });
   }
 
   command(name: unknown, options?: unknown): Promise<FanOutResult> {
-    return this.#run({ ...asOptions(options), kind: "command", name });
+    return this.#run({ ...this.#options(options), kind: "command", name });
+  }
+
+  /** Options of the one-call forms; a refusal here is counted like any other. */
+  #options(options: unknown): Record<string, unknown> {
+    try {
+      return asOptions(options);
+    } catch (e) {
+      if (e instanceof OrchError) this.#ctx.refused(e.code);
+      throw e;
+    }
   }
 
   async #run(request: unknown): Promise<FanOutResult> {
@@ -414,7 +424,13 @@ export class OperatorSession extends RpcTarget {
         new OrchError("ORCH_ERR_OUT_OF_GRANT", "the grant does not include the audit log"),
       );
     }
-    const req = plainRecord(request, "request");
+    let req: Record<string, CanonicalValue>;
+    try {
+      req = plainRecord(request, "request");
+    } catch (e) {
+      if (e instanceof OrchError) this.#ctx.refused(e.code);
+      throw e;
+    }
     const cap = issueCallCapability({
       grant: this.#grant,
       totebox: entry.id,
