@@ -214,7 +214,7 @@ export function isLinkFailure(e: unknown): boolean {
 export class ResilientSession {
   readonly #connect: () => Promise<AggregatorConnection>;
   readonly #grant: (hello: AggregatorHello) => Uint8Array;
-  readonly #attempts: number;
+  readonly #retryForMs: number;
   readonly #random: () => number;
   #conn: AggregatorConnection | undefined;
   #session: OperatorSessionRemote | undefined;
@@ -224,12 +224,13 @@ export class ResilientSession {
   constructor(options: {
     connect: () => Promise<AggregatorConnection>;
     grant: (hello: AggregatorHello) => Uint8Array;
-    attempts?: number;
+    /** How long to keep retrying a call whose link failed, ms. Default 30 000 (an aggregator restart). */
+    retryForMs?: number;
     random?: () => number;
   }) {
     this.#connect = options.connect;
     this.#grant = options.grant;
-    this.#attempts = options.attempts ?? 8;
+    this.#retryForMs = options.retryForMs ?? 30_000;
     this.#random = options.random ?? Math.random;
   }
 
@@ -247,24 +248,23 @@ export class ResilientSession {
   }
 
   async run<T>(fn: (session: OperatorSessionRemote) => Promise<T>): Promise<T> {
-    let last: unknown;
-    for (let i = 0; i < this.#attempts; i++) {
+    const until = Date.now() + this.#retryForMs;
+    for (let i = 0; ; i++) {
       if (i > 0) {
         this.reconnects++;
-        const delay = Math.min(2_000, 50 * 2 ** i) * (0.5 + this.#random() / 2);
+        // Jittered exponential backoff, capped at 2 s, inside the retry window.
+        const delay = Math.min(2_000, 50 * 2 ** Math.min(i, 6)) * (0.5 + this.#random() / 2);
         await new Promise((r) => setTimeout(r, delay));
       }
       try {
         const { session } = await this.session();
         return await fn(session);
       } catch (e) {
-        if (!isLinkFailure(e)) throw e;
-        last = e;
         this.#conn?.close();
         this.#session = undefined;
+        if (!isLinkFailure(e) || Date.now() >= until) throw e;
       }
     }
-    throw last;
   }
 
   close(): void {

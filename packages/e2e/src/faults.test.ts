@@ -536,8 +536,8 @@ describe("the aggregator SIGKILLed and restarted under load; a command retried t
           views: VIEWS,
           actions,
         }),
-      // Enough attempts (about 17 s of backoff in all) to outlast a restart on this machine.
-      attempts: 16,
+      // Long enough a retry window to outlast a restart on this loaded machine.
+      retryForMs: 60_000,
       random: () => 0.5,
     });
     sessions.push(rs);

@@ -651,8 +651,25 @@ describe("requests outside the grant, the tenant or the role", () => {
       ["params a list", { ...base, params: ["2026-10-31"] }],
       ["params bytes", { ...base, params: new Uint8Array(4) }],
       [
-        "args nested",
-        { ...base, kind: "command", name: "verify-ledger", idempotencyKey: "k", args: { a: [1] } },
+        // Command arguments may be nested plain data (a staged entry has lines), but bounded.
+        "args nested too deep",
+        {
+          ...base,
+          kind: "command",
+          name: "verify-ledger",
+          idempotencyKey: "k",
+          args: { a: [[[[[[[[1]]]]]]]] },
+        },
+      ],
+      [
+        "args too large",
+        {
+          ...base,
+          kind: "command",
+          name: "verify-ledger",
+          idempotencyKey: "k",
+          args: { lines: Array.from({ length: 5000 }, (_, i) => i) },
+        },
       ],
     ];
     for (const [what, request] of cases) {

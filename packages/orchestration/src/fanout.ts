@@ -145,6 +145,8 @@ export interface FanOutPlan {
 }
 
 export interface FanOutHooks {
+  /** The fan-out passed every check and its requests are about to leave. */
+  started?(f: { readonly kind: FanOutPlan["kind"]; readonly targets: number }): void;
   outcome?(o: ToteboxOutcome): void;
   finished?(r: FanOutResult): void;
 }
@@ -243,6 +245,7 @@ export class FanOut {
     const lifetimeSeconds = Math.min(120, Math.ceil(plan.deadlineMs / 1000) + 30);
     // One signature for the whole fan-out: a capability per Totebox per read, each naming exactly
     // one Totebox, one view (or command) and this grant, batch-signed over a Merkle root.
+    ctx.hooks?.started?.({ kind: plan.kind, targets: plan.targets.length });
     const per = plan.command ? 1 : plan.reads.length;
     // Capability ids drawn once for the whole fan-out; kept to check each receipt names its own.
     const ctiPool = randomBytes(16 * per * plan.targets.length);

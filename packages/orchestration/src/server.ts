@@ -155,11 +155,13 @@ export class OrchestrationServer {
       refused: (code) => metrics.refused(code),
       running: new Map(),
       hooks: {
+        started: () => metrics.fanoutsRunning.inc(),
         outcome: (oc: ToteboxOutcome) => {
           metrics.toteboxStatus.inc({ status: oc.status });
           metrics.toteboxSeconds.observe({ status: oc.status }, oc.elapsedMs / 1000);
         },
         finished: (r: FanOutResult) => {
+          metrics.fanoutsRunning.dec();
           const outcome = r.error ? "failed" : r.partial ? "partial" : "complete";
           metrics.fanouts.inc({ kind: r.kind, outcome });
           metrics.fanoutSeconds.observe({ kind: r.kind }, (r.finishedAt - r.startedAt) / 1000);

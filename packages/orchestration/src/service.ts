@@ -284,6 +284,50 @@ function plainRecord(v: unknown, field: string): Record<string, CanonicalValue> 
   return out;
 }
 
+/** Limits on a command's arguments: a journal entry for stage-entry is the largest expected. */
+const ARGS_LIMITS = { maxDepth: 6, maxNodes: 4096, maxString: 4096, maxKeys: 256 } as const;
+
+/**
+ * A command's arguments: JSON-like plain data (a staged journal entry has lines, each a mapping),
+ * bounded in depth, size and string length. The Totebox validates the meaning.
+ */
+function commandArgs(v: unknown): Record<string, CanonicalValue> {
+  if (v === undefined) return {};
+  let nodes = 0;
+  const walk = (x: unknown, depth: number): CanonicalValue => {
+    if (++nodes > ARGS_LIMITS.maxNodes) throw invalid("args are too large", "args");
+    if (depth > ARGS_LIMITS.maxDepth) throw invalid("args nest too deep", "args");
+    if (x === null || typeof x === "boolean") return x;
+    if (typeof x === "number") {
+      if (!Number.isFinite(x)) throw invalid("args numbers must be finite", "args");
+      return x;
+    }
+    if (typeof x === "string") {
+      if (x.length > ARGS_LIMITS.maxString) throw invalid("an args string is too long", "args");
+      return x;
+    }
+    if (Array.isArray(x)) return x.map((e) => walk(e, depth + 1));
+    if (
+      typeof x === "object" &&
+      !(x instanceof Uint8Array) &&
+      Object.getPrototypeOf(x) === Object.prototype
+    ) {
+      const entries = Object.entries(x as Record<string, unknown>);
+      if (entries.length > ARGS_LIMITS.maxKeys) throw invalid("an args mapping has too many keys", "args");
+      const out: Record<string, CanonicalValue> = {};
+      for (const [k, e] of entries) {
+        if (k.length > 64) throw invalid("an args key is too long", "args");
+        out[k] = walk(e, depth + 1);
+      }
+      return out;
+    }
+    throw invalid("args must be plain data", "args");
+  };
+  if (typeof v !== "object" || v === null || Array.isArray(v))
+    throw invalid("args must be a mapping", "args");
+  return walk(v, 0) as Record<string, CanonicalValue>;
+}
+
 /** Validates what a console sent: plain data only, every field typed and bounded. */
 export function parseStartRequest(raw: unknown): StartRequest {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
@@ -334,7 +378,7 @@ export function parseStartRequest(raw: unknown): StartRequest {
     timeoutMs: ms(r.timeoutMs, "timeoutMs"),
     deadlineMs: ms(r.deadlineMs, "deadlineMs"),
     row: r.row as string | undefined,
-    args: plainRecord(r.args, "args"),
+    args: commandArgs(r.args),
     idempotencyKey: r.idempotencyKey as string | undefined,
     answers: r.answers ?? true,
   };
