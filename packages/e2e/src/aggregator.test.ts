@@ -35,6 +35,7 @@ import {
   type RunningTotebox,
   startToteboxProcesses,
   stopAllChildren,
+  waitFor,
   writeFleet,
 } from "./estate.ts";
 
@@ -583,12 +584,4 @@ function auditActions(id: string): string[] {
 async function fanoutsStarted(): Promise<number> {
   const m = await server.metrics.fanouts.get();
   return m.values.reduce((s, v) => s + v.value, 0);
-}
-
-async function waitFor(cond: () => boolean, timeoutMs = 20_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > until) throw new Error("condition not met in time");
-    await new Promise((r) => setTimeout(r, 25));
-  }
 }

@@ -22,6 +22,7 @@ import {
   type RunningTotebox,
   startToteboxesInProcess,
   TOTEBOX_BIN,
+  waitFor,
   writeFleet,
 } from "./estate.ts";
 
@@ -364,11 +365,3 @@ describe("os-console", () => {
     expect(b.outcomes.every((o) => o.command.replayed === true)).toBe(true);
   });
 });
-
-async function waitFor(cond: () => boolean, timeoutMs = 20_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > until) throw new Error("condition not met in time");
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}

@@ -498,4 +498,16 @@ export async function startConsoleUi(options: {
   return { ...served, url: String(served.listening.url) };
 }
 
+/**
+ * Polls a condition that no event announces (a config file reloaded in another process, a row in a
+ * Totebox's own database), with a deadline. Where an event exists, tests wait on the event instead.
+ */
+export async function waitFor(cond: () => boolean, timeoutMs = 20_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > until) throw new Error("condition not met in time");
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
 export { CONSOLE_BIN, ORCH_BIN, TOTEBOX_BIN };
