@@ -450,7 +450,26 @@ function text(row: Row, col: string, opts: { required: boolean; max?: number }):
   if (typeof v !== "string") throw rowError(row.line, `${col} must be text`, { column: col });
   const max = opts.max ?? LEDGER_LIMITS.maxIdLength;
   if (v.length > max) throw rowError(row.line, `${col} is longer than ${max} characters`, { column: col });
+  // NUL ends a string for SQLite's length(), so the schema's CHECKs would misjudge it; an unpaired
+  // surrogate (JSON's "\ud800") is stored as U+FFFD while the journal hash covers the original,
+  // which would leave an entry that fails verifyChain.
+  if (v.includes("\u0000") || LONE_SURROGATE.test(v)) {
+    throw rowError(row.line, `${col} contains a NUL character or an unpaired surrogate`, { column: col });
+  }
   return v;
+}
+
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
+/** Runs a row's insert: a constraint failure the field checks did not foresee is that row's error. */
+function insertRow(r: Row, run: () => unknown): void {
+  try {
+    run();
+  } catch (e) {
+    const mapped = toToteboxError(e);
+    if (!(mapped instanceof ToteboxError)) throw mapped;
+    throw rowError(r.line, mapped.message, { cause: mapped.code });
+  }
 }
 
 const INTEGER_RE = /^-?\d{1,16}$/;
@@ -626,11 +645,11 @@ function unitsHandler(db: Db, result: ImportResult): Handler {
             `property ${propertyId} does not exist: give property_name (and property_type)`,
           );
         }
-        insProperty.run(propertyId, propertyName, propertyType ?? "residential");
+        insertRow(r, () => insProperty.run(propertyId, propertyName, propertyType ?? "residential"));
         result.properties++;
       }
       if (unitExists.get(unitId)) throw rowError(r.line, `unit ${unitId} already exists`);
-      insUnit.run(unitId, propertyId, unitType, area, marketRent);
+      insertRow(r, () => insUnit.run(unitId, propertyId, unitType, area, marketRent));
       result.units++;
     },
     finish() {},
@@ -664,7 +683,7 @@ function leasesHandler(db: Db, result: ImportResult): Handler {
       if (!getTenant.get(tenantId)) {
         if (tenantName === null)
           throw rowError(r.line, `tenant ${tenantId} does not exist: give tenant_name`);
-        insTenant.run(tenantId, tenantName);
+        insertRow(r, () => insTenant.run(tenantId, tenantName));
         result.tenants++;
       }
       try {
@@ -677,6 +696,7 @@ function leasesHandler(db: Db, result: ImportResult): Handler {
             `unit ${unitId} already has a lease overlapping ${start} to ${end ?? "open end"}`,
           );
         }
+        if (mapped instanceof ToteboxError) throw rowError(r.line, mapped.message, { cause: mapped.code });
         throw mapped;
       }
       result.leases++;

@@ -41,12 +41,16 @@ import fs from "node:fs";
 import path from "node:path";
 import type Database from "better-sqlite3";
 import {
+  Composer,
+  CST,
+  type Document,
   isAlias,
   isMap,
   isScalar,
   isSeq,
+  Lexer,
   LineCounter,
-  parseDocument,
+  Parser,
   type Scalar,
   type YAMLMap,
   type Node as YamlNode,
@@ -246,6 +250,79 @@ const PARAM_NAME = /^[a-z][a-z0-9_]{0,63}$/;
 const TENANT_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
 const OPERATOR_ID = /^[0-9a-fA-F]{8,128}$/;
 const DATE_RE = /^(\d{4})-(\d{2})-(\d{2})$/;
+const DUPLICATE_KEY = "duplicate key (map keys must be unique)";
+
+/** Deepest YAML nesting accepted. A policy needs 6 (views.<name>.params.<name>.values[i]). */
+const MAX_YAML_DEPTH = 32;
+/**
+ * The token budget is the byte limit divided by this: real policies average ~14 bytes per token
+ * (the default one: 12 KB, 852 tokens), while 1 MiB of `[a, a, a, ...]` is ~1 000 000 tokens,
+ * several seconds of yaml's time (~3 µs per token).
+ */
+const MIN_BYTES_PER_TOKEN = 4;
+
+/**
+ * Bounds the YAML's shape with yaml's own lexer (so quoting, comments and block scalars are
+ * understood), stopping at the first offending token: the token count, flow nesting (`[[[[`) and
+ * indicators opening a level each on one line (`- - - -`, `? ? ?`). Returns the offending offset.
+ */
+function yamlShapeProblem(text: string, maxTokens: number): { offset: number; message: string } | undefined {
+  const tooDeepAt = (offset: number) => ({
+    offset,
+    message: `the YAML is nested deeper than ${MAX_YAML_DEPTH} levels`,
+  });
+  let offset = 0;
+  let count = 0;
+  let flow = 0;
+  let lineIndicators = 0;
+  let entryIndicators = 0;
+  for (const token of new Lexer().lex(text)) {
+    const type = CST.tokenType(token);
+    // Zero-width markers: not in the source text.
+    if (type === "doc-mode" || type === "scalar" || type === "flow-error-end") continue;
+    if (++count > maxTokens) {
+      return { offset, message: `the policy has too many YAML tokens (more than ${maxTokens})` };
+    }
+    if (type === "flow-map-start" || type === "flow-seq-start") {
+      entryIndicators = 0;
+      if (++flow > MAX_YAML_DEPTH) return tooDeepAt(offset);
+    } else if (type === "flow-map-end" || type === "flow-seq-end") {
+      entryIndicators = 0;
+      if (flow > 0) flow--;
+    } else if (type === "comma") {
+      entryIndicators = 0;
+    } else if (type === "seq-item-ind" || type === "explicit-key-ind" || type === "map-value-ind") {
+      if (flow > 0 ? ++entryIndicators > MAX_YAML_DEPTH : ++lineIndicators > MAX_YAML_DEPTH) {
+        return tooDeepAt(offset);
+      }
+    } else if (type === "newline") {
+      lineIndicators = 0;
+    }
+    offset += token.length;
+  }
+  return undefined;
+}
+
+/**
+ * Offset of the first collection nested deeper than MAX_YAML_DEPTH in yaml's concrete syntax
+ * tree (which is what the composer recurses over), or undefined. Iterative: the tree may be deep.
+ */
+function tooDeep(tokens: readonly CST.Token[]): number | undefined {
+  const stack: [CST.Token, number][] = tokens.map((t) => [t, 0]);
+  for (let next = stack.pop(); next !== undefined; next = stack.pop()) {
+    const [token, depth] = next;
+    if (depth > MAX_YAML_DEPTH) return token.offset;
+    if (token.type === "document") {
+      if (token.value) stack.push([token.value, depth + 1]);
+    } else if (token.type === "block-map" || token.type === "block-seq" || token.type === "flow-collection") {
+      for (const item of token.items) {
+        if ("key" in item && item.key) stack.push([item.key, depth + 1]);
+        if (item.value) stack.push([item.value, depth + 1]);
+      }
+    }
+  }
+  return undefined;
+}
 
 let nextGeneration = 1;
 
@@ -316,18 +393,70 @@ class Checker {
     this.issues.push(this.issueAt(offset ?? node?.range?.[0] ?? 0, pathStr, message));
   }
 
-  run(db: Database.Database): Parsed | undefined {
-    if (this.#text.length > this.#limits.maxBytes) {
-      this.issues.push(this.issueAt(0, "", `policy is larger than ${this.#limits.maxBytes} bytes`));
+  /** An issue found before the YAML parser ran (its line counter is still empty). */
+  #issueBeforeParse(offset: number, message: string): void {
+    let line = 1;
+    let lineStart = 0;
+    for (let nl = this.#text.indexOf("\n"); nl >= 0 && nl < offset; nl = this.#text.indexOf("\n", nl + 1)) {
+      line++;
+      lineStart = nl + 1;
+    }
+    this.issues.push({ line, column: offset - lineStart + 1, path: "", message });
+  }
+
+  /**
+   * Parses the text into one YAML document, bounded first: yaml's parser costs a few µs per
+   * token, and its composer recurses once per nesting level; past ~1000 levels (2 KB of `[[[[`
+   * or `- - - -`) Node does not always throw a RangeError but can abort the whole process (V8
+   * runs out of memory compiling a RegExp near the stack limit). So the token count and the
+   * nesting are checked with yaml's own lexer and parser (which are iterative) before composing.
+   */
+  #parse(): Document.Parsed | undefined {
+    const maxTokens = Math.max(4096, Math.floor(this.#limits.maxBytes / MIN_BYTES_PER_TOKEN));
+    const shape = yamlShapeProblem(this.#text, maxTokens);
+    if (shape !== undefined) {
+      this.#issueBeforeParse(shape.offset, shape.message);
       return undefined;
     }
-    const doc = parseDocument(this.#text, {
+    const tokens = [...new Parser(this.#lines.addNewLine).parse(this.#text)];
+    const deep = tooDeep(tokens);
+    if (deep !== undefined) {
+      this.issues.push(this.issueAt(deep, "", `the YAML is nested deeper than ${MAX_YAML_DEPTH} levels`));
+      return undefined;
+    }
+    // uniqueKeys is off because yaml checks it by comparing every key with every earlier one
+    // (20 000 keys took about a minute); #fields, #named and #columns refuse duplicates instead.
+    const composer = new Composer({
       keepSourceTokens: true,
-      lineCounter: this.#lines,
       prettyErrors: false,
-      uniqueKeys: true,
+      uniqueKeys: false,
       strict: true,
     });
+    let doc: Document.Parsed | undefined;
+    for (const next of composer.compose(tokens, true, this.#text.length)) {
+      if (doc !== undefined) {
+        this.issues.push(this.issueAt(next.range[0], "", "a policy is a single YAML document"));
+        break;
+      }
+      doc = next;
+    }
+    return doc;
+  }
+
+  run(db: Database.Database): Parsed | undefined {
+    if (this.#text.length > this.#limits.maxBytes) {
+      this.issues.push(this.issueAt(undefined, "", `policy is larger than ${this.#limits.maxBytes} bytes`));
+      return undefined;
+    }
+    let doc: Document.Parsed | undefined;
+    try {
+      doc = this.#parse();
+    } catch {
+      // yaml is third-party code: whatever it throws is reported as a policy error, not passed on.
+      this.issues.push(this.issueAt(undefined, "", "the YAML parser failed on this policy"));
+      return undefined;
+    }
+    if (doc === undefined || this.issues.length > 0) return undefined;
     // Aliases are refused node by node below, and the tree is never expanded with toJS, so alias
     // bombs cost nothing.
     for (const e of doc.errors)
@@ -365,13 +494,17 @@ class Checker {
         this.#add(key, keyPath, `unknown key "${name}" (expected one of: ${known.join(", ")})`);
         continue;
       }
+      if (out.keyNodes.has(name)) {
+        this.#add(key, keyPath, DUPLICATE_KEY);
+        continue;
+      }
+      out.keyNodes.set(name, key);
       const value = pair.value as YamlNode | null;
       if (isAlias(value)) {
         this.#add(value, keyPath, "YAML aliases are not allowed in a policy");
         continue;
       }
       out.set(name, value);
-      out.keyNodes.set(name, key);
     }
     for (const r of required) {
       if (!out.has(r) && !map.items.some((p) => isScalar(p.key) && p.key.value === r)) {
@@ -396,12 +529,18 @@ class Checker {
     }
     if (node.items.length > max) this.#add(node, at, `too many ${what}s (at most ${max})`);
     const out: [string, YamlNode | null, YamlNode][] = [];
+    const seen = new Set<string>();
     for (const pair of node.items.slice(0, max)) {
       const key = pair.key as YamlNode | null;
       if (!isScalar(key) || typeof key.value !== "string" || !re.test(key.value)) {
         this.#add(key, at, `invalid ${what} name (expected ${re.source})`);
         continue;
       }
+      if (seen.has(key.value)) {
+        this.#add(key, `${at}.${key.value}`, DUPLICATE_KEY);
+        continue;
+      }
+      seen.add(key.value);
       const value = pair.value as YamlNode | null;
       if (isAlias(value)) {
         this.#add(value, `${at}.${key.value}`, "YAML aliases are not allowed in a policy");
@@ -702,6 +841,7 @@ class Checker {
       this.#add(node, at, `too many columns (at most ${this.#limits.maxColumns})`);
       return out;
     }
+    const seen = new Set<string>();
     for (const pair of node.items) {
       const key = pair.key as YamlNode | null;
       if (
@@ -713,6 +853,11 @@ class Checker {
         this.#add(key, at, "column names must be non-empty strings");
         continue;
       }
+      if (seen.has(key.value)) {
+        this.#add(key, `${at}.${key.value}`, DUPLICATE_KEY);
+        continue;
+      }
+      seen.add(key.value);
       const value = pair.value as YamlNode | null;
       const t = isScalar(value) ? value.value : undefined;
       if (typeof t !== "string" || !(COLUMN_TYPES as readonly string[]).includes(t)) {
@@ -777,8 +922,9 @@ class Checker {
       return fail("a view must be a single SELECT (or WITH ... SELECT) statement", first.start);
     }
     for (const t of lexed.tokens) {
-      if (t.kind !== "word") continue;
-      const w = t.text.toLowerCase();
+      const name = sqlName(t);
+      if (name === undefined) continue;
+      const w = name.toLowerCase();
       if (
         w === "attach" ||
         w === "detach" ||
@@ -787,12 +933,18 @@ class Checker {
         w === "load_extension" ||
         w === "vacuum"
       ) {
-        return fail(`"${t.text}" is not allowed in a view`, t.start);
+        return fail(`"${name}" is not allowed in a view`, t.start);
       }
     }
     const semi = lexed.tokens.findIndex((t) => t.kind === "semicolon");
     if (semi >= 0 && lexed.tokens.slice(semi).some((t) => t.kind !== "semicolon")) {
       return fail("a view must be exactly one statement", lexed.tokens[semi]!.start);
+    }
+    if (cteExpansion(lexed.tokens) > MAX_CTE_EXPANSION) {
+      return fail(
+        `the WITH clauses expand to more than ${MAX_CTE_EXPANSION} subqueries (SQLite copies a common table expression for every reference to it)`,
+        first.start,
+      );
     }
     const sql = (semi >= 0 ? raw.slice(0, lexed.tokens[semi]!.start) : raw).trimEnd();
 
@@ -1054,6 +1206,95 @@ export function lexSql(sql: string): { tokens: SqlToken[]; error?: { offset: num
   return { tokens };
 }
 
+/**
+ * The name a token can stand for: a word, or the text of a quoted token. SQLite takes "name",
+ * `name` and [name] as identifiers, and even 'name' where a table name is expected (FROM
+ * 'pragma_table_list'), so forbidden names are checked in every quoted form; a string literal
+ * spelled exactly like one must be written another way ('prag' || 'ma').
+ */
+function sqlName(t: SqlToken): string | undefined {
+  if (t.kind === "word") return t.text;
+  if (t.kind !== "other" || t.text.length < 2) return undefined;
+  const q = t.text[0];
+  if (q === "[") return t.text.slice(1, -1);
+  if (q === '"' || q === "'" || q === "`") return t.text.slice(1, -1).replaceAll(q + q, q);
+  return undefined;
+}
+
+/**
+ * Most subqueries a view's common table expressions may expand to. SQLite inlines a CTE by
+ * copying its body for every reference, recursively, while *preparing* the statement: ten CTEs
+ * each referring four times to the previous one (1 KB of SQL) took 39 s to prepare (and fail),
+ * twelve referring three times in scalar subqueries prepared in 2.7 s, and each further level
+ * multiplies that. The default views expand to at most 2.
+ */
+const MAX_CTE_EXPANSION = 256;
+
+/**
+ * An upper bound, from the tokens alone, on the subqueries SQLite builds for the statement's CTEs
+ * (capped just above MAX_CTE_EXPANSION). Conservative: every `name [(...)] AS [NOT]
+ * [MATERIALIZED] (` counts as a CTE definition (WINDOW definitions too), and every word or quoted
+ * name equal to a CTE's name as a reference to it, attributed to the innermost CTE body holding it.
+ */
+function cteExpansion(tokens: readonly SqlToken[]): number {
+  const cap = MAX_CTE_EXPANSION + 1;
+  const isOther = (i: number, text: string) => tokens[i]?.kind === "other" && tokens[i]!.text === text;
+  const isWord = (i: number, w: string) => tokens[i]?.kind === "word" && tokens[i]!.text.toUpperCase() === w;
+  // Matching parentheses, in one pass (unbalanced ones are SQLite's to refuse).
+  const closing = new Map<number, number>();
+  const open: number[] = [];
+  for (let i = 0; i < tokens.length; i++) {
+    if (isOther(i, "(")) open.push(i);
+    else if (isOther(i, ")") && open.length > 0) closing.set(open.pop()!, i);
+  }
+  const end = (i: number) => closing.get(i) ?? tokens.length;
+  const ctes: { name: string; at: number; from: number; to: number }[] = [];
+  for (let i = 0; i < tokens.length; i++) {
+    const name = sqlName(tokens[i]!);
+    if (name === undefined) continue;
+    let j = i + 1;
+    if (isOther(j, "(")) j = end(j) + 1;
+    if (!isWord(j, "AS")) continue;
+    j++;
+    if (isWord(j, "NOT")) j++;
+    if (isWord(j, "MATERIALIZED")) j++;
+    if (isOther(j, "(")) ctes.push({ name: name.toLowerCase(), at: i, from: j, to: end(j) });
+  }
+  if (ctes.length === 0) return 1;
+  const names = new Set(ctes.map((c) => c.name));
+  const definitions = new Set(ctes.map((c) => c.at));
+  const bodyAt = new Map(ctes.map((c, k) => [c.from, k]));
+  // References per scope: a CTE's name (key) or "" for the statement itself.
+  const refs = new Map<string, string[]>();
+  const scopes: number[] = [];
+  for (let i = 0; i < tokens.length; i++) {
+    while (scopes.length > 0 && i > ctes[scopes[scopes.length - 1]!]!.to) scopes.pop();
+    const body = bodyAt.get(i);
+    if (body !== undefined) scopes.push(body);
+    if (definitions.has(i)) continue;
+    const name = sqlName(tokens[i]!)?.toLowerCase();
+    if (name === undefined || !names.has(name)) continue;
+    const scope = scopes.length > 0 ? ctes[scopes[scopes.length - 1]!]!.name : "";
+    const list = refs.get(scope);
+    if (list === undefined) refs.set(scope, [name]);
+    else list.push(name);
+  }
+  const sizes = new Map<string, number>();
+  const visiting = new Set<string>();
+  const sizeOf = (scope: string): number => {
+    const known = sizes.get(scope);
+    if (known !== undefined) return known;
+    if (visiting.has(scope)) return 1; // a recursive CTE: iterated at run time, not copied
+    visiting.add(scope);
+    let size = 1;
+    for (const r of refs.get(scope) ?? []) size = Math.min(cap, size + sizeOf(r));
+    visiting.delete(scope);
+    sizes.set(scope, size);
+    return size;
+  };
+  return Math.max(sizeOf(""), ...[...names].map(sizeOf));
+}
+
 /** The SQL the runner uses for a row-keyed read: the view as a subquery, filtered on `:__row`. */
 export function wrapRowKey(sql: string, rowKey: string): string {
   // The newline ends any trailing `--` comment of the view's SQL; the name is a quoted identifier.
@@ -1165,9 +1406,13 @@ export function validateParams(
   let input: Record<string, unknown>;
   if (raw === undefined || raw === null) input = {};
   else if (raw instanceof Map) {
-    input = {};
+    // No prototype: on a plain {}, `input["__proto__"] = v` would set the prototype instead of
+    // adding a key, and that unknown name would pass unnoticed.
+    input = Object.create(null) as Record<string, unknown>;
     for (const [k, v] of raw) {
-      if (typeof k !== "string") throw paramError(view.name, String(k), "parameter names must be strings");
+      // Not String(k): a key can be any value, unbounded in size or with no string form at all.
+      if (typeof k !== "string")
+        throw paramError(view.name, `(${typeof k})`, "parameter names must be strings");
       input[k] = v;
     }
   } else if (typeof raw === "object" && !Array.isArray(raw) && !ArrayBuffer.isView(raw)) {
