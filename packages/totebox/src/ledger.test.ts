@@ -608,3 +608,31 @@ describe.skipIf(!process.env.TOTEBOX_LARGE_TESTS)("verifyChain at 1,000,000 line
     expect(r).toMatchObject({ ok: true, entries: txs, lines: txs * perTx });
   }, 600_000);
 });
+
+describe("text that cannot be recorded faithfully", () => {
+  it("refuses NUL and unpaired surrogates in a transaction's text, before the chain is touched", async () => {
+    const { openArchiveDatabase } = await import("./schema.ts");
+    const { mkdtempSync, rmSync } = await import("node:fs");
+    const { tmpdir } = await import("node:os");
+    const { join } = await import("node:path");
+    const { appendTransaction, verifyChain } = await import("./ledger.ts");
+    const dir = mkdtempSync(join(tmpdir(), "ledger-text-"));
+    try {
+      const db = openArchiveDatabase(join(dir, "a.db"));
+      for (const id of ["x\ud800", "x\udc00y", "nul\u0000"]) {
+        let err: { code?: unknown; message?: unknown } = {};
+        try {
+          appendTransaction(db, { id, date: "2026-01-01", lines: [] } as never);
+        } catch (e) {
+          err = e as typeof err;
+        }
+        expect(err.code).toBe("TOTEBOX_ERR_INVALID_TX");
+        expect(String(err.message)).toMatch(/NUL or an unpaired surrogate/);
+      }
+      expect(verifyChain(db).ok).toBe(true);
+      db.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

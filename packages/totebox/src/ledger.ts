@@ -285,9 +285,17 @@ function invalid(reason: string, detail: Record<string, string | number> = {}): 
   return new ToteboxError("TOTEBOX_ERR_INVALID_TX", reason, detail);
 }
 
+/**
+ * NUL (SQLite's length() stops at it) and lone UTF-16 surrogates (no UTF-8 form: the stored text
+ * would hash differently from what was chained) can never be recorded.
+ */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: NUL is exactly what this refuses.
+const UNRECORDABLE = /\u0000|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
 function checkText(value: unknown, field: string, max: number, required: boolean): string {
   if (value === undefined && !required) return "";
   if (typeof value !== "string") throw invalid(`${field} must be a string`, { field });
+  if (UNRECORDABLE.test(value)) throw invalid(`${field} holds a NUL or an unpaired surrogate`, { field });
   if (required && value.length === 0) throw invalid(`${field} must not be empty`, { field });
   if (value.length > max) throw invalid(`${field} is longer than ${max} characters`, { field, max });
   return value;
