@@ -68,8 +68,16 @@ export async function benchRoundTrips(): Promise<BenchRow[]> {
   ];
 }
 
-/** Capability signing and chain verification against raw Ed25519 in the same run. */
+/**
+ * Capability signing and chain verification against raw Ed25519 in the same run, followed by the
+ * per-answer result and receipt rows (benchResultCodec, benchReceipts), which run.ts's "psp"
+ * section reaches through here.
+ */
 export async function benchCapabilities(): Promise<BenchRow[]> {
+  return [...(await benchCapabilityChains()), ...(await benchReceipts()), ...(await benchResultCodec())];
+}
+
+async function benchCapabilityChains(): Promise<BenchRow[]> {
   const { sign, verify } = await import("node:crypto");
   const psp = await import("../packages/psp/src/index.ts");
   const [op, agg] = await Promise.all([
@@ -196,5 +204,219 @@ export async function benchCapabilities(): Promise<BenchRow[]> {
       unit: "verifies/s",
       ratio: `${(batchVerify / rawVerify).toFixed(2)}× raw verify`,
     },
+  ];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-answer costs: Arrow results and receipts, each against a baseline measured in this run.
+
+/** µs per call of one timed round of ~`ms`. */
+function round(fn: () => unknown, ms: number): number {
+  let n = 0;
+  const t0 = process.hrtime.bigint();
+  let t = t0;
+  while (Number(t - t0) < ms * 1e6) {
+    for (let i = 0; i < 20; i++) fn();
+    n += 20;
+    t = process.hrtime.bigint();
+  }
+  return Number(t - t0) / 1e3 / n;
+}
+
+/**
+ * Median µs per call of each function, measured in interleaved rounds (a, b, c, a, b, c, ...)
+ * after a warm-up: on a shared machine the load drifts, and interleaving keeps each ratio between
+ * rounds taken under the same conditions.
+ */
+function microseconds(fns: readonly (() => unknown)[], ms = 100, rounds = 7): number[] {
+  for (const fn of fns) for (let i = 0; i < 200; i++) fn();
+  const samples = fns.map(() => [] as number[]);
+  for (let r = 0; r < rounds; r++) {
+    for (let i = 0; i < fns.length; i++) samples[i]!.push(round(fns[i]!, ms));
+  }
+  return samples.map((s) => s.sort((a, b) => a - b)[s.length >> 1]!);
+}
+
+const times = (x: number, base: number, what: string) => `${(x / base).toFixed(2)}× ${what}`;
+
+/** The view the fan-out bench's simulated Toteboxes answer: one row of eight columns. */
+const POSITION = [
+  { name: "as_of", type: "date" },
+  { name: "currency", type: "string" },
+  { name: "cash", type: "integer" },
+  { name: "assets", type: "integer" },
+  { name: "liabilities", type: "integer" },
+  { name: "equity", type: "integer" },
+  { name: "debt", type: "integer" },
+  { name: "net_value", type: "integer" },
+] as const;
+const POSITION_ROW = ["2026-11-01", "EUR", 1_250_000, 5_000_000, 1_200_000, 3_800_000, 400_000, 3_400_000];
+
+/**
+ * encodeResult / decodeResult for one 8-column row and for 1,000 rows. Baselines: JSON of the same
+ * rows, and Arrow's own builders, writer and reader (vectorFromArray + tableToIPC, tableFromIPC +
+ * getters: how results were encoded and decoded before).
+ */
+export async function benchResultCodec(): Promise<BenchRow[]> {
+  const arrow = await import("apache-arrow");
+  const psp = await import("../packages/psp/src/index.ts");
+  const types = {
+    string: () => new arrow.Utf8(),
+    integer: () => new arrow.Int64(),
+    number: () => new arrow.Float64(),
+    date: () => new arrow.DateDay(),
+    boolean: () => new arrow.Bool(),
+  } as const;
+  const builderValue = (t: keyof typeof types, v: unknown) =>
+    v === null || v === undefined
+      ? null
+      : t === "integer"
+        ? BigInt(v as number)
+        : t === "date"
+          ? new Date(Date.parse(`${v}T00:00:00Z`))
+          : v;
+  const viaBuilders = (rows: readonly (readonly unknown[])[]) => {
+    const vectors: Record<string, InstanceType<typeof arrow.Vector>> = {};
+    POSITION.forEach((c, i) => {
+      vectors[c.name] = arrow.vectorFromArray(
+        rows.map((r) => builderValue(c.type, r[i])),
+        types[c.type](),
+      );
+    });
+    return arrow.tableToIPC(new arrow.Table(vectors as never), "stream");
+  };
+  const viaReader = (bytes: Uint8Array) => {
+    const t = arrow.tableFromIPC(bytes);
+    const out: Record<string, unknown>[] = [];
+    for (let r = 0; r < t.numRows; r++) {
+      const row: Record<string, unknown> = {};
+      t.schema.fields.forEach((f, i) => {
+        row[f.name] = t.getChildAt(i)!.get(r);
+      });
+      out.push(row);
+    }
+    return out;
+  };
+  const rows: BenchRow[] = [];
+  for (const n of [1, 1000]) {
+    const data =
+      n === 1
+        ? [POSITION_ROW]
+        : Array.from({ length: n }, (_, i) => ["2026-11-01", `EUR${i % 7}`, i, 2 * i, 3 * i, i, null, 7 * i]);
+    const label = n === 1 ? "1 row × 8 columns" : `${n.toLocaleString("en-US")} rows × 8 columns`;
+    const bytes = psp.encodeResult(POSITION, data);
+    const objects = data.map((r) => Object.fromEntries(POSITION.map((c, i) => [c.name, r[i]])));
+    const jsonObjects = JSON.stringify(objects);
+    const ms = n === 1 ? 100 : 250;
+    const [enc, encBuilders, encJson] = microseconds(
+      [() => psp.encodeResult(POSITION, data), () => viaBuilders(data), () => JSON.stringify(data)],
+      ms,
+    ) as [number, number, number];
+    const [dec, decTable, decReader, decJson] = microseconds(
+      [
+        () => psp.decodeResult(bytes, POSITION).rows(),
+        () => psp.decodeResult(bytes, POSITION).table.getChildAt(7)!.get(0),
+        () => viaReader(bytes),
+        () => JSON.parse(jsonObjects),
+      ],
+      ms,
+    ) as [number, number, number, number];
+    rows.push(
+      {
+        section: "psp",
+        name: `encodeResult, ${label}`,
+        value: enc,
+        unit: "µs",
+        ratio: `${times(encBuilders, enc, "faster than Arrow builders")} (${encBuilders.toFixed(1)} µs); ${times(enc, encJson, "JSON.stringify")}`,
+        goal: `≥ 5× faster than Arrow builders: ${encBuilders / enc >= 5 ? "met" : "NOT met"}`,
+      },
+      {
+        section: "psp",
+        name: `decodeResult + rows(), ${label}`,
+        value: dec,
+        unit: "µs",
+        ratio: `${times(decReader, dec, "faster than tableFromIPC + get()")} (${decReader.toFixed(1)} µs); ${times(dec, decJson, "JSON.parse")}`,
+        goal: `≥ 2× faster than tableFromIPC + get(): ${decReader / dec >= 2 ? "met" : "NOT met"}`,
+      },
+      {
+        section: "psp",
+        name: `decodeResult + table.get (one cell), ${label}`,
+        value: decTable,
+        unit: "µs",
+        ratio: times(decTable, decJson, "JSON.parse"),
+      },
+    );
+  }
+  return rows;
+}
+
+/** signReceipt / verifyReceipt for a one-row answer against raw Ed25519 sign / verify. */
+export async function benchReceipts(): Promise<BenchRow[]> {
+  const { sign, verify, createPublicKey } = await import("node:crypto");
+  const psp = await import("../packages/psp/src/index.ts");
+  const subject = await psp.createIdentity({ name: "tb-bench" });
+  const arrowBytes = psp.encodeResult(POSITION, [POSITION_ROW]);
+  const reqHash = psp.requestHash({ view: "position", params: { asOf: "2026-11-01", currency: "EUR" } });
+  const input = {
+    capabilityId: new Uint8Array(16).fill(7),
+    view: "position",
+    requestHash: reqHash,
+    rowCount: 1,
+    suppressedGroups: 0,
+    watermark: "journal:9f3c2a@1207",
+    arrowBytes,
+    subjectId: "tb-bench",
+    clock: psp.systemClock,
+    signer: subject.privateKey,
+  };
+  const token = psp.signReceipt(input);
+  const publicKey = createPublicKey(subject.privateKey);
+  const expect = {
+    arrowBytes,
+    capabilityId: input.capabilityId,
+    requestHash: reqHash,
+    subjectId: "tb-bench",
+  };
+  // The raw baselines sign and verify a message of the size a receipt's Sig_structure has.
+  const msg = new Uint8Array(token.byteLength).fill(7);
+  const sig = sign(null, msg, subject.privateKey);
+  const [rawSign, signUs, rawVerify, verifyUs, reqHashUs] = microseconds([
+    () => sign(null, msg, subject.privateKey),
+    () => psp.signReceipt(input),
+    () => verify(null, msg, publicKey, sig),
+    () => psp.verifyReceipt({ token, subjectPublicKey: publicKey, expect }),
+    () => psp.requestHash({ view: "position", params: { asOf: "2026-11-01", currency: "EUR" } }),
+  ]) as [number, number, number, number, number];
+  return [
+    {
+      section: "psp",
+      name: "raw Ed25519 sign (receipt-sized)",
+      value: rawSign,
+      unit: "µs",
+      ratio: "baseline",
+    },
+    {
+      section: "psp",
+      name: "raw Ed25519 verify (receipt-sized)",
+      value: rawVerify,
+      unit: "µs",
+      ratio: "baseline",
+    },
+    {
+      section: "psp",
+      name: "signReceipt (arrow digest included)",
+      value: signUs,
+      unit: "µs",
+      ratio: times(signUs, rawSign, "raw sign"),
+    },
+    {
+      section: "psp",
+      name: "verifyReceipt (all expectations, arrow digest included)",
+      value: verifyUs,
+      unit: "µs",
+      ratio: times(verifyUs, rawVerify, "raw verify"),
+      goal: `≤ 1.5× raw verify: ${verifyUs / rawVerify <= 1.5 ? "met" : "NOT met"}`,
+    },
+    { section: "psp", name: "requestHash (view + 2 params)", value: reqHashUs, unit: "µs" },
   ];
 }

@@ -422,11 +422,7 @@ export class FanOut {
       expect: {
         arrowBytes: a.arrow,
         capabilityId,
-        requestHash: requestHash({
-          view: r.view,
-          params: { ...r.params },
-          ...(r.row !== undefined ? { row: r.row } : {}),
-        }),
+        requestHash: this.#requestHashOf(r),
         subjectId: toteboxId,
       },
     });
@@ -459,6 +455,21 @@ export class FanOut {
       },
       result,
     };
+  }
+
+  /** The same request goes to every Totebox: hash it once per read, not once per answer. */
+  readonly #requestHashes = new Map<ReadSpec, Uint8Array>();
+  #requestHashOf(r: ReadSpec): Uint8Array {
+    let h = this.#requestHashes.get(r);
+    if (!h) {
+      h = requestHash({
+        view: r.view,
+        params: { ...r.params },
+        ...(r.row !== undefined ? { row: r.row } : {}),
+      });
+      this.#requestHashes.set(r, h);
+    }
+    return h;
   }
 
   #settleEarly(entry: ToteboxEntry, status: ToteboxStatus, code: string | null, reason: string): void {

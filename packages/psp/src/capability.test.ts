@@ -490,6 +490,38 @@ describe("batch signing", () => {
     expect(at(2, wrongType)).toBe("PSP_ERR_CAP_MALFORMED");
   });
 
+  it("once a batch's root signature has verified (and is remembered), each token's own proof still decides", () => {
+    const { tokens, at } = batchSetup(7);
+    for (let i = 0; i < 7; i++) expect(at(i)).toBe("ok"); // the shared root is now verified
+    const edit = (i: number, f: (p: unknown[]) => void) => rewrite(tokens[i]!, f);
+    for (let i = 0; i < 7; i++) {
+      const j = (i + 1) % 7;
+      const flipPath = edit(i, (p) => {
+        const u = p[1] as Map<number, unknown>;
+        const path = (u.get(BATCH_HEADER.path) as Uint8Array[]).map((h) => Uint8Array.from(h));
+        path[0]![0]! ^= 1;
+        u.set(BATCH_HEADER.path, path);
+      });
+      expect(at(i, flipPath), `path of ${i}`).toBe("PSP_ERR_CAP_SIGNATURE");
+      const otherIndex = edit(i, (p) => (p[1] as Map<number, unknown>).set(BATCH_HEADER.leafIndex, j));
+      expect(at(i, otherIndex), `index of ${i}`).toBe("PSP_ERR_CAP_SIGNATURE");
+      const swapped = edit(i, (p) => {
+        p[2] = (decodeCbor(tokens[j]!) as Tag).value[2];
+      });
+      expect(at(j, swapped), `payload of ${j} in ${i}`).toBe("PSP_ERR_CAP_SIGNATURE");
+      const otherSignature = edit(i, (p) => {
+        const sig = Uint8Array.from(p[3] as Uint8Array);
+        sig[10]! ^= 1;
+        p[3] = sig;
+      });
+      expect(at(i, otherSignature), `signature of ${i}`).toBe("PSP_ERR_CAP_SIGNATURE");
+      expect(at(i), `untouched ${i}`).toBe("ok");
+    }
+    // Another batch (another root, another signature) is verified on its own.
+    const other = batchSetup(7);
+    for (let i = 0; i < 7; i++) expect(other.at(i)).toBe("ok");
+  });
+
   it("a grant cannot be batch-shaped", () => {
     const { tokens, grant, clock } = batchSetup(2);
     const batchHeader = (decodeCbor(tokens[0]!) as Tag).value[0] as Uint8Array;

@@ -1,4 +1,4 @@
-import { createHash, type KeyObject, randomBytes } from "node:crypto";
+import { hash, type KeyObject, randomBytes } from "node:crypto";
 import {
   HASH_BYTES,
   leafHash,
@@ -186,13 +186,15 @@ export function keyIdOf(publicKey: KeyObject): string {
   return id;
 }
 
+// One-shot hashing (crypto.hash): no Hash object per call; the same digests as createHash.
+
 /** Key id of a raw 32-byte Ed25519 public key. */
 export function keyIdOfRaw(raw: Uint8Array): string {
-  return createHash("sha256").update(raw).digest("hex");
+  return hash("sha256", raw, "hex");
 }
 
 export function sha256(bytes: Uint8Array): Uint8Array {
-  return new Uint8Array(createHash("sha256").update(bytes).digest());
+  return new Uint8Array(hash("sha256", bytes, "buffer"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -543,29 +545,63 @@ function decodeEnvelope(token: Uint8Array, allowBatch: boolean): Envelope {
   return { msg, kid: toHex(kidBytes), batch };
 }
 
+/**
+ * Batch roots whose signature verified, keyed by signer key id and signature, holding the exact
+ * bytes that signature covers (protected header and root). A fan-out's capabilities share one
+ * signature over one root, so a process that verifies many of them (a simulated fleet, a console)
+ * pays one Ed25519 verification per batch instead of one per capability. What stays per
+ * capability: the root is recomputed from that token's own payload and inclusion path, and a hit
+ * needs those recomputed bytes to equal the cached ones exactly. Only successes are cached, and
+ * Ed25519 verification is deterministic, so a hit answers exactly what verifying again would.
+ * Bounded; least recently used entries go first.
+ */
+const verifiedBatchRoots = new Map<string, Uint8Array>();
+const VERIFIED_BATCH_ROOTS_LIMIT = 1024;
+
+function batchSignatureVerifies(toBeSigned: Uint8Array, signature: Uint8Array, key: KeyObject): boolean {
+  const cacheKey = `${keyIdOf(key)}:${toHex(signature)}`;
+  const hit = verifiedBatchRoots.get(cacheKey);
+  if (hit !== undefined && bytesEqual(hit, toBeSigned)) {
+    verifiedBatchRoots.delete(cacheKey); // refresh recency: Map order is insertion order
+    verifiedBatchRoots.set(cacheKey, hit);
+    return true;
+  }
+  if (!ed25519Verify(toBeSigned, signature, key)) return false;
+  if (verifiedBatchRoots.size >= VERIFIED_BATCH_ROOTS_LIMIT) {
+    const oldest = verifiedBatchRoots.keys().next();
+    if (!oldest.done) verifiedBatchRoots.delete(oldest.value);
+  }
+  verifiedBatchRoots.set(cacheKey, toBeSigned);
+  return true;
+}
+
 /** Verifies the envelope's signature (single or batch). PSP_ERR_CAP_SIGNATURE on any failure. */
 function verifyEnvelopeSignature(env: Envelope, key: KeyObject): void {
   assertEd25519Key(key, "verify");
-  let signed: Uint8Array | undefined = env.msg.payload;
-  if (env.batch !== undefined) {
+  let ok: boolean;
+  if (env.batch === undefined) {
+    ok = ed25519Verify(sigStructure1(env.msg.protectedBytes, EMPTY, env.msg.payload), env.msg.signature, key);
+  } else {
     // An impossible index/size/path combination is a failed proof, not a parse error: the
     // fields were well-typed, they just do not lead to a root that was signed.
-    signed = rootFromInclusionProof(
+    const root = rootFromInclusionProof(
       env.batch.index,
       env.batch.size,
       leafHash(env.msg.payload),
       env.batch.path,
     );
+    ok =
+      root !== undefined &&
+      batchSignatureVerifies(sigStructure1(env.msg.protectedBytes, EMPTY, root), env.msg.signature, key);
   }
-  if (
-    signed === undefined ||
-    !ed25519Verify(sigStructure1(env.msg.protectedBytes, new Uint8Array(0), signed), env.msg.signature, key)
-  ) {
+  if (!ok) {
     throw new PspError("PSP_ERR_CAP_SIGNATURE", "capability signature does not verify", {
       batch: env.batch !== undefined,
     });
   }
 }
+
+const EMPTY = new Uint8Array(0);
 
 /**
  * Decodes a capability without verifying anything: for logs and diagnostics only. Never base a

@@ -166,19 +166,55 @@ export function cborHead(major: number, n: number): Uint8Array {
   return Uint8Array.of(m | 26, n >>> 24, (n >>> 16) & 0xff, (n >>> 8) & 0xff, n & 0xff);
 }
 
-const bstrParts = (b: Uint8Array): Uint8Array[] => [cborHead(2, b.byteLength), b];
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  return new Uint8Array(Buffer.concat(parts));
+/** Bytes of the shortest CBOR head for an argument below 2^32 (RFC 8949 §3). */
+function headLength(n: number): number {
+  return n < 24 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : 5;
 }
+
+/** Writes the shortest CBOR head at `at`; returns the position after it. */
+function writeHead(out: Uint8Array, at: number, major: number, n: number): number {
+  const m = major << 5;
+  if (n < 24) {
+    out[at] = m | n;
+    return at + 1;
+  }
+  if (n < 0x100) {
+    out[at] = m | 24;
+    out[at + 1] = n;
+    return at + 2;
+  }
+  if (n < 0x10000) {
+    out[at] = m | 25;
+    out[at + 1] = n >>> 8;
+    out[at + 2] = n & 0xff;
+    return at + 3;
+  }
+  out[at] = m | 26;
+  out[at + 1] = n >>> 24;
+  out[at + 2] = (n >>> 16) & 0xff;
+  out[at + 3] = (n >>> 8) & 0xff;
+  out[at + 4] = n & 0xff;
+  return at + 5;
+}
+
+/** Writes a byte string (head and content) at `at`; returns the position after it. */
+function writeBstr(out: Uint8Array, at: number, b: Uint8Array): number {
+  const p = writeHead(out, at, 2, b.byteLength);
+  out.set(b, p);
+  return p + b.byteLength;
+}
+
+const bstrLength = (b: Uint8Array): number => headLength(b.byteLength) + b.byteLength;
 
 /** Tag 18 and the 4-element array head. */
 const SIGN1_PREFIX = Uint8Array.of(0xd2, 0x84);
+const EMPTY_MAP = Uint8Array.of(0xa0);
 
 /**
- * Encodes a tagged COSE_Sign1 from its parts. Written out by hand (byte strings are copied, not
- * walked by the CBOR encoder): it runs twice per verification for the canonical-form check. The
- * result is exactly what cbor-x produces for the same Tag (a test pins this).
+ * Encodes a tagged COSE_Sign1 from its parts. Written out by hand into one allocation (byte
+ * strings are copied, not walked by the CBOR encoder): it runs for every signature and for the
+ * canonical-form check of every verification. The result is exactly what cbor-x produces for the
+ * same Tag (a test pins this).
  */
 export function encodeSign1(parts: {
   protectedBytes: Uint8Array;
@@ -189,15 +225,20 @@ export function encodeSign1(parts: {
   signature: Uint8Array;
 }): Uint8Array {
   const u = parts.unprotectedHeader;
-  const unprotected =
-    parts.unprotectedBytes ?? (u === undefined || u.size === 0 ? Uint8Array.of(0xa0) : encodeCbor(u));
-  return concat([
-    SIGN1_PREFIX,
-    ...bstrParts(parts.protectedBytes),
-    unprotected,
-    ...bstrParts(parts.payload),
-    ...bstrParts(parts.signature),
-  ]);
+  const unprotected = parts.unprotectedBytes ?? (u === undefined || u.size === 0 ? EMPTY_MAP : encodeCbor(u));
+  const out = new Uint8Array(
+    2 +
+      bstrLength(parts.protectedBytes) +
+      unprotected.byteLength +
+      bstrLength(parts.payload) +
+      bstrLength(parts.signature),
+  );
+  out.set(SIGN1_PREFIX, 0);
+  let p = writeBstr(out, 2, parts.protectedBytes);
+  out.set(unprotected, p);
+  p = writeBstr(out, p + unprotected.byteLength, parts.payload);
+  writeBstr(out, p, parts.signature);
+  return out;
 }
 
 /** ["Signature1" as a CBOR array head and text string. */
@@ -209,12 +250,17 @@ export function sigStructure1(
   externalAad: Uint8Array,
   payload: Uint8Array,
 ): Uint8Array {
-  return concat([
-    SIG_STRUCTURE1_PREFIX,
-    ...bstrParts(protectedBytes),
-    ...bstrParts(externalAad),
-    ...bstrParts(payload),
-  ]);
+  const out = new Uint8Array(
+    SIG_STRUCTURE1_PREFIX.byteLength +
+      bstrLength(protectedBytes) +
+      bstrLength(externalAad) +
+      bstrLength(payload),
+  );
+  out.set(SIG_STRUCTURE1_PREFIX, 0);
+  let p = writeBstr(out, SIG_STRUCTURE1_PREFIX.byteLength, protectedBytes);
+  p = writeBstr(out, p, externalAad);
+  writeBstr(out, p, payload);
+  return out;
 }
 
 /**

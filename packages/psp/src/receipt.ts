@@ -1,4 +1,4 @@
-import { createHash, type KeyObject } from "node:crypto";
+import { hash, type KeyObject } from "node:crypto";
 import { keyIdOf } from "./capability.ts";
 import type { Clock } from "./clock.ts";
 import {
@@ -99,22 +99,64 @@ const MAX_CANONICAL_DEPTH = 64;
  * (and -0 is 0). Object members whose value is `undefined` are left out, as in JSON.
  */
 export function canonicalCbor(value: CanonicalValue): Uint8Array {
-  const out: number[] = [];
-  write(value, out, 0);
-  return Uint8Array.from(out);
+  const w = new CanonicalWriter();
+  write(value, w, 0);
+  return w.bytes();
 }
 
-function head(major: number, n: number, out: number[]): void {
-  const m = major << 5;
-  if (n < 24) out.push(m | n);
-  else if (n < 0x100) out.push(m | 24, n);
-  else if (n < 0x10000) out.push(m | 25, n >>> 8, n & 0xff);
-  else if (n < 0x100000000) out.push(m | 26, n >>> 24, (n >>> 16) & 0xff, (n >>> 8) & 0xff, n & 0xff);
-  else {
-    const b = new Uint8Array(8);
-    new DataView(b.buffer).setBigUint64(0, BigInt(n));
-    out.push(m | 27, ...b);
+/** A growable byte buffer for canonicalCbor (one allocation per doubling, not per byte). */
+class CanonicalWriter {
+  buf = new Uint8Array(128);
+  len = 0;
+
+  room(k: number): void {
+    if (this.len + k <= this.buf.byteLength) return;
+    const next = new Uint8Array(Math.max(2 * this.buf.byteLength, this.len + k));
+    next.set(this.buf.subarray(0, this.len));
+    this.buf = next;
   }
+
+  byte(x: number): void {
+    this.room(1);
+    this.buf[this.len++] = x;
+  }
+
+  raw(b: Uint8Array): void {
+    this.room(b.byteLength);
+    this.buf.set(b, this.len);
+    this.len += b.byteLength;
+  }
+
+  bytes(): Uint8Array {
+    return this.buf.slice(0, this.len);
+  }
+}
+
+function head(major: number, n: number, w: CanonicalWriter): void {
+  const m = major << 5;
+  w.room(9);
+  const b = w.buf;
+  let p = w.len;
+  if (n < 24) b[p++] = m | n;
+  else if (n < 0x100) {
+    b[p++] = m | 24;
+    b[p++] = n;
+  } else if (n < 0x10000) {
+    b[p++] = m | 25;
+    b[p++] = n >>> 8;
+    b[p++] = n & 0xff;
+  } else if (n < 0x100000000) {
+    b[p++] = m | 26;
+    b[p++] = n >>> 24;
+    b[p++] = (n >>> 16) & 0xff;
+    b[p++] = (n >>> 8) & 0xff;
+    b[p++] = n & 0xff;
+  } else {
+    b[p++] = m | 27;
+    new DataView(b.buffer, b.byteOffset + p, 8).setBigUint64(0, BigInt(n));
+    p += 8;
+  }
+  w.len = p;
 }
 
 function halfBits(x: number): number | undefined {
@@ -134,59 +176,95 @@ function halfBits(x: number): number | undefined {
   return Number.isInteger(m) ? sign | ((e + 15) << 10) | m : undefined;
 }
 
-function writeFloat(x: number, out: number[]): void {
+function writeFloat(x: number, w: CanonicalWriter): void {
   const half = halfBits(x);
+  w.room(9);
+  const p = w.len;
   if (half !== undefined) {
-    out.push(0xf9, half >>> 8, half & 0xff);
+    w.buf[p] = 0xf9;
+    w.buf[p + 1] = half >>> 8;
+    w.buf[p + 2] = half & 0xff;
+    w.len += 3;
     return;
   }
-  const b = new Uint8Array(8);
-  const dv = new DataView(b.buffer);
+  const dv = new DataView(w.buf.buffer, w.buf.byteOffset + p + 1, 8);
   if (Math.fround(x) === x) {
+    w.buf[p] = 0xfa;
     dv.setFloat32(0, x);
-    out.push(0xfa, ...b.subarray(0, 4));
+    w.len += 5;
   } else {
+    w.buf[p] = 0xfb;
     dv.setFloat64(0, x);
-    out.push(0xfb, ...b);
+    w.len += 9;
   }
 }
 
-function write(v: CanonicalValue, out: number[], depth: number): void {
+/** A text string: head with the UTF-8 length, then the bytes (ASCII copied without a Buffer). */
+function writeText(v: string, w: CanonicalWriter): void {
+  const n = v.length;
+  let ascii = true;
+  for (let i = 0; i < n; i++) {
+    if (v.charCodeAt(i) >= 0x80) {
+      ascii = false;
+      break;
+    }
+  }
+  if (!ascii) {
+    const b = Buffer.from(v, "utf8");
+    head(3, b.byteLength, w);
+    w.raw(b);
+    return;
+  }
+  head(3, n, w);
+  w.room(n);
+  const buf = w.buf;
+  const p = w.len;
+  for (let i = 0; i < n; i++) buf[p + i] = v.charCodeAt(i);
+  w.len += n;
+}
+
+/** Map keys (text) in canonical order: encoded-bytes order, i.e. UTF-8 length, then bytewise. */
+function compareKeys(a: [Buffer, CanonicalValue], b: [Buffer, CanonicalValue]): number {
+  return a[0].byteLength - b[0].byteLength || Buffer.compare(a[0], b[0]);
+}
+
+function write(v: CanonicalValue, w: CanonicalWriter, depth: number): void {
   if (depth > MAX_CANONICAL_DEPTH) throw new RangeError("value nests too deeply for canonical CBOR");
-  if (v === null) out.push(0xf6);
-  else if (v === true) out.push(0xf5);
-  else if (v === false) out.push(0xf4);
+  if (v === null) w.byte(0xf6);
+  else if (v === true) w.byte(0xf5);
+  else if (v === false) w.byte(0xf4);
   else if (typeof v === "number") {
     if (Number.isSafeInteger(v)) {
-      if (v >= 0) head(0, v, out);
-      else head(1, -1 - v, out);
-    } else writeFloat(v, out);
+      if (v >= 0) head(0, v, w);
+      else head(1, -1 - v, w);
+    } else writeFloat(v, w);
   } else if (typeof v === "string") {
-    const b = Buffer.from(v, "utf8");
-    head(3, b.byteLength, out);
-    for (const x of b) out.push(x);
+    writeText(v, w);
   } else if (v instanceof Uint8Array) {
-    head(2, v.byteLength, out);
-    for (const x of v) out.push(x);
+    head(2, v.byteLength, w);
+    w.raw(v);
   } else if (Array.isArray(v)) {
-    head(4, v.length, out);
-    for (const item of v as readonly CanonicalValue[]) write(item, out, depth + 1);
+    head(4, v.length, w);
+    for (const item of v as readonly CanonicalValue[]) write(item, w, depth + 1);
   } else if (typeof v === "object") {
     const proto = Object.getPrototypeOf(v);
     if (proto !== Object.prototype && proto !== null)
       throw new TypeError("only plain objects encode as maps");
-    const entries: Array<[Uint8Array, CanonicalValue]> = [];
+    const entries: Array<[Buffer, CanonicalValue]> = [];
     for (const [k, item] of Object.entries(v as { readonly [key: string]: CanonicalValue | undefined })) {
       if (item === undefined) continue;
-      const key: number[] = [];
-      write(k, key, depth + 1);
-      entries.push([Uint8Array.from(key), item]);
+      entries.push([Buffer.from(k, "utf8"), item]);
     }
-    entries.sort((a, b) => Buffer.compare(a[0], b[0]));
-    head(5, entries.length, out);
+    // (Keys sit one level down, as their values do.)
+    if (entries.length > 0 && depth + 1 > MAX_CANONICAL_DEPTH) {
+      throw new RangeError("value nests too deeply for canonical CBOR");
+    }
+    entries.sort(compareKeys);
+    head(5, entries.length, w);
     for (const [k, item] of entries) {
-      for (const x of k) out.push(x);
-      write(item, out, depth + 1);
+      head(3, k.byteLength, w);
+      w.raw(k);
+      write(item, w, depth + 1);
     }
   } else {
     throw new TypeError(`cannot encode ${typeof v} canonically`);
@@ -211,12 +289,17 @@ export function requestHash(request: ReceiptRequest): Uint8Array {
     params: request.params ?? {},
     row: request.row,
   };
-  return new Uint8Array(createHash("sha256").update(canonicalCbor(v)).digest());
+  return new Uint8Array(sha256Of(canonicalCbor(v)));
 }
 
 /** SHA-256 of the Arrow IPC bytes exactly as sent. */
 export function arrowDigest(arrowBytes: Uint8Array): Uint8Array {
-  return new Uint8Array(createHash("sha256").update(arrowBytes).digest());
+  return new Uint8Array(sha256Of(arrowBytes));
+}
+
+/** One-shot SHA-256 (no Hash object): a Buffer, possibly a view into Node's pool; do not keep it. */
+function sha256Of(bytes: Uint8Array): Uint8Array {
+  return hash("sha256", bytes, "buffer");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -243,6 +326,7 @@ function uintForCbor(n: number): number | bigint {
   return n > 0xffffffff ? BigInt(n) : n;
 }
 
+/** The generic encoding (cbor-x): for inputs the direct writer below does not take. */
 function encodeReceiptPayload(c: ReceiptClaims): Uint8Array {
   const m = new Map<number, unknown>([[RECEIPT_FIELD.capabilityId, c.capabilityId]]);
   if (c.view !== undefined) m.set(RECEIPT_FIELD.view, c.view);
@@ -257,6 +341,343 @@ function encodeReceiptPayload(c: ReceiptClaims): Uint8Array {
   return encodeCbor(m);
 }
 
+// ---------------------------------------------------------------------------------------------
+// The receipt's exact bytes, written and read directly.
+//
+// Receipts are signed and checked once per answer, so the generic path (cbor-x decode, re-encode
+// to check the canonical form, field checks) showed up next to the Ed25519 operation itself. Both
+// directions below handle exactly the bytes this module's signer emits, which is exactly what
+// cbor-x writes for the same claims (tests pin both: byte equality with the generic encoder, and
+// that the direct reader accepts what the signer emits). The direct reader accepts a subset of
+// what the generic check accepts, with the same result; anything else (another key order, a
+// non-shortest integer, a string that is not plain UTF-8, a malformed field) goes down the generic
+// path, so what is accepted or refused, and with which code, is unchanged.
+
+const CONTENT_TYPE_BYTES = Buffer.from(RECEIPT_CONTENT_TYPE, "utf8");
+/** {1: -8, 3: "application/psp-receipt+cbor", 4: h'<32 bytes>'} up to the kid's bytes. */
+const PROTECTED_PREFIX = Uint8Array.from([
+  0xa3,
+  0x01,
+  0x27,
+  0x03,
+  0x78,
+  CONTENT_TYPE_BYTES.byteLength,
+  ...CONTENT_TYPE_BYTES,
+  0x04,
+  0x58,
+  0x20,
+]);
+const PROTECTED_LENGTH = PROTECTED_PREFIX.byteLength + 32;
+/** Tag 18, array of 4, bstr head of the protected header (69 bytes: 0x58 0x45). */
+const ENVELOPE_PREFIX = Uint8Array.from([0xd2, 0x84, 0x58, PROTECTED_LENGTH]);
+const SIGNATURE_HEAD = Uint8Array.of(0x58, 0x40);
+const MIN_ENVELOPE = ENVELOPE_PREFIX.byteLength + PROTECTED_LENGTH + 1 + 1 + 2 + 64;
+
+/** Strict UTF-8 (no replacement, BOM kept): a string the reader returns re-encodes to its bytes. */
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+/** The parts of a receipt envelope in exactly the signer's layout, or undefined. */
+function readEnvelope(
+  token: Uint8Array,
+): { protectedBytes: Uint8Array; kid: Uint8Array; payload: Uint8Array; signature: Uint8Array } | undefined {
+  const n = token.byteLength;
+  if (n < MIN_ENVELOPE || n > MAX_TOKEN_BYTES) return undefined;
+  for (let i = 0; i < ENVELOPE_PREFIX.byteLength; i++) if (token[i] !== ENVELOPE_PREFIX[i]) return undefined;
+  const p0 = ENVELOPE_PREFIX.byteLength;
+  for (let i = 0; i < PROTECTED_PREFIX.byteLength; i++)
+    if (token[p0 + i] !== PROTECTED_PREFIX[i]) return undefined;
+  let p = p0 + PROTECTED_LENGTH;
+  if (token[p++] !== 0xa0) return undefined; // empty unprotected header
+  // Payload: a byte string with its shortest head (tokens are < 64 KiB, so at most 3 head bytes).
+  const h = token[p++]!;
+  let len: number;
+  if (h >= 0x40 && h < 0x58) len = h - 0x40;
+  else if (h === 0x58 && token[p]! >= 24) len = token[p++]!;
+  else if (h === 0x59 && token[p]! > 0) {
+    len = (token[p]! << 8) | token[p + 1]!;
+    p += 2;
+  } else return undefined;
+  const payloadAt = p;
+  p += len;
+  if (p + 2 + 64 !== n || token[p] !== SIGNATURE_HEAD[0] || token[p + 1] !== SIGNATURE_HEAD[1])
+    return undefined;
+  return {
+    protectedBytes: token.subarray(p0, p0 + PROTECTED_LENGTH),
+    kid: token.subarray(p0 + PROTECTED_PREFIX.byteLength, p0 + PROTECTED_LENGTH),
+    payload: token.subarray(payloadAt, payloadAt + len),
+    signature: token.subarray(p + 2, n),
+  };
+}
+
+/** A cursor over a payload for the direct reader; `ok` turns false at the first surprise. */
+interface Cursor {
+  readonly b: Uint8Array;
+  p: number;
+  ok: boolean;
+}
+
+/** Argument of a head of `major` in its shortest form (below 2^32), or -1. */
+function readHead(c: Cursor, major: number): number {
+  const b = c.b;
+  const h = b[c.p];
+  if (h === undefined || h >> 5 !== major) return -1;
+  const info = h & 0x1f;
+  c.p++;
+  if (info < 24) return info;
+  let v: number;
+  if (info === 24 && c.p + 1 <= b.byteLength) {
+    v = b[c.p]!;
+    c.p += 1;
+    return v >= 24 ? v : -1;
+  }
+  if (info === 25 && c.p + 2 <= b.byteLength) {
+    v = (b[c.p]! << 8) | b[c.p + 1]!;
+    c.p += 2;
+    return v >= 0x100 ? v : -1;
+  }
+  if (info === 26 && c.p + 4 <= b.byteLength) {
+    v = b[c.p]! * 0x1000000 + ((b[c.p + 1]! << 16) | (b[c.p + 2]! << 8) | b[c.p + 3]!);
+    c.p += 4;
+    return v >= 0x10000 ? v : -1;
+  }
+  return -1;
+}
+
+function readKey(c: Cursor, label: number): void {
+  if (c.b[c.p] === label) c.p++;
+  else c.ok = false;
+}
+
+function readBytes(c: Cursor, min: number, max: number): Uint8Array {
+  const len = readHead(c, 2);
+  if (len < min || len > max || c.p + len > c.b.byteLength) {
+    c.ok = false;
+    return new Uint8Array(0);
+  }
+  c.p += len;
+  // A copy, and a plain Uint8Array even when the token is a Buffer (whose slice is a view).
+  return new Uint8Array(c.b.subarray(c.p - len, c.p));
+}
+
+function readText(c: Cursor): string {
+  const len = readHead(c, 3);
+  const at = c.p;
+  // Non-empty, at most MAX_TEXT_BYTES, and no leading BOM (cbor-x drops it from long strings).
+  if (len < 1 || len > MAX_TEXT_BYTES || at + len > c.b.byteLength) {
+    c.ok = false;
+    return "";
+  }
+  c.p += len;
+  const b = c.b;
+  let ascii = true;
+  for (let i = at; i < at + len; i++) {
+    if (b[i]! >= 0x80) {
+      ascii = false;
+      break;
+    }
+  }
+  if (ascii) return String.fromCharCode.apply(null, b.subarray(at, at + len) as unknown as number[]);
+  if (b[at] === 0xef && b[at + 1] === 0xbb && b[at + 2] === 0xbf) {
+    c.ok = false;
+    return "";
+  }
+  try {
+    return strictUtf8.decode(b.subarray(at, at + len));
+  } catch {
+    c.ok = false;
+    return "";
+  }
+}
+
+/** A count as the signer writes it: shortest head up to 2^32 - 1, 8-byte head above (to 2^53). */
+function readCount(c: Cursor): number {
+  const b = c.b;
+  if (b[c.p] === 0x1b && c.p + 9 <= b.byteLength) {
+    const hi = ((b[c.p + 1]! << 24) | (b[c.p + 2]! << 16) | (b[c.p + 3]! << 8) | b[c.p + 4]!) >>> 0;
+    const lo = ((b[c.p + 5]! << 24) | (b[c.p + 6]! << 16) | (b[c.p + 7]! << 8) | b[c.p + 8]!) >>> 0;
+    c.p += 9;
+    const v = hi * 0x100000000 + lo;
+    if (hi === 0 || !Number.isSafeInteger(v)) c.ok = false;
+    return v;
+  }
+  const v = readHead(c, 0);
+  if (v < 0) c.ok = false;
+  return v;
+}
+
+/** Claims from a payload in exactly the signer's layout, or undefined for the generic path. */
+function readPayload(payload: Uint8Array): ReceiptClaims | undefined {
+  const c: Cursor = { b: payload, p: 0, ok: payload[0] === 0xa9 }; // map of 9 entries
+  c.p = 1;
+  readKey(c, RECEIPT_FIELD.capabilityId);
+  const capabilityId = readBytes(c, 8, 64);
+  let view: string | undefined;
+  let command: string | undefined;
+  if (payload[c.p] === RECEIPT_FIELD.view) {
+    c.p++;
+    view = readText(c);
+  } else {
+    readKey(c, RECEIPT_FIELD.command);
+    command = readText(c);
+  }
+  readKey(c, RECEIPT_FIELD.requestHash);
+  const requestHash = readBytes(c, 32, 32);
+  readKey(c, RECEIPT_FIELD.rowCount);
+  const rowCount = readCount(c);
+  readKey(c, RECEIPT_FIELD.suppressedGroups);
+  const suppressedGroups = readCount(c);
+  readKey(c, RECEIPT_FIELD.watermark);
+  const watermark = readText(c);
+  readKey(c, RECEIPT_FIELD.arrowDigest);
+  const arrowDigest = readBytes(c, 32, 32);
+  readKey(c, RECEIPT_FIELD.issuedAt);
+  const issuedAt = readCount(c);
+  readKey(c, RECEIPT_FIELD.subjectId);
+  const subjectId = readText(c);
+  if (!c.ok || c.p !== payload.byteLength) return undefined;
+  return {
+    capabilityId,
+    view,
+    command,
+    requestHash,
+    rowCount,
+    suppressedGroups,
+    watermark,
+    arrowDigest,
+    issuedAt,
+    subjectId,
+  };
+}
+
+/** Bytes of the shortest head for `n` (< 2^32), or 9 for the 8-byte uint head. */
+function countLength(n: number): number {
+  return n < 24 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : n <= 0xffffffff ? 5 : 9;
+}
+
+function putHead(out: Uint8Array, p: number, major: number, n: number): number {
+  const m = major << 5;
+  if (n < 24) {
+    out[p] = m | n;
+    return p + 1;
+  }
+  if (n < 0x100) {
+    out[p] = m | 24;
+    out[p + 1] = n;
+    return p + 2;
+  }
+  if (n < 0x10000) {
+    out[p] = m | 25;
+    out[p + 1] = n >>> 8;
+    out[p + 2] = n & 0xff;
+    return p + 3;
+  }
+  if (n <= 0xffffffff) {
+    out[p] = m | 26;
+    out[p + 1] = n >>> 24;
+    out[p + 2] = (n >>> 16) & 0xff;
+    out[p + 3] = (n >>> 8) & 0xff;
+    out[p + 4] = n & 0xff;
+    return p + 5;
+  }
+  out[p] = m | 27;
+  const hi = Math.floor(n / 0x100000000);
+  const lo = n - hi * 0x100000000;
+  out[p + 1] = hi >>> 24;
+  out[p + 2] = (hi >>> 16) & 0xff;
+  out[p + 3] = (hi >>> 8) & 0xff;
+  out[p + 4] = hi & 0xff;
+  out[p + 5] = lo >>> 24;
+  out[p + 6] = (lo >>> 16) & 0xff;
+  out[p + 7] = (lo >>> 8) & 0xff;
+  out[p + 8] = lo & 0xff;
+  return p + 9;
+}
+
+function putBytes(out: Uint8Array, p: number, label: number, b: Uint8Array): number {
+  out[p] = label;
+  const q = putHead(out, p + 1, 2, b.byteLength);
+  out.set(b, q);
+  return q + b.byteLength;
+}
+
+function putText(out: Uint8Array, p: number, label: number, s: Uint8Array): number {
+  out[p] = label;
+  const q = putHead(out, p + 1, 3, s.byteLength);
+  out.set(s, q);
+  return q + s.byteLength;
+}
+
+function putCount(out: Uint8Array, p: number, label: number, n: number): number {
+  out[p] = label;
+  return putHead(out, p + 1, 0, n);
+}
+
+const isCount = (n: unknown): n is number => typeof n === "number" && Number.isSafeInteger(n) && n >= 0;
+
+/** Any UTF-16 surrogate: strings with one take the generic encoder (cbor-x's own UTF-8 rules). */
+const SURROGATE = /[\uD800-\uDFFF]/;
+
+/** A text field the direct writer takes: 1..MAX_TEXT_BYTES UTF-8 bytes, no surrogates. */
+function textBytes(s: unknown): Uint8Array | undefined {
+  if (typeof s !== "string" || s.length === 0 || SURROGATE.test(s)) return undefined;
+  const b = Buffer.from(s, "utf8");
+  return b.byteLength <= MAX_TEXT_BYTES ? b : undefined;
+}
+
+function bstr(b: Uint8Array): number {
+  return countLength(b.byteLength) + b.byteLength;
+}
+
+/**
+ * The signer's payload written directly, for claims the verifier's checks accept (else undefined:
+ * the generic encoder and checks then refuse them with their usual TypeError).
+ */
+function writePayload(c: ReceiptClaims): Uint8Array | undefined {
+  const name = c.view !== undefined ? c.view : c.command;
+  if ((c.view === undefined) === (c.command === undefined)) return undefined;
+  const nameBytes = textBytes(name);
+  const watermark = textBytes(c.watermark);
+  const subject = textBytes(c.subjectId);
+  if (
+    nameBytes === undefined ||
+    watermark === undefined ||
+    subject === undefined ||
+    c.capabilityId.byteLength < 8 ||
+    c.capabilityId.byteLength > 64 ||
+    c.requestHash.byteLength !== 32 ||
+    c.arrowDigest.byteLength !== 32 ||
+    !isCount(c.rowCount) ||
+    !isCount(c.suppressedGroups) ||
+    !isCount(c.issuedAt)
+  ) {
+    return undefined;
+  }
+  const size =
+    1 +
+    9 + // labels
+    bstr(c.capabilityId) +
+    bstr(nameBytes) +
+    bstr(c.requestHash) +
+    countLength(c.rowCount) +
+    countLength(c.suppressedGroups) +
+    bstr(watermark) +
+    bstr(c.arrowDigest) +
+    countLength(c.issuedAt) +
+    bstr(subject);
+  const out = new Uint8Array(size);
+  out[0] = 0xa9;
+  let p = putBytes(out, 1, RECEIPT_FIELD.capabilityId, c.capabilityId);
+  p = putText(out, p, c.view !== undefined ? RECEIPT_FIELD.view : RECEIPT_FIELD.command, nameBytes);
+  p = putBytes(out, p, RECEIPT_FIELD.requestHash, c.requestHash);
+  p = putCount(out, p, RECEIPT_FIELD.rowCount, c.rowCount);
+  p = putCount(out, p, RECEIPT_FIELD.suppressedGroups, c.suppressedGroups);
+  p = putText(out, p, RECEIPT_FIELD.watermark, watermark);
+  p = putBytes(out, p, RECEIPT_FIELD.arrowDigest, c.arrowDigest);
+  p = putCount(out, p, RECEIPT_FIELD.issuedAt, c.issuedAt);
+  putText(out, p, RECEIPT_FIELD.subjectId, subject);
+  return out;
+}
+
 function receiptProtectedHeader(kidHex: string): Uint8Array {
   return encodeProtectedHeader(
     new Map<HeaderLabel, unknown>([
@@ -266,6 +687,9 @@ function receiptProtectedHeader(kidHex: string): Uint8Array {
     ]),
   );
 }
+
+/** The protected header per signing key: it depends on the key only. */
+const protectedHeaders = new WeakMap<KeyObject, Uint8Array>();
 
 /** The answering subject signs a receipt for one answer. */
 export function signReceipt(args: ReceiptInput): Uint8Array {
@@ -286,15 +710,29 @@ export function signReceipt(args: ReceiptInput): Uint8Array {
     issuedAt: Math.floor(args.clock.now() / 1000),
     subjectId: args.subjectId,
   };
-  const payload = encodeReceiptPayload(claims);
+  const payload = writePayload(claims) ?? encodeReceiptPayload(claims);
   // Same parser as the verifier: a subject cannot emit a receipt consoles would refuse.
   parseReceiptPayload(payload, (m) => new TypeError(`receipt input invalid: ${m}`));
-  const protectedBytes = receiptProtectedHeader(keyIdOf(args.signer));
-  const signature = ed25519Sign(sigStructure1(protectedBytes, new Uint8Array(0), payload), args.signer);
-  return encodeSign1({ protectedBytes, unprotectedHeader: new Map(), payload, signature });
+  let protectedBytes = protectedHeaders.get(args.signer);
+  if (protectedBytes === undefined) {
+    protectedBytes = receiptProtectedHeader(keyIdOf(args.signer));
+    protectedHeaders.set(args.signer, protectedBytes);
+  }
+  const signature = ed25519Sign(sigStructure1(protectedBytes, EMPTY, payload), args.signer);
+  return encodeSign1({ protectedBytes, unprotectedBytes: EMPTY_MAP, payload, signature });
 }
 
+const EMPTY = new Uint8Array(0);
+const EMPTY_MAP = Uint8Array.of(0xa0);
+
 function parseReceiptPayload(
+  payload: Uint8Array,
+  fail: (message: string, field?: string) => Error,
+): ReceiptClaims {
+  return readPayload(payload) ?? parseReceiptPayloadGeneric(payload, fail);
+}
+
+function parseReceiptPayloadGeneric(
   payload: Uint8Array,
   fail: (message: string, field?: string) => Error,
 ): ReceiptClaims {
@@ -373,15 +811,69 @@ export function verifyReceipt(args: {
   readonly subjectPublicKey: KeyObject;
   readonly expect?: ReceiptExpectations;
 }): ReceiptClaims {
-  const sigFail = (reason: string) =>
-    new PspError("PSP_ERR_RECEIPT_SIGNATURE", `receipt refused: ${reason}`, { reason });
-  let msg: ReturnType<typeof decodeSign1>;
+  let protectedBytes: Uint8Array;
+  let kidBytes: Uint8Array;
+  let payload: Uint8Array;
+  let signature: Uint8Array;
   try {
     assertEd25519Key(args.subjectPublicKey, "verify");
-    msg = decodeSign1(args.token, { maxBytes: MAX_TOKEN_BYTES });
+  } catch (e) {
+    throw receiptRefused(isPspError(e) ? e.code : "malformed");
+  }
+  // The signer's exact layout is recognised byte by byte (it passes every check below by
+  // construction); any other envelope gets the generic decode and checks.
+  const envelope = args.token instanceof Uint8Array ? readEnvelope(args.token) : undefined;
+  if (envelope !== undefined) {
+    ({ protectedBytes, kid: kidBytes, payload, signature } = envelope);
+  } else {
+    const msg = decodeEnvelopeGeneric(args.token);
+    protectedBytes = msg.protectedBytes;
+    kidBytes = msg.protectedHeader.get(COSE_HEADER.kid) as Uint8Array;
+    payload = msg.payload;
+    signature = msg.signature;
+  }
+  if (toHex(kidBytes) !== keyIdOf(args.subjectPublicKey)) throw receiptRefused("signed by another key");
+  if (!ed25519Verify(sigStructure1(protectedBytes, EMPTY, payload), signature, args.subjectPublicKey)) {
+    throw receiptRefused("signature does not verify");
+  }
+  const claims = parseReceiptPayload(payload, contentInvalid);
+  const e = args.expect;
+  if (e === undefined) return claims;
+  if (e.arrowBytes !== undefined && !bytesEqual(sha256Of(e.arrowBytes), claims.arrowDigest)) {
+    throw mismatch("arrowDigest");
+  }
+  if (e.capabilityId !== undefined && !bytesEqual(e.capabilityId, claims.capabilityId))
+    throw mismatch("capabilityId");
+  if (e.requestHash !== undefined && !bytesEqual(e.requestHash, claims.requestHash))
+    throw mismatch("requestHash");
+  if (e.subjectId !== undefined && e.subjectId !== claims.subjectId) throw mismatch("subjectId");
+  return claims;
+}
+
+function receiptRefused(reason: string): PspError {
+  return new PspError("PSP_ERR_RECEIPT_SIGNATURE", `receipt refused: ${reason}`, { reason });
+}
+
+function contentInvalid(message: string, field?: string): PspError {
+  return new PspError("PSP_ERR_RECEIPT_MISMATCH", `receipt content invalid: ${message}`, {
+    field: field ?? "payload",
+  });
+}
+
+function mismatch(field: string): PspError {
+  return new PspError("PSP_ERR_RECEIPT_MISMATCH", `receipt ${field} differs from what was expected`, {
+    field,
+  });
+}
+
+/** Generic envelope checks: decode, profile, and canonical form by re-encoding. */
+function decodeEnvelopeGeneric(token: Uint8Array): ReturnType<typeof decodeSign1> {
+  let msg: ReturnType<typeof decodeSign1>;
+  try {
+    msg = decodeSign1(token, { maxBytes: MAX_TOKEN_BYTES });
     checkEdDsaHeaders(msg);
   } catch (e) {
-    throw sigFail(isPspError(e) ? e.code : "malformed");
+    throw receiptRefused(isPspError(e) ? e.code : "malformed");
   }
   const p = msg.protectedHeader;
   const kidBytes = p.get(COSE_HEADER.kid);
@@ -393,44 +885,29 @@ export function verifyReceipt(args: {
     kidBytes.byteLength !== 32 ||
     msg.unprotectedHeader.size !== 0
   ) {
-    throw sigFail("not a PSP receipt envelope");
+    throw receiptRefused("not a PSP receipt envelope");
   }
   let canonical: boolean;
   try {
     canonical =
       bytesEqual(encodeProtectedHeader(msg.protectedHeader), msg.protectedBytes) &&
-      bytesEqual(encodeSign1(msg), args.token);
+      bytesEqual(encodeSign1(msg), token);
   } catch {
     canonical = false;
   }
-  if (!canonical) throw sigFail("envelope is not in canonical encoding");
-  if (toHex(kidBytes) !== keyIdOf(args.subjectPublicKey)) throw sigFail("signed by another key");
-  if (
-    !ed25519Verify(
-      sigStructure1(msg.protectedBytes, new Uint8Array(0), msg.payload),
-      msg.signature,
-      args.subjectPublicKey,
-    )
-  ) {
-    throw sigFail("signature does not verify");
-  }
-  const claims = parseReceiptPayload(
-    msg.payload,
-    (message, field) =>
-      new PspError("PSP_ERR_RECEIPT_MISMATCH", `receipt content invalid: ${message}`, {
-        field: field ?? "payload",
-      }),
-  );
-  const mismatch = (field: string) =>
-    new PspError("PSP_ERR_RECEIPT_MISMATCH", `receipt ${field} differs from what was expected`, { field });
-  const e = args.expect ?? {};
-  if (e.arrowBytes !== undefined && !bytesEqual(arrowDigest(e.arrowBytes), claims.arrowDigest)) {
-    throw mismatch("arrowDigest");
-  }
-  if (e.capabilityId !== undefined && !bytesEqual(e.capabilityId, claims.capabilityId))
-    throw mismatch("capabilityId");
-  if (e.requestHash !== undefined && !bytesEqual(e.requestHash, claims.requestHash))
-    throw mismatch("requestHash");
-  if (e.subjectId !== undefined && e.subjectId !== claims.subjectId) throw mismatch("subjectId");
-  return claims;
+  if (!canonical) throw receiptRefused("envelope is not in canonical encoding");
+  return msg;
 }
+
+/**
+ * @internal The direct and generic codecs side by side, for receipt.test.ts's differential tests
+ * (index.ts does not re-export this).
+ */
+export const receiptCodecsForTest = {
+  readEnvelope,
+  decodeEnvelopeGeneric,
+  readPayload,
+  parseReceiptPayloadGeneric,
+  writePayload,
+  encodeReceiptPayload,
+};
