@@ -5,7 +5,10 @@
  *
  *   npm run bench                 all sections
  *   npm run bench -- psp          one section
+ *   BENCH_FANOUT_SIZES=1000 npm run bench -- fanout    fan-out at one fleet size (bench/fanout.ts)
  */
+import { benchFanout } from "./fanout.ts";
+import { benchPipelining } from "./pipelining.ts";
 import { benchCapabilities, benchRoundTrips } from "./psp.ts";
 import { type BenchRow, printTable, writeResults } from "./report.ts";
 import { benchTotebox } from "./totebox.ts";
@@ -13,6 +16,8 @@ import { benchTotebox } from "./totebox.ts";
 const sections: Record<string, () => Promise<BenchRow[]>> = {
   psp: async () => [...(await benchCapabilities()), ...(await benchRoundTrips())],
   totebox: benchTotebox,
+  fanout: benchFanout,
+  pipelining: benchPipelining,
 };
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith("-"));

@@ -1,0 +1,1274 @@
+/**
+ * `npm run bench -- fanout` (issue 7): is the aggregator's fan-out fast?
+ *
+ * For each fleet size N (BENCH_FANOUT_SIZES, default "1000,10000") one simulated fleet is started
+ * (bench/sim-fleet.ts: real PSP subjects, real TLS, real capability checks and receipts, spread
+ * over worker processes) and three contenders query it, each from its own hub child process so
+ * that its CPU time and RSS are its own:
+ *
+ *  ours   one persistent PSP link per Totebox; per query one batch-signed call capability per
+ *         Totebox (one signature for all N) and, per Totebox, the pipelined chain
+ *         authorize(grant).view("position").read(cap) (one round trip); every answer's Arrow is
+ *         decoded and its receipt verified; net_value is summed per region (a rollup).
+ *  floor  the same shape over persistent mutual-TLS links with length-prefixed frames and no
+ *         protocol work: a random request as large as ours, a fixed answer as large as ours.
+ *  usual  HTTPS keep-alive (one socket per Totebox), a JSON body and a JWT signed per request per
+ *         Totebox (jose, EdDSA) with claims equivalent to our capability, JSON answers.
+ *
+ * Every comparison is measured in the same run and reported as a ratio; goals are printed as met
+ * or not met, never asserted. Hub drivers are one `HubContender` each (HUB_CONTENDERS), so another
+ * contender (the real aggregator) plugs into the same fleet and measurement loop.
+ *
+ * Environment: BENCH_FANOUT_SIZES ("200" for a quick run), BENCH_FANOUT_QUERIES (default 30),
+ * BENCH_FANOUT_WARMUP (default 3), BENCH_FANOUT_CONTENDERS (default "ours,floor,usual"),
+ * BENCH_SEED (default 1).
+ */
+
+import { type KeyObject, randomBytes, webcrypto } from "node:crypto";
+import type { IncomingMessage } from "node:http";
+import https from "node:https";
+import { loadavg } from "node:os";
+import { monitorEventLoopDelay } from "node:perf_hooks";
+import tls from "node:tls";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import {
+  type CallInput,
+  connectPsp,
+  decodeResult,
+  type Identity,
+  identityFromPem,
+  issueCallCapabilityBatch,
+  issueGrant,
+  keyIdOfRaw,
+  openCommander,
+  type PspLink,
+  publicKeyFromRaw,
+  rawEd25519PublicKey,
+  requestHash,
+  systemClock,
+  verifyReceipt,
+} from "@os-orchestration/psp";
+import type { ReadAnswer, ToteboxRemote, ToteboxSessionRemote } from "@os-orchestration/totebox";
+import { SignJWT } from "jose";
+import { aggregatorContender } from "./hub-aggregator.ts";
+import { type BenchRow, fmt, percentile } from "./report.ts";
+import { endChild, forkTs, nextMessage, type SimFleet, startSimFleet } from "./sim-fleet.ts";
+import {
+  BenchError,
+  benchIdentity,
+  FloorFrameCounter,
+  HTTPS_HEALTH_PATH,
+  HTTPS_READ_PATH,
+  mapLimit,
+  POSITION_COLUMNS,
+  REGIONS,
+  simExpectedRollup,
+} from "./sim-fleet-worker.ts";
+
+const AS_OF = "2026-10-31";
+const TENANT = "bench";
+const OPERATOR_ID = "bench-operator";
+/** One query may take at most this long before the Toteboxes still missing count as timeouts. */
+const QUERY_DEADLINE_MS = 120_000;
+/** Concurrent connection attempts while a hub opens its links (bounds the handshake storm). */
+const CONNECT_CONCURRENCY = 128;
+const MAX_HTTP_ANSWER_BYTES = 64 * 1024;
+/**
+ * The hub's own link limits (the Toteboxes keep PSP's defaults). With the defaults (ping every
+ * 15 s, and only on a link quiet for 15 s; idle cut at 45 s) a link tolerates only ~15-30 s of
+ * answer latency: a call in flight does not count as activity. 10,000 simulated Toteboxes on two
+ * shared cores answer a fan-out in 10-20 s, and at 10,000 ~70% of links died of
+ * PSP_ERR_IDLE_TIMEOUT on the hub's side (measured). Pinging more often and waiting longer is the
+ * aggregator's call to make, so the hub makes it here; links lost are still counted and printed.
+ */
+const HUB_LINK_LIMITS = { pingIntervalMs: 10_000, idleTimeoutMs: 120_000 } as const;
+/** Calls started per event-loop turn during a fan-out. */
+const SEND_SLICE = 256;
+/** Hub step CPU is sampled on one answer in this many. */
+const STEP_SAMPLE = 32;
+
+function cpuMs(c: NodeJS.CpuUsage): number {
+  return (c.user + c.system) / 1000;
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a hub is given, and what it measures
+
+/** One Totebox as every contender sees it (addresses of all three servers, pins, key, tags). */
+export interface HubTarget {
+  id: string;
+  tags: Record<string, string>;
+  publicKeyRaw: Uint8Array;
+  psp: { host: string; port: number; fingerprint: string };
+  floor: { host: string; port: number; fingerprint: string };
+  https: { host: string; port: number; fingerprint: string; certPem: string };
+}
+
+export interface HubContext {
+  targets: readonly HubTarget[];
+  aggregator: Identity;
+  operator: Identity;
+  asOf: string;
+  /** Sum of net_value per region every correct query must produce. */
+  expectedRollup: ReadonlyMap<string, bigint>;
+  /** Floor frame sizes (whole frames, header included), measured on ours. */
+  floor: { requestBytes: number; answerBytes: number };
+}
+
+export interface QueryOutcome {
+  answered: number;
+  /** Failures by stable code (timeouts included). */
+  errors: Map<string, number>;
+  /** Sum of net_value per region; absent for a contender that carries no data (the floor). */
+  rollup?: Map<string, bigint>;
+}
+
+/** A hub driver. One instance holds one persistent link per Totebox between connect and close. */
+export interface HubContender {
+  readonly name: string;
+  connect(): Promise<void>;
+  query(): Promise<QueryOutcome>;
+  /** Application bytes sent and received so far over all links (before TLS). */
+  traffic?(): { bytesOut: number; bytesIn: number };
+  /** Time spent in named hub-side steps so far, ms (e.g. receipt checks). */
+  steps?(): Record<string, number>;
+  /** Links that closed while held, with when (performance.now()) and the close code. */
+  lostLinks?(): ReadonlyArray<{ atMs: number; code: string }>;
+  close(): Promise<void>;
+}
+
+export type HubContenderFactory = (ctx: HubContext) => HubContender | Promise<HubContender>;
+
+export interface HubMeasurement {
+  contender: string;
+  n: number;
+  warmup: number;
+  queries: number;
+  /** Per measured query, ms, sorted ascending. */
+  latencyMs: number[];
+  /** Hub user + system CPU over the measured queries / (queries × N), µs. */
+  cpuUsPerToteboxQuery: number;
+  rssBeforeBytes: number;
+  rssAfterConnectBytes: number;
+  /** (RSS after connecting all − RSS before) / N, KB. */
+  rssPerLinkKB: number;
+  connectMs: number;
+  /** Application bytes per Totebox per measured query (whole frames / requests). */
+  bytesOutPerTotebox: number;
+  bytesInPerTotebox: number;
+  answered: number;
+  errors: Record<string, number>;
+  rollupMismatches: number;
+  /** ms per query spent in each named hub step (over measured queries). */
+  stepsMsPerQuery: Record<string, number>;
+  unhandledRejections: number;
+  /** Links lost while held, per phase, and by close code. */
+  linksLost: { connect: number; warmup: number; measure: number; codes: Record<string, number> };
+  /** Hub event-loop delay, ms: worst while connecting, worst and p99 while measuring. */
+  loopDelayMs: { connectMax: number; measureMax: number; measureP99: number };
+}
+
+function countError(errors: Map<string, number>, e: unknown): void {
+  const c = (e as { code?: unknown })?.code;
+  const code = typeof c === "string" && /^[A-Za-z0-9_]{2,64}$/.test(c) ? c : "ERR_UNKNOWN";
+  errors.set(code, (errors.get(code) ?? 0) + 1);
+}
+
+/**
+ * Runs `task(i)` for every Totebox under one query deadline. Tasks that have not settled by then
+ * count as BENCH_ERR_TIMEOUT; a late settlement is ignored (the outcome is already reported).
+ */
+async function fanOut(
+  n: number,
+  task: (i: number) => Promise<void>,
+  errors: Map<string, number>,
+): Promise<number> {
+  let settled = 0;
+  let closed = false;
+  let timer: NodeJS.Timeout | undefined;
+  const started: Promise<void>[] = [];
+  const all = (async () => {
+    for (let i = 0; i < n; i++) {
+      // Starting a call is synchronous work (RPC, CBOR, TLS); 10,000 in one go blocked the hub's
+      // event loop for 26 s (measured), starving link keep-alives. Yield between slices.
+      if (i > 0 && i % SEND_SLICE === 0) await new Promise<void>((r) => setImmediate(r));
+      started.push(
+        task(i).then(
+          () => {
+            if (!closed) settled++;
+          },
+          (e: unknown) => {
+            if (!closed) {
+              settled++;
+              countError(errors, e);
+            }
+          },
+        ),
+      );
+    }
+    await Promise.all(started);
+  })();
+  const deadline = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, QUERY_DEADLINE_MS);
+  });
+  await Promise.race([all, deadline]);
+  clearTimeout(timer);
+  closed = true;
+  const missing = n - settled;
+  if (missing > 0) errors.set("BENCH_ERR_TIMEOUT", (errors.get("BENCH_ERR_TIMEOUT") ?? 0) + missing);
+  return settled;
+}
+
+function addTo(rollup: Map<string, bigint>, tags: Record<string, string>, v: bigint): void {
+  const region = tags.region ?? "";
+  rollup.set(region, (rollup.get(region) ?? 0n) + v);
+}
+
+function sameRollup(a: ReadonlyMap<string, bigint>, b: ReadonlyMap<string, bigint>): boolean {
+  if (a.size !== b.size) return false;
+  for (const [k, v] of a) if (b.get(k) !== v) return false;
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// ours (direct)
+
+/**
+ * How "ours" runs. The default is the issue's shape; the two variants (opt-in through
+ * BENCH_FANOUT_CONTENDERS) each drop one piece of per-query work, to show what it costs:
+ * - holdSession: authorize(grant) once per link at connect; per query only view().read();
+ * - verifyReceipts false: the hub forwards receipts unverified (the console checks them).
+ */
+interface OursVariant {
+  name: string;
+  holdSession: boolean;
+  verifyReceipts: boolean;
+}
+
+function oursDirect(
+  ctx: HubContext,
+  variant: OursVariant = { name: "ours", holdSession: false, verifyReceipts: true },
+): HubContender {
+  const targets = ctx.targets;
+  const n = targets.length;
+  const agg = ctx.aggregator;
+  const params = { as_of: ctx.asOf };
+  const links: PspLink[] = [];
+  const mains: ToteboxRemote[] = [];
+  // Totebox keys made once: verifying with a KeyObject is what keeps receipts cheap.
+  const keys: KeyObject[] = targets.map((t) => publicKeyFromRaw(t.publicKeyRaw));
+  const ids = targets.map((t) => t.id);
+  let grant: Uint8Array | undefined;
+  const steps = { "capability batch signing": 0, "receipt verify + Arrow decode": 0 };
+  let sampleCounter = 0;
+  const lost: Array<{ atMs: number; code: string }> = [];
+  let closing = false;
+  const sessions: ToteboxSessionRemote[] = [];
+
+  const checkAnswer = (ans: unknown, i: number, cti: Uint8Array, reqHash: Uint8Array): bigint => {
+    const a = ans as Partial<ReadAnswer> | null;
+    if (
+      !a ||
+      typeof a !== "object" ||
+      a.totebox !== ids[i] ||
+      a.view !== "position" ||
+      !(a.arrow instanceof Uint8Array) ||
+      !(a.receipt instanceof Uint8Array)
+    ) {
+      throw new BenchError("BENCH_ERR_HUB", "answer does not have the ReadAnswer shape");
+    }
+    if (variant.verifyReceipts) {
+      verifyReceipt({
+        token: a.receipt,
+        subjectPublicKey: keys[i]!,
+        expect: { arrowBytes: a.arrow, capabilityId: cti, requestHash: reqHash, subjectId: ids[i]! },
+      });
+    }
+    const r = decodeResult(a.arrow, POSITION_COLUMNS);
+    const v: unknown = r.rowCount === 1 ? r.table.getChild("net_value")?.get(0) : undefined;
+    if (typeof v !== "bigint") throw new BenchError("BENCH_ERR_HUB", "answer has no net_value row");
+    return v;
+  };
+
+  return {
+    name: variant.name,
+    async connect() {
+      // One grant for the whole session (the operator's console would sign it), reaching the
+      // Toteboxes by tag: a grant lists at most 256 ids, and a fleet is addressed by tags anyway.
+      grant = issueGrant({
+        operator: OPERATOR_ID,
+        aggregatorId: agg.fingerprint,
+        aggregatorKey: agg.publicKey,
+        tenant: TENANT,
+        toteboxSelectors: REGIONS.map((r) => `region=${r}`),
+        views: ["position"],
+        actions: ["read"],
+        lifetimeSeconds: 6 * 3600,
+        signer: ctx.operator.privateKey,
+        clock: systemClock,
+      });
+      const opened = await mapLimit(targets, CONNECT_CONCURRENCY, async (t) => {
+        const l = await connectPsp({
+          identity: agg,
+          role: "commander",
+          host: t.psp.host,
+          port: t.psp.port,
+          expect: t.psp.fingerprint,
+          limits: HUB_LINK_LIMITS,
+        });
+        l.once("close", (e) => {
+          if (!closing) lost.push({ atMs: performance.now(), code: e?.code ?? "PSP_LINK_CLOSED_CLEANLY" });
+        });
+        return l;
+      });
+      for (const l of opened) {
+        links.push(l);
+        const main = openCommander<ToteboxRemote>(l);
+        mains.push(main);
+        // Pipelined like everything else: the session resolves with the first query.
+        if (variant.holdSession) sessions.push(main.authorize(grant));
+      }
+    },
+    async query() {
+      const g = grant!;
+      const errors = new Map<string, number>();
+      const rollup = new Map<string, bigint>();
+      const c0 = process.cpuUsage();
+      const ctis = randomBytes(16 * n);
+      const inputs: CallInput[] = new Array(n);
+      for (let i = 0; i < n; i++) {
+        inputs[i] = {
+          grant: g,
+          totebox: ids[i]!,
+          view: "position",
+          action: "read",
+          clock: systemClock,
+          cti: ctis.subarray(16 * i, 16 * i + 16),
+        };
+      }
+      // One Ed25519 signature for the whole fan-out; each capability still names one Totebox.
+      const caps = issueCallCapabilityBatch(inputs, agg.privateKey);
+      const reqHash = requestHash({ view: "position", params });
+      steps["capability batch signing"] += cpuMs(process.cpuUsage(c0));
+      let answered = 0;
+      await fanOut(
+        n,
+        async (i) => {
+          // Pipelined: three calls (two with a held session), one frame, one round trip.
+          const session = variant.holdSession ? sessions[i]! : mains[i]!.authorize(g);
+          const view = session.view("position");
+          try {
+            const ans: unknown = await view.read(caps[i]!, params);
+            // CPU of the checks, sampled on every STEP_SAMPLE-th answer (getrusage is a syscall).
+            const sampled = sampleCounter++ % STEP_SAMPLE === 0;
+            const s0 = sampled ? process.cpuUsage() : undefined;
+            const v = checkAnswer(ans, i, inputs[i]!.cti!, reqHash);
+            if (s0) steps["receipt verify + Arrow decode"] += cpuMs(process.cpuUsage(s0)) * STEP_SAMPLE;
+            addTo(rollup, targets[i]!.tags, v);
+            answered++;
+          } finally {
+            // Release the pipelined session and view at the Totebox: they count as calls in flight.
+            disposeStub(view);
+            if (!variant.holdSession) disposeStub(session);
+          }
+        },
+        errors,
+      );
+      return { answered, errors, rollup };
+    },
+    traffic() {
+      let bytesOut = 0;
+      let bytesIn = 0;
+      for (const l of links) {
+        bytesOut += l.stats.bytesOut;
+        bytesIn += l.stats.bytesIn;
+      }
+      return { bytesOut, bytesIn };
+    },
+    steps: () => ({ ...steps }),
+    lostLinks: () => lost,
+    async close() {
+      closing = true;
+      for (const s of sessions) disposeStub(s);
+      for (const l of links) l.close();
+    },
+  };
+}
+
+function disposeStub(stub: unknown): void {
+  const d = (stub as { [Symbol.dispose]?: () => void } | null)?.[Symbol.dispose];
+  if (typeof d === "function") {
+    try {
+      d.call(stub);
+    } catch {
+      // Already broken (link closed): nothing left to release.
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// floor
+
+function pinned(socket: tls.TLSSocket, fingerprint: string): boolean {
+  const cert = socket.getPeerX509Certificate();
+  return !!cert && cert.fingerprint256.replace(/:/g, "").toLowerCase() === fingerprint;
+}
+
+function floorTls(ctx: HubContext): HubContender {
+  const targets = ctx.targets;
+  const n = targets.length;
+  // One client context per identity, as PSP does (building one costs ~1 ms).
+  const secureContext = tls.createSecureContext({
+    key: ctx.aggregator.keyPem,
+    cert: ctx.aggregator.certPem,
+    minVersion: "TLSv1.3",
+    maxVersion: "TLSv1.3",
+  });
+  const sockets: tls.TLSSocket[] = [];
+  const reqPayload = Math.max(0, ctx.floor.requestBytes - 4);
+  let onAnswer: () => void = () => {};
+  let bytesOut = 0;
+  let bytesIn = 0;
+
+  const open = (t: HubTarget) =>
+    new Promise<tls.TLSSocket>((resolve, reject) => {
+      const s = tls.connect({
+        host: t.floor.host,
+        port: t.floor.port,
+        secureContext,
+        rejectUnauthorized: false,
+        minVersion: "TLSv1.3",
+        maxVersion: "TLSv1.3",
+      });
+      s.setNoDelay(true);
+      s.once("error", reject);
+      s.once("secureConnect", () => {
+        if (!pinned(s, t.floor.fingerprint)) {
+          s.destroy();
+          reject(new BenchError("BENCH_ERR_HUB", "floor server does not match its pin"));
+          return;
+        }
+        s.off("error", reject);
+        const counter = new FloorFrameCounter();
+        s.on("data", (chunk: Buffer) => {
+          bytesIn += chunk.length;
+          let k: number;
+          try {
+            k = counter.push(chunk);
+          } catch {
+            s.destroy();
+            return;
+          }
+          for (let j = 0; j < k; j++) onAnswer();
+        });
+        s.on("error", () => s.destroy());
+        resolve(s);
+      });
+    });
+
+  return {
+    name: "floor",
+    async connect() {
+      sockets.push(...(await mapLimit(targets, CONNECT_CONCURRENCY, open)));
+    },
+    async query() {
+      const errors = new Map<string, number>();
+      const rnd = randomBytes(n * reqPayload);
+      let answered = 0;
+      const done = new Promise<void>((resolve) => {
+        onAnswer = () => {
+          if (++answered === n) resolve();
+        };
+      });
+      for (let i = 0; i < n; i++) {
+        // Same slicing as the other contenders' fan-out.
+        if (i > 0 && i % SEND_SLICE === 0) await new Promise<void>((r) => setImmediate(r));
+        const frame = Buffer.allocUnsafe(4 + reqPayload);
+        frame.writeUInt32BE(reqPayload, 0);
+        rnd.copy(frame, 4, i * reqPayload, (i + 1) * reqPayload);
+        sockets[i]!.write(frame);
+        bytesOut += frame.length;
+      }
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([done, new Promise((r) => (timer = setTimeout(r, QUERY_DEADLINE_MS)))]);
+      clearTimeout(timer);
+      if (answered < n) errors.set("BENCH_ERR_TIMEOUT", n - answered);
+      onAnswer = () => {};
+      return { answered, errors };
+    },
+    traffic: () => ({ bytesOut, bytesIn }),
+    async close() {
+      for (const s of sockets) s.destroy();
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// usual way: HTTPS keep-alive + JSON + a JWT per request per Totebox
+
+function usualHttps(ctx: HubContext): HubContender {
+  const targets = ctx.targets;
+  const n = targets.length;
+  const aggKeyId = keyIdOfRaw(rawEd25519PublicKey(ctx.aggregator.publicKey));
+  // maxSockets is per host:port, and every Totebox is its own host: one keep-alive socket each.
+  const agent = new https.Agent({ keepAlive: true, maxSockets: 1, maxFreeSockets: 1, scheduling: "lifo" });
+  let jwtKey: webcrypto.CryptoKey | undefined;
+  const body = JSON.stringify({ as_of: ctx.asOf });
+  const bodyLength = Buffer.byteLength(body);
+  let bytesOut = 0;
+  let bytesIn = 0;
+
+  const request = (t: HubTarget, method: "GET" | "POST", path: string, token?: string) =>
+    new Promise<unknown>((resolve, reject) => {
+      const headers: Record<string, string | number> = {};
+      if (token !== undefined) {
+        headers.authorization = `Bearer ${token}`;
+        headers["content-type"] = "application/json";
+        headers["content-length"] = bodyLength;
+      }
+      const req = https.request(
+        {
+          agent,
+          host: t.https.host,
+          port: t.https.port,
+          method,
+          path,
+          headers,
+          // The Totebox's own certificate is the only CA; the pin replaces the host-name check.
+          ca: t.https.certPem,
+          checkServerIdentity: (_host, cert) =>
+            cert.fingerprint256.replace(/:/g, "").toLowerCase() === t.https.fingerprint
+              ? undefined
+              : new BenchError("BENCH_ERR_HUB", "HTTPS server does not match its pin"),
+          minVersion: "TLSv1.3",
+        },
+        (res: IncomingMessage) => {
+          const chunks: Buffer[] = [];
+          let size = 0;
+          res.on("data", (c: Buffer) => {
+            size += c.length;
+            if (size > MAX_HTTP_ANSWER_BYTES) {
+              res.destroy(new BenchError("BENCH_ERR_HUB", "HTTP answer too large"));
+              return;
+            }
+            chunks.push(c);
+          });
+          res.on("error", reject);
+          res.on("end", () => {
+            bytesIn += size;
+            if (res.statusCode !== 200) {
+              reject(new BenchError("BENCH_ERR_HUB", `HTTP status ${res.statusCode}`));
+              return;
+            }
+            try {
+              resolve(JSON.parse(Buffer.concat(chunks, size).toString("utf8")));
+            } catch (e) {
+              reject(e);
+            }
+          });
+        },
+      );
+      req.on("error", reject);
+      if (token !== undefined) {
+        bytesOut += bodyLength + token.length;
+        req.end(body);
+      } else req.end();
+    });
+
+  return {
+    name: "usual",
+    async connect() {
+      const der = ctx.aggregator.privateKey.export({ format: "der", type: "pkcs8" });
+      jwtKey = await webcrypto.subtle.importKey("pkcs8", der, { name: "Ed25519" }, false, ["sign"]);
+      // Opens the one keep-alive socket per Totebox.
+      await mapLimit(targets, CONNECT_CONCURRENCY, (t) => request(t, "GET", HTTPS_HEALTH_PATH));
+    },
+    async query() {
+      const key = jwtKey!;
+      const errors = new Map<string, number>();
+      const rollup = new Map<string, bigint>();
+      const jtis = randomBytes(16 * n).toString("hex");
+      const now = Math.floor(Date.now() / 1000);
+      let answered = 0;
+      await fanOut(
+        n,
+        async (i) => {
+          const t = targets[i]!;
+          const token = await new SignJWT({ view: "position", action: "read", tenant: TENANT })
+            .setProtectedHeader({ alg: "EdDSA" })
+            .setIssuer(aggKeyId)
+            .setSubject(OPERATOR_ID)
+            .setAudience(t.id)
+            .setIssuedAt(now)
+            .setNotBefore(now)
+            .setExpirationTime(now + 60)
+            .setJti(jtis.slice(32 * i, 32 * i + 32))
+            .sign(key);
+          const ans = (await request(t, "POST", HTTPS_READ_PATH, token)) as {
+            totebox?: unknown;
+            rows?: unknown;
+          } | null;
+          const row =
+            Array.isArray(ans?.rows) && ans.rows.length === 1 ? (ans.rows[0] as unknown) : undefined;
+          const net = (row as { net_value?: unknown } | undefined)?.net_value;
+          if (ans?.totebox !== t.id || typeof net !== "number" || !Number.isSafeInteger(net)) {
+            throw new BenchError("BENCH_ERR_HUB", "HTTP answer does not have the expected shape");
+          }
+          addTo(rollup, t.tags, BigInt(net));
+          answered++;
+        },
+        errors,
+      );
+      return { answered, errors, rollup };
+    },
+    traffic: () => ({ bytesOut, bytesIn }),
+    async close() {
+      agent.destroy();
+    },
+  };
+}
+
+/** The contenders by name. The real aggregator can be added here as a fourth. */
+export const HUB_CONTENDERS: Record<string, HubContenderFactory> = {
+  // The product: OrchestrationServer + a console asking for a portfolio-shaped viewport.
+  aggregator: (ctx) => aggregatorContender(ctx),
+  ours: (ctx) => oursDirect(ctx),
+  "ours-session": (ctx) => oursDirect(ctx, { name: "ours-session", holdSession: true, verifyReceipts: true }),
+  "ours-noreceipt": (ctx) =>
+    oursDirect(ctx, { name: "ours-noreceipt", holdSession: false, verifyReceipts: false }),
+  floor: floorTls,
+  usual: usualHttps,
+};
+
+// ---------------------------------------------------------------------------------------------
+// The measurement loop (runs inside a hub child process)
+
+function gcNow(): void {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (gc) {
+    gc();
+    gc();
+  }
+}
+
+/**
+ * Connects, warms up, then measures `queries` fan-outs. `barrier` is called right before and right
+ * after the measured queries (the parent samples the fleet's CPU there).
+ */
+export async function measureHub(
+  contender: HubContender,
+  ctx: HubContext,
+  opts: { warmup: number; queries: number; barrier?: (name: "start" | "end") => Promise<void> },
+): Promise<HubMeasurement> {
+  const n = ctx.targets.length;
+  const progress = (s: string) => process.stderr.write(`\r  hub ${contender.name} N=${n}: ${s}`.padEnd(70));
+  const loop = monitorEventLoopDelay({ resolution: 10 });
+  loop.enable();
+  gcNow();
+  const rssBefore = process.memoryUsage.rss();
+  let t = performance.now();
+  const tConnect = t;
+  progress("connecting");
+  await contender.connect();
+  const connectMs = performance.now() - t;
+  const connectLoopMax = loop.max / 1e6;
+  gcNow();
+  const rssAfter = process.memoryUsage.rss();
+
+  for (let i = 0; i < opts.warmup; i++) {
+    progress(`warm-up ${i + 1}/${opts.warmup}`);
+    await contender.query();
+  }
+  const tWarm = performance.now();
+  gcNow();
+  loop.reset();
+  const errors = new Map<string, number>();
+  let answered = 0;
+  let mismatches = 0;
+  const latency: number[] = [];
+  await opts.barrier?.("start");
+  const traffic0 = contender.traffic?.() ?? { bytesOut: 0, bytesIn: 0 };
+  const steps0 = contender.steps?.() ?? {};
+  const cpu0 = process.cpuUsage();
+  for (let q = 0; q < opts.queries; q++) {
+    progress(`query ${q + 1}/${opts.queries}${q > 0 ? ` (last ${fmt(latency[q - 1]!)} ms)` : ""}`);
+    t = performance.now();
+    const out = await contender.query();
+    latency.push(performance.now() - t);
+    answered += out.answered;
+    for (const [k, v] of out.errors) errors.set(k, (errors.get(k) ?? 0) + v);
+    if (out.rollup && !sameRollup(out.rollup, ctx.expectedRollup)) mismatches++;
+  }
+  const cpu = process.cpuUsage(cpu0);
+  const tMeasure = performance.now();
+  loop.disable();
+  const steps1 = contender.steps?.() ?? {};
+  const traffic1 = contender.traffic?.() ?? { bytesOut: 0, bytesIn: 0 };
+  await opts.barrier?.("end");
+  await contender.close();
+  const per = opts.queries * n;
+  const linksLost = { connect: 0, warmup: 0, measure: 0, codes: {} as Record<string, number> };
+  for (const l of contender.lostLinks?.() ?? []) {
+    if (l.atMs > tMeasure) continue;
+    if (l.atMs <= tConnect + connectMs) linksLost.connect++;
+    else if (l.atMs <= tWarm) linksLost.warmup++;
+    else linksLost.measure++;
+    linksLost.codes[l.code] = (linksLost.codes[l.code] ?? 0) + 1;
+  }
+  const stepsMsPerQuery: Record<string, number> = {};
+  for (const k of Object.keys(steps1))
+    stepsMsPerQuery[k] = ((steps1[k] ?? 0) - (steps0[k] ?? 0)) / opts.queries;
+  return {
+    contender: contender.name,
+    n,
+    warmup: opts.warmup,
+    queries: opts.queries,
+    latencyMs: latency.sort((a, b) => a - b),
+    cpuUsPerToteboxQuery: (cpu.user + cpu.system) / per,
+    rssBeforeBytes: rssBefore,
+    rssAfterConnectBytes: rssAfter,
+    rssPerLinkKB: (rssAfter - rssBefore) / n / 1024,
+    connectMs,
+    bytesOutPerTotebox: (traffic1.bytesOut - traffic0.bytesOut) / per,
+    bytesInPerTotebox: (traffic1.bytesIn - traffic0.bytesIn) / per,
+    answered,
+    errors: Object.fromEntries(errors),
+    rollupMismatches: mismatches,
+    stepsMsPerQuery,
+    unhandledRejections: 0,
+    linksLost,
+    loopDelayMs: {
+      connectMax: connectLoopMax,
+      measureMax: loop.max / 1e6,
+      measureP99: loop.percentile(99) / 1e6,
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hub child process: IPC protocol with the parent
+
+interface HubRunRequest {
+  type: "run";
+  contender: string;
+  targets: HubTarget[];
+  aggregator: { keyPem: string; certPem: string };
+  operator: { keyPem: string; certPem: string };
+  asOf: string;
+  expectedRollup: Record<string, string>;
+  floor: { requestBytes: number; answerBytes: number };
+  warmup: number;
+  queries: number;
+}
+
+function parseHubRequest(m: unknown): HubRunRequest {
+  const bad = () => new BenchError("BENCH_ERR_IPC", "malformed hub request");
+  const r = m as Partial<HubRunRequest> | null;
+  if (
+    r?.type !== "run" ||
+    typeof r.contender !== "string" ||
+    !Object.hasOwn(HUB_CONTENDERS, r.contender) ||
+    !Array.isArray(r.targets) ||
+    r.targets.length === 0 ||
+    !r.aggregator ||
+    typeof r.aggregator.keyPem !== "string" ||
+    typeof r.aggregator.certPem !== "string" ||
+    !r.operator ||
+    typeof r.operator.keyPem !== "string" ||
+    typeof r.operator.certPem !== "string" ||
+    typeof r.asOf !== "string" ||
+    !r.expectedRollup ||
+    !r.floor ||
+    !Number.isSafeInteger(r.floor.requestBytes) ||
+    !Number.isSafeInteger(r.floor.answerBytes) ||
+    !Number.isSafeInteger(r.warmup) ||
+    !Number.isSafeInteger(r.queries) ||
+    (r.queries ?? 0) < 1
+  ) {
+    throw bad();
+  }
+  for (const t of r.targets) {
+    if (
+      !t ||
+      typeof t.id !== "string" ||
+      !(t.publicKeyRaw instanceof Uint8Array) ||
+      typeof t.psp?.host !== "string" ||
+      typeof t.floor?.host !== "string" ||
+      typeof t.https?.certPem !== "string"
+    ) {
+      throw bad();
+    }
+  }
+  return r as HubRunRequest;
+}
+
+async function hubMain(): Promise<void> {
+  process.on("disconnect", () => process.exit(0));
+  let unhandled = 0;
+  // A link dropping mid-run can reject a pipelined promise nobody awaits; count it, keep going.
+  process.on("unhandledRejection", () => {
+    unhandled++;
+  });
+  const pendingBarriers = new Map<string, () => void>();
+  process.on("message", (m: unknown) => {
+    const b = m as { type?: unknown; name?: unknown } | null;
+    if (b?.type === "barrier-ok" && typeof b.name === "string") pendingBarriers.get(b.name)?.();
+    if (b?.type === "close") process.exit(0);
+  });
+  const req = await new Promise<HubRunRequest>((resolve, reject) => {
+    process.once("message", (m: unknown) => {
+      try {
+        resolve(parseHubRequest(m));
+      } catch (e) {
+        reject(e);
+      }
+    });
+  });
+  const ctx: HubContext = {
+    targets: req.targets,
+    aggregator: identityFromPem("aggregator", req.aggregator.keyPem, req.aggregator.certPem),
+    operator: identityFromPem("operator", req.operator.keyPem, req.operator.certPem),
+    asOf: req.asOf,
+    expectedRollup: new Map(Object.entries(req.expectedRollup).map(([k, v]) => [k, BigInt(v)])),
+    floor: req.floor,
+  };
+  const contender = await HUB_CONTENDERS[req.contender]!(ctx);
+  const barrier = (name: string) =>
+    new Promise<void>((resolve) => {
+      pendingBarriers.set(name, resolve);
+      process.send?.({ type: "barrier", name });
+    });
+  const m = await measureHub(contender, ctx, { warmup: req.warmup, queries: req.queries, barrier });
+  m.unhandledRejections = unhandled;
+  process.send?.({ type: "result", measurement: m });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The parent: fleet, hub children, rows
+
+const FANOUT_FILE = fileURLToPath(import.meta.url);
+
+function envInt(name: string, dflt: number, lo: number, hi: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === "") return dflt;
+  const v = Number(raw);
+  if (!Number.isSafeInteger(v) || v < lo || v > hi) {
+    throw new BenchError("BENCH_ERR_ARGS", `${name} must be an integer in ${lo}..${hi}`);
+  }
+  return v;
+}
+
+function envSizes(): number[] {
+  const raw = process.env.BENCH_FANOUT_SIZES ?? "1000,10000";
+  const sizes = raw.split(",").map((s) => Number(s.trim()));
+  if (sizes.length === 0 || sizes.some((s) => !Number.isSafeInteger(s) || s < 1 || s > 20_000)) {
+    throw new BenchError(
+      "BENCH_ERR_ARGS",
+      "BENCH_FANOUT_SIZES must be integers in 1..20000, comma-separated",
+    );
+  }
+  return sizes;
+}
+
+interface ContenderRun {
+  m: HubMeasurement;
+  /** Fleet (all workers) CPU per answered Totebox over the measured queries, µs. */
+  fleetCpuUsPerAnswer: number;
+  /** PSP links the simulated Toteboxes saw end with an error during this contender's run. */
+  fleetLinksFailed: number;
+}
+
+async function runHubChild(
+  fleet: SimFleet,
+  base: Omit<HubRunRequest, "type" | "contender">,
+  contender: string,
+): Promise<ContenderRun> {
+  const failed0 = (await fleet.stats()).stats.linksFailed;
+  const child = forkTs(FANOUT_FILE, ["--hub"], ["--expose-gc", "--max-old-space-size=4096"]);
+  try {
+    let fleetCpu0 = 0;
+    let fleetCpu = 0;
+    const onBarrier = (m: unknown) => {
+      const b = m as { type?: unknown; name?: unknown } | null;
+      if (b?.type !== "barrier" || (b.name !== "start" && b.name !== "end")) return;
+      const name = b.name;
+      void fleet.stats().then((s) => {
+        if (name === "start") fleetCpu0 = s.cpuMicros;
+        else fleetCpu = s.cpuMicros - fleetCpu0;
+        child.send({ type: "barrier-ok", name });
+      });
+    };
+    child.on("message", onBarrier);
+    child.send({ type: "run", contender, ...base });
+    const m = await nextMessage(
+      child,
+      (msg) => {
+        const r = msg as { type?: unknown; measurement?: unknown } | null;
+        return r?.type === "result" ? (r.measurement as HubMeasurement) : undefined;
+      },
+      60 * 60_000,
+      `hub ${contender}`,
+    );
+    child.off("message", onBarrier);
+    const failed = (await fleet.stats()).stats.linksFailed - failed0;
+    return { m, fleetCpuUsPerAnswer: fleetCpu / Math.max(1, m.answered), fleetLinksFailed: failed };
+  } finally {
+    await endChild(child);
+  }
+}
+
+function goal(met: boolean, text: string): string {
+  return `${text}: ${met ? "met" : "NOT met"}`;
+}
+
+function rowsFor(n: number, runs: Map<string, ContenderRun>, load: [number, number]): BenchRow[] {
+  const section = "fanout";
+  const rows: BenchRow[] = [
+    {
+      section,
+      name: `N=${n.toLocaleString("en-US")}: machine load average (1 min) before / after`,
+      value: load[0],
+      unit: "runnable",
+      ratio: `${load[1].toFixed(2)} after; 2 cores shared with the whole fleet`,
+    },
+  ];
+  const ours = runs.get("ours");
+  const floor = runs.get("floor");
+  const usual = runs.get("usual");
+  const p50 = (r: ContenderRun) => percentile(r.m.latencyMs, 50);
+  const p99 = (r: ContenderRun) => percentile(r.m.latencyMs, 99);
+  const x = (a: number, b: number) => `${(a / b).toFixed(2)}×`;
+  const at = `N=${n.toLocaleString("en-US")}`;
+  for (const [name, r] of runs) {
+    const errs = Object.entries(r.m.errors);
+    const ll = r.m.linksLost;
+    if (r.fleetLinksFailed > 0) {
+      rows.push({
+        section,
+        name: `${name} ${at}: links the Toteboxes saw fail`,
+        value: r.fleetLinksFailed,
+        unit: "links",
+      });
+    }
+    if (ll.connect + ll.warmup + ll.measure > 0) {
+      rows.push({
+        section,
+        name: `${name} ${at}: links lost while held`,
+        value: ll.connect + ll.warmup + ll.measure,
+        unit: "links",
+        ratio: `connect ${ll.connect}, warm-up ${ll.warmup}, measure ${ll.measure}; ${Object.entries(ll.codes)
+          .map(([k, v]) => `${k}=${v}`)
+          .join(" ")}`,
+      });
+    }
+    rows.push({
+      section,
+      name: `${name} ${at}: hub event-loop delay, worst while connecting`,
+      value: r.m.loopDelayMs.connectMax,
+      unit: "ms",
+      ratio: `measuring: worst ${fmt(r.m.loopDelayMs.measureMax)} ms, p99 ${fmt(r.m.loopDelayMs.measureP99)} ms`,
+    });
+    if (errs.length > 0 || r.m.rollupMismatches > 0 || r.m.unhandledRejections > 0) {
+      rows.push({
+        section,
+        name: `${name} ${at}: failures`,
+        value: errs.reduce((s, [, v]) => s + v, 0) + r.m.rollupMismatches,
+        unit: "count",
+        ratio: `${errs.map(([k, v]) => `${k}=${v}`).join(" ")} mismatched rollups=${r.m.rollupMismatches} unhandled=${r.m.unhandledRejections}`,
+      });
+    }
+  }
+  if (ours) {
+    const m = ours.m;
+    rows.push({
+      section,
+      name: `ours ${at}: latency p50`,
+      value: p50(ours),
+      unit: "ms",
+      ...(floor ? { ratio: `${x(p50(ours), p50(floor))} floor` } : {}),
+      goal:
+        n >= 10_000 ? goal(p50(ours) < 1000, "goal < 1 s at 10,000") : `goal < 1 s at 10,000 (here ${at})`,
+    });
+    rows.push({
+      section,
+      name: `ours ${at}: latency p99`,
+      value: p99(ours),
+      unit: "ms",
+      ...(floor ? { ratio: `${x(p99(ours), p99(floor))} floor` } : {}),
+    });
+    rows.push({
+      section,
+      name: `ours ${at}: hub CPU per Totebox per query`,
+      value: m.cpuUsPerToteboxQuery,
+      unit: "µs",
+      ...(floor
+        ? {
+            ratio: `${x(m.cpuUsPerToteboxQuery, floor.m.cpuUsPerToteboxQuery)} floor`,
+            goal: goal(m.cpuUsPerToteboxQuery <= 2 * floor.m.cpuUsPerToteboxQuery, "goal ≤ 2× floor"),
+          }
+        : {}),
+    });
+    for (const [step, ms] of Object.entries(m.stepsMsPerQuery)) {
+      rows.push({
+        section,
+        name: `ours ${at}: of which ${step}`,
+        value: (ms * 1000) / n,
+        unit: "µs",
+        ratio: `${((ms * 1000) / n / m.cpuUsPerToteboxQuery).toFixed(2)} of hub CPU`,
+      });
+    }
+    rows.push({
+      section,
+      name: `ours ${at}: hub RSS per held link`,
+      value: m.rssPerLinkKB,
+      unit: "KB",
+      ...(floor ? { ratio: `${x(m.rssPerLinkKB, floor.m.rssPerLinkKB)} floor` } : {}),
+      goal:
+        n >= 10_000
+          ? goal(m.rssPerLinkKB <= 100, "goal ≤ 100 KB at 10,000")
+          : `${goal(m.rssPerLinkKB <= 100, "goal ≤ 100 KB")} (stated at 10,000)`,
+    });
+    rows.push({
+      section,
+      name: `ours ${at}: bytes per Totebox per query out / in`,
+      value: m.bytesOutPerTotebox,
+      unit: "B out",
+      ratio: `${fmt(m.bytesInPerTotebox)} B in`,
+    });
+    rows.push({
+      section,
+      name: `ours ${at}: fleet CPU per answer (Toteboxes' side)`,
+      value: ours.fleetCpuUsPerAnswer,
+      unit: "µs",
+      ...(floor ? { ratio: `${x(ours.fleetCpuUsPerAnswer, floor.fleetCpuUsPerAnswer)} floor` } : {}),
+    });
+    rows.push({
+      section,
+      name: `ours ${at}: hub CPU per query (the hub's serial share)`,
+      value: (m.cpuUsPerToteboxQuery * n) / 1000,
+      unit: "ms",
+      ratio: `${((m.cpuUsPerToteboxQuery * n) / 1000 / p50(ours)).toFixed(2)} of p50`,
+    });
+    rows.push({ section, name: `ours ${at}: connect all links`, value: m.connectMs, unit: "ms" });
+  }
+  if (floor) {
+    const m = floor.m;
+    rows.push({
+      section,
+      name: `floor ${at}: latency p50`,
+      value: p50(floor),
+      unit: "ms",
+      ratio: "baseline",
+    });
+    rows.push({
+      section,
+      name: `floor ${at}: latency p99`,
+      value: p99(floor),
+      unit: "ms",
+      ratio: "baseline",
+    });
+    rows.push({
+      section,
+      name: `floor ${at}: hub CPU per Totebox per query`,
+      value: m.cpuUsPerToteboxQuery,
+      unit: "µs",
+      ratio: "baseline",
+    });
+    rows.push({ section, name: `floor ${at}: hub RSS per held link`, value: m.rssPerLinkKB, unit: "KB" });
+    rows.push({
+      section,
+      name: `floor ${at}: fleet CPU per answer (Toteboxes' side)`,
+      value: floor.fleetCpuUsPerAnswer,
+      unit: "µs",
+    });
+  }
+  if (usual) {
+    const m = usual.m;
+    rows.push({
+      section,
+      name: `usual ${at}: latency p50`,
+      value: p50(usual),
+      unit: "ms",
+      ...(ours
+        ? {
+            ratio: `${x(p50(usual), p50(ours))} ours`,
+            goal:
+              n === 1000
+                ? goal(p50(usual) >= 3 * p50(ours), "goal usual ≥ 3× slower at 1,000")
+                : `${goal(p50(usual) >= 3 * p50(ours), "goal usual ≥ 3× slower")} (stated at 1,000)`,
+          }
+        : {}),
+    });
+    rows.push({
+      section,
+      name: `usual ${at}: latency p99`,
+      value: p99(usual),
+      unit: "ms",
+      ...(ours ? { ratio: `${x(p99(usual), p99(ours))} ours` } : {}),
+    });
+    rows.push({
+      section,
+      name: `usual ${at}: hub CPU per Totebox per query`,
+      value: m.cpuUsPerToteboxQuery,
+      unit: "µs",
+      ...(ours ? { ratio: `${x(m.cpuUsPerToteboxQuery, ours.m.cpuUsPerToteboxQuery)} ours` } : {}),
+    });
+    rows.push({ section, name: `usual ${at}: hub RSS per held link`, value: m.rssPerLinkKB, unit: "KB" });
+    rows.push({
+      section,
+      name: `usual ${at}: fleet CPU per answer (Toteboxes' side)`,
+      value: usual.fleetCpuUsPerAnswer,
+      unit: "µs",
+      ...(ours ? { ratio: `${x(usual.fleetCpuUsPerAnswer, ours.fleetCpuUsPerAnswer)} ours` } : {}),
+    });
+  }
+  // Any other contender (variants of ours, or one added later): the same figures, against ours
+  // and the floor.
+  for (const [name, r] of runs) {
+    if (name === "ours" || name === "floor" || name === "usual") continue;
+    const vs = (a: number, b: ContenderRun | undefined, f: (c: ContenderRun) => number) =>
+      b ? `${x(a, f(b))} ${b.m.contender}` : "";
+    const both = (a: number, f: (c: ContenderRun) => number) =>
+      [vs(a, ours, f), vs(a, floor, f)].filter((v) => v !== "").join(", ");
+    rows.push({
+      section,
+      name: `${name} ${at}: latency p50`,
+      value: p50(r),
+      unit: "ms",
+      ratio: both(p50(r), p50),
+    });
+    rows.push({
+      section,
+      name: `${name} ${at}: latency p99`,
+      value: p99(r),
+      unit: "ms",
+      ratio: both(p99(r), p99),
+    });
+    rows.push({
+      section,
+      name: `${name} ${at}: hub CPU per Totebox per query`,
+      value: r.m.cpuUsPerToteboxQuery,
+      unit: "µs",
+      ratio: both(r.m.cpuUsPerToteboxQuery, (c) => c.m.cpuUsPerToteboxQuery),
+      ...(floor
+        ? { goal: goal(r.m.cpuUsPerToteboxQuery <= 2 * floor.m.cpuUsPerToteboxQuery, "goal ≤ 2× floor") }
+        : {}),
+    });
+    rows.push({ section, name: `${name} ${at}: hub RSS per held link`, value: r.m.rssPerLinkKB, unit: "KB" });
+    rows.push({
+      section,
+      name: `${name} ${at}: fleet CPU per answer (Toteboxes' side)`,
+      value: r.fleetCpuUsPerAnswer,
+      unit: "µs",
+      ratio: both(r.fleetCpuUsPerAnswer, (c) => c.fleetCpuUsPerAnswer),
+    });
+  }
+  return rows;
+}
+
+export async function benchFanout(): Promise<BenchRow[]> {
+  const sizes = envSizes();
+  const queries = envInt("BENCH_FANOUT_QUERIES", 30, 1, 10_000);
+  const warmup = envInt("BENCH_FANOUT_WARMUP", 3, 0, 1_000);
+  const seed = envInt("BENCH_SEED", 1, 0, 0xffffffff);
+  const wanted = (process.env.BENCH_FANOUT_CONTENDERS ?? "ours,floor,usual,aggregator")
+    .split(",")
+    .map((s) => s.trim());
+  for (const w of wanted) {
+    if (!Object.hasOwn(HUB_CONTENDERS, w)) throw new BenchError("BENCH_ERR_ARGS", `unknown contender ${w}`);
+  }
+  const log = (s: string) => process.stderr.write(`\r${s.padEnd(100).slice(0, 160)}`);
+  const [aggregator, operator] = await Promise.all([
+    benchIdentity("aggregator", seed),
+    benchIdentity("operator", seed),
+  ]);
+  const rows: BenchRow[] = [];
+  for (const n of sizes) {
+    let t = performance.now();
+    const fleet = await startSimFleet({
+      count: n,
+      seed,
+      aggregator: {
+        fingerprint: aggregator.fingerprint,
+        publicKeyRaw: rawEd25519PublicKey(aggregator.publicKey),
+      },
+      operator: { publicKeyRaw: rawEd25519PublicKey(operator.publicKey) },
+      onProgress: log,
+    });
+    const upS = ((performance.now() - t) / 1000).toFixed(1);
+    log(`bench fanout: fleet of ${n} up in ${upS} s on ${fleet.workerPids.length} workers`);
+    process.stderr.write("\n");
+    try {
+      const expected = simExpectedRollup(seed, n, AS_OF);
+      const base: Omit<HubRunRequest, "type" | "contender"> = {
+        targets: fleet.toteboxes.map((tb, i) => ({
+          id: tb.id,
+          tags: tb.tags,
+          publicKeyRaw: tb.publicKeyRaw,
+          psp: { host: tb.host, port: tb.port, fingerprint: tb.fingerprint },
+          floor: fleet.floor[i]!,
+          https: {
+            host: fleet.https[i]!.host,
+            port: fleet.https[i]!.port,
+            fingerprint: fleet.https[i]!.fingerprint,
+            certPem: fleet.https[i]!.certPem,
+          },
+        })),
+        aggregator: { keyPem: aggregator.keyPem, certPem: aggregator.certPem },
+        operator: { keyPem: operator.keyPem, certPem: operator.certPem },
+        asOf: AS_OF,
+        expectedRollup: Object.fromEntries([...expected].map(([k, v]) => [k, v.toString()])),
+        // Until ours has been measured, the floor uses the sizes measured in an earlier probe.
+        floor: { requestBytes: 936, answerBytes: 1560 },
+        warmup,
+        queries,
+      };
+      const runs = new Map<string, ContenderRun>();
+      const loadBefore = loadavg()[0]!;
+      for (const name of [
+        "ours",
+        "floor",
+        "usual",
+        ...wanted.filter((w) => !["ours", "floor", "usual"].includes(w)),
+      ]) {
+        if (!wanted.includes(name)) continue;
+        if (name === "floor") {
+          const o = runs.get("ours")?.m;
+          if (o) {
+            base.floor = {
+              requestBytes: Math.round(o.bytesOutPerTotebox),
+              answerBytes: Math.round(o.bytesInPerTotebox),
+            };
+          }
+          // The answer frame is 4 header bytes plus the payload: the whole frame matches ours.
+          await fleet.setFloorAnswerBytes(Math.max(0, base.floor.answerBytes - 4));
+        }
+        t = performance.now();
+        process.stderr.write(`bench fanout: N=${n} ${name} …\n`);
+        const run = await runHubChild(fleet, base, name);
+        log(`bench fanout: N=${n} ${name} done in ${((performance.now() - t) / 1000).toFixed(1)} s`);
+        process.stderr.write("\n");
+        runs.set(name, run);
+      }
+      rows.push(...rowsFor(n, runs, [loadBefore, loadavg()[0]!]));
+    } finally {
+      await fleet.close();
+    }
+  }
+  return rows;
+}
+
+if (
+  process.argv.includes("--hub") &&
+  process.argv[1] &&
+  import.meta.url === pathToFileURL(process.argv[1]).href
+) {
+  hubMain().catch((e: unknown) => {
+    process.send?.({
+      type: "error",
+      code: (e as { code?: unknown })?.code ?? "BENCH_ERR_HUB",
+      message: (e as Error)?.message ?? "hub failed",
+    });
+    process.exitCode = 1;
+  });
+}
