@@ -245,7 +245,10 @@ export async function startUiServer(options: {
       ...(r.params !== undefined ? { params: r.params as FanOutRequest["params"] & object } : {}),
       ...(Array.isArray(r.targets) ? { targets: r.targets as string[] } : {}),
       ...(r.mode === "abort" || r.mode === "warn" ? { mode: r.mode } : {}),
-      ...(typeof r.timeoutMs === "number" ? { timeoutMs: r.timeoutMs } : {}),
+      // The dashboard waits longer than the aggregator's defaults (5 s per Totebox, 15 s in all):
+      // a person looking at a whole estate prefers a slow answer to a partial one.
+      timeoutMs: typeof r.timeoutMs === "number" ? r.timeoutMs : 30_000,
+      deadlineMs: 60_000,
     };
   };
 

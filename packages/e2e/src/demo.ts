@@ -88,8 +88,11 @@ const stop = async () => {
   await Promise.all([...toteboxes.values()].map((t) => t.stop()));
   process.exit(0);
 };
-process.once("SIGINT", stop);
-process.once("SIGTERM", stop);
+// `on`, not `once`: Ctrl-C reaches this process twice (from the terminal's process group and
+// relayed by the tsx launcher); a second, unhandled SIGINT would kill it mid-stop and orphan
+// the aggregator and the dashboard.
+process.on("SIGINT", stop);
+process.on("SIGTERM", stop);
 // If the aggregator or the dashboard dies, the demo is over: say so and stop the rest.
 for (const [name, child] of [
   ["aggregator", aggregator.child],
