@@ -80,6 +80,7 @@ const MAX_HTTP_ANSWER_BYTES = 64 * 1024;
  * shared cores answer a fan-out in 10-20 s, and at 10,000 ~70% of links died of
  * PSP_ERR_IDLE_TIMEOUT on the hub's side (measured). Pinging more often and waiting longer is the
  * aggregator's call to make, so the hub makes it here; links lost are still counted and printed.
+ * (The other half of that lesson is SEND_SLICE: a blocked hub loop sends no pings either.)
  */
 const HUB_LINK_LIMITS = { pingIntervalMs: 10_000, idleTimeoutMs: 120_000 } as const;
 /** Calls started per event-loop turn during a fan-out. */

@@ -44,6 +44,9 @@ export const TOTEBOX_STATUSES: readonly ToteboxStatus[] = [
 ];
 export type PartialMode = "warn" | "abort";
 
+/** Requests started per event-loop turn in a fan-out (see FanOut.start). */
+const DISPATCH_SLICE = 256;
+
 export interface ReadSpec {
   readonly view: string;
   /** Table name in the combine step (viewports), or the view name. */
@@ -142,6 +145,12 @@ export interface FanOutPlan {
   readonly grant: Uint8Array;
   readonly tenant: string;
   readonly operator: string;
+  /**
+   * Keep each Totebox's raw answer and receipt in the result (for consoles that verify). When
+   * false they are dropped as soon as checked: a retained result then costs kilobytes, not
+   * megabytes, at 1,000 Toteboxes.
+   */
+  readonly keepAnswers: boolean;
 }
 
 export interface FanOutHooks {
@@ -289,7 +298,11 @@ export class FanOut {
       return;
     }
     this.#deadline = ctx.scheduler.after(plan.deadlineMs, () => this.#onDeadline());
-    plan.targets.forEach((entry, i) => {
+    // Every target is pending (and timed) from the start; the requests themselves leave in slices
+    // of DISPATCH_SLICE per event-loop turn, so that 10,000 Toteboxes never block the loop long
+    // enough for link keep-alives (and other operators' answers) to starve.
+    const budget = Math.max(1, Math.min(plan.toteboxTimeoutMs, plan.deadlineMs));
+    const all: Pending[] = plan.targets.map((entry, i) => {
       const p: Pending = {
         entry,
         started: ctx.clock.now(),
@@ -301,12 +314,16 @@ export class FanOut {
         ctis: Array.from({ length: per }, (_, k) => cti(i * per + k)),
       };
       this.#pending.set(entry.id, p);
-      const budget = Math.max(1, Math.min(plan.toteboxTimeoutMs, plan.deadlineMs));
       p.timer = ctx.scheduler.after(budget, () =>
         this.#settle(p, "timeout", "ORCH_ERR_TOTEBOX_TIMEOUT", `no answer within ${budget} ms`),
       );
-      void this.#ask(p, budget);
+      return p;
     });
+    const dispatch = (from: number) => {
+      for (const p of all.slice(from, from + DISPATCH_SLICE)) if (!p.settled) void this.#ask(p, budget);
+      if (from + DISPATCH_SLICE < all.length) setImmediate(() => dispatch(from + DISPATCH_SLICE));
+    };
+    dispatch(0);
     if (plan.targets.length === 0) void this.#complete();
   }
 
@@ -532,8 +549,10 @@ export class FanOut {
     }
   }
 
-  #record(o: ToteboxOutcome): void {
-    if (this.#outcomes.has(o.totebox)) return;
+  #record(outcome: ToteboxOutcome): void {
+    if (this.#outcomes.has(outcome.totebox)) return;
+    // Checked answers the console did not ask for are dropped at once, not held to the end.
+    const o = this.plan.keepAnswers ? outcome : { ...outcome, answers: [], command: null };
     this.#outcomes.set(o.totebox, o);
     this.#events.push({
       seq: this.#events.length + 1,
@@ -575,7 +594,10 @@ export class FanOut {
     this.#deadline?.cancel();
     const { plan } = this;
     // Every target exactly once, in the order they were targeted.
-    const outcomes = plan.targets.map((e) => this.#outcomes.get(e.id)!);
+    const outcomes = plan.targets.map((e) => {
+      const o = this.#outcomes.get(e.id)!;
+      return plan.keepAnswers ? o : { ...o, answers: [], command: null };
+    });
     const answered = outcomes.filter((o) => o.status === "ok" || o.status === "suppressed").length;
     const partial = answered < outcomes.length;
     let error = this.#failure;

@@ -30,7 +30,7 @@ export interface OrchLimits {
   readonly maxCombineInputRows: number;
   /** Most rows a combine step may return. Default 50 000. */
   readonly maxCombineOutputRows: number;
-  /** Finished fan-outs an operator session keeps for `result()`/`next()`, oldest dropped. Default 16. */
+  /** Finished fan-outs an operator session keeps for `result()`/`next()`, oldest dropped. Default 4. */
   readonly maxRetainedFanouts: number;
   /** Most progress events one `next()` returns. Default 4 096. */
   readonly maxEventsPerPoll: number;
@@ -60,7 +60,7 @@ export const DEFAULT_ORCH_LIMITS: Readonly<OrchLimits> = Object.freeze({
   maxRowsPerTotebox: 10_000,
   maxCombineInputRows: 2_000_000,
   maxCombineOutputRows: 50_000,
-  maxRetainedFanouts: 16,
+  maxRetainedFanouts: 4,
   maxEventsPerPoll: 4_096,
   maxPollWaitMs: 10_000,
   maxConsoleLinks: 1_024,

@@ -603,6 +603,7 @@ export class OperatorSession extends RpcTarget {
       grant: this.#grant,
       tenant: op.tenant,
       operator: op.id,
+      keepAnswers: req.answers,
     };
     const f = new FanOut(plan, {
       pool: ctx.pool,
