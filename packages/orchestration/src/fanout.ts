@@ -176,6 +176,8 @@ interface Pending {
   settled: boolean;
   timer: TimerHandle | undefined;
   session: ToteboxSessionRemote | undefined;
+  /** Pipelined view stubs: each holds an import on the Totebox's side until disposed. */
+  stubs: unknown[];
   lease: LinkLease | undefined;
   caps: Uint8Array[];
   ctis: Uint8Array[];
@@ -310,6 +312,7 @@ export class FanOut {
         timer: undefined,
         session: undefined,
         lease: undefined,
+        stubs: [],
         caps: caps.slice(i * per, i * per + per),
         ctis: Array.from({ length: per }, (_, k) => cti(i * per + k)),
       };
@@ -357,9 +360,11 @@ export class FanOut {
       } else {
         // Every read of this Totebox in the same microtask: one frame out, one round trip.
         const replies = await Promise.all(
-          plan.reads.map(
-            (r, i) => session.view(r.view).read(p.caps[i]!, { ...r.params }, r.row) as Promise<unknown>,
-          ),
+          plan.reads.map((r, i) => {
+            const view = session.view(r.view);
+            p.stubs.push(view);
+            return view.read(p.caps[i]!, { ...r.params }, r.row) as Promise<unknown>;
+          }),
         );
         if (p.settled) return;
         checking = true;
@@ -519,6 +524,9 @@ export class FanOut {
       this.#cancelAtTotebox(p);
     }
     p.lease?.release();
+    // Release every stub of this Totebox's calls: an import left open on a long-lived link
+    // counts as a call in flight at the Totebox until its limit cuts the link.
+    for (const stub of p.stubs.splice(0)) disposeStub(stub);
     disposeStub(p.session);
     p.session = undefined;
     this.#pending.delete(p.entry.id);
