@@ -6,22 +6,26 @@ import { describe, expect, it } from "vitest";
 // and the document must not list codes that no longer exist.
 const root = resolve(import.meta.dirname, "..", "..", "..");
 // A code ends in a letter or digit; "PSP_ERR_CAP_" in `code.startsWith("PSP_ERR_CAP_")` is a prefix.
-const CODE = /\b(?:PSP|TOTEBOX|ORCH|CONSOLE)_ERR_[A-Z0-9_]*[A-Z0-9]\b(?!_)/g;
+const CODE = /\b(?:PSP|TOTEBOX|ORCH|CONSOLE|UI)_ERR_[A-Z0-9_]*[A-Z0-9]\b(?!_)/g;
 
 function sources(dir: string): string[] {
   const out: string[] = [];
   for (const name of readdirSync(dir)) {
     const p = join(dir, name);
     if (statSync(p).isDirectory()) out.push(...sources(p));
-    else if (/\.ts$/.test(name) && !/\.test\.ts$/.test(name)) out.push(p);
+    else if (/\.tsx?$/.test(name) && !/\.test\.tsx?$/.test(name)) out.push(p);
   }
   return out;
 }
 
 describe("docs/errors.md", () => {
   const used = new Set<string>();
-  for (const pkg of readdirSync(join(root, "packages"))) {
-    const src = join(root, "packages", pkg, "src");
+  // Every package's sources, and the dashboard's (packages/console/ui/src).
+  const roots = [
+    ...readdirSync(join(root, "packages")).map((pkg) => join(root, "packages", pkg, "src")),
+    join(root, "packages", "console", "ui", "src"),
+  ];
+  for (const src of roots) {
     try {
       statSync(src);
     } catch {

@@ -177,7 +177,7 @@ export function fixtureMiddleware(options: FixtureOptions = {}) {
         try {
           result = load(file) as FixtureResult;
         } catch {
-          return send(res, 404, { code: "ORCH_ERR_UNKNOWN_VIEWPORT", message: `no fixture ${file}` });
+          return send(res, 404, { code: "ORCH_ERR_VIEWPORT_UNKNOWN", message: `no fixture ${file}` });
         }
         const id = `fx-${++seq}`;
         const params = (body.params ?? {}) as Record<string, unknown>;

@@ -82,12 +82,12 @@ describe("createApi against the fixture server", () => {
   it("passes the server's error code through, and maps 401 to UI_ERR_UNAUTHORIZED", async () => {
     const api = createApi(await fixtureServer());
     expect(await code(api.start({ kind: "viewport", name: "no-such-viewport" }))).toBe(
-      "ORCH_ERR_UNKNOWN_VIEWPORT",
+      "ORCH_ERR_VIEWPORT_UNKNOWN",
     );
     const denied = createApi(
       await serve((_req, res) => {
         res.writeHead(401, { "content-type": "application/json" });
-        res.end('{"code":"CONSOLE_ERR_SESSION","message":"no session"}');
+        res.end('{"code":"CONSOLE_ERR_UI_REQUEST","message":"no session"}');
       }),
     );
     expect(await code(denied.session())).toBe("UI_ERR_UNAUTHORIZED");

@@ -128,7 +128,7 @@ describe("Store runs", () => {
     const store = await fixtureStore();
     const run = await store.start("x", "Bad", { kind: "viewport", name: "no-such-viewport" });
     expect(run.phase).toBe("failed");
-    expect(run.error?.code).toBe("ORCH_ERR_UNKNOWN_VIEWPORT");
+    expect(run.error?.code).toBe("ORCH_ERR_VIEWPORT_UNKNOWN");
   });
 
   it("cancels: the server is asked, and the run settles with the server's cancelled result", async () => {
