@@ -69,3 +69,40 @@ export function asOfOf(result: UiResult | null | undefined): string | null {
 export function dateParam(v: string): string | null {
   return /^\d{4}-\d{2}-\d{2}$/.test(v) ? v : null;
 }
+
+/**
+ * A page's controls: any extra fields (children), the as-of date and Refresh. A date typed in full
+ * (or cleared, meaning "today") re-runs at once; Refresh re-runs with whatever is there.
+ */
+export function AsOfForm({
+  id,
+  value,
+  onDate,
+  onSubmit,
+  children,
+}: {
+  id: string;
+  value: string;
+  onDate: (date: string) => void;
+  onSubmit: () => void;
+  children?: ComponentChildren;
+}) {
+  return (
+    <form
+      class="controls"
+      onSubmit={(e) => {
+        e.preventDefault();
+        onSubmit();
+      }}
+    >
+      {children}
+      <div class="field">
+        <label for={id}>As of</label>
+        <input id={id} type="date" value={value} onChange={(e) => onDate(e.currentTarget.value)} />
+      </div>
+      <button type="submit" class="btn">
+        Refresh
+      </button>
+    </form>
+  );
+}

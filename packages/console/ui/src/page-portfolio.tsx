@@ -13,7 +13,7 @@ import {
   VerifiedBadge,
 } from "./components.tsx";
 import { humanise } from "./format.ts";
-import { asOfOf, dateParam, PageHead, useEnsureRuns } from "./page-common.tsx";
+import { AsOfForm, asOfOf, dateParam, PageHead, useEnsureRuns } from "./page-common.tsx";
 import { currencyOf, GroupChart } from "./page-overview.tsx";
 import { KEYS } from "./routes.ts";
 import { section } from "./sections.ts";
@@ -60,12 +60,14 @@ export function PortfolioPage() {
         title="Portfolio"
         lead="Net position, debt and occupancy by any tag, with subtotals and a grand total."
       >
-        <form
-          class="controls"
-          onSubmit={(e) => {
-            e.preventDefault();
-            go(groupBy, asOf);
+        <AsOfForm
+          id="portfolio-as-of"
+          value={asOf || asOfOf(run?.result) || ""}
+          onDate={(d) => {
+            setAsOf(d);
+            if (d === "" || dateParam(d)) go(groupBy, d);
           }}
+          onSubmit={() => go(groupBy, asOf)}
         >
           <div class="field">
             <label for="group-by">Group by</label>
@@ -86,23 +88,7 @@ export function PortfolioPage() {
               ))}
             </select>
           </div>
-          <div class="field">
-            <label for="portfolio-as-of">As of</label>
-            <input
-              id="portfolio-as-of"
-              type="date"
-              value={asOf || asOfOf(run?.result) || ""}
-              onChange={(e) => {
-                const d = e.currentTarget.value;
-                setAsOf(d);
-                if (d === "" || dateParam(d)) go(groupBy, d);
-              }}
-            />
-          </div>
-          <button type="submit" class="btn">
-            Refresh
-          </button>
-        </form>
+        </AsOfForm>
       </PageHead>
       <RunStatus run={run} what="Portfolio" />
       {run?.result?.error ? <PartialBanner result={run.result} what="Portfolio" /> : null}

@@ -17,7 +17,7 @@ import {
   VerifiedBadge,
 } from "./components.tsx";
 import { type Cell, columnDecimals, formatAmount, formatInteger, toBigInt } from "./format.ts";
-import { asOfOf, dateParam, PageHead, useEnsureRuns } from "./page-common.tsx";
+import { AsOfForm, asOfOf, dateParam, PageHead, useEnsureRuns } from "./page-common.tsx";
 import { KEYS } from "./routes.ts";
 import { firstRow, section, sideRows } from "./sections.ts";
 import { DRILL_KEYS, type DrillPair, type Run } from "./store.ts";
@@ -57,30 +57,15 @@ export function ReconciliationPage() {
         title="Reconciliation"
         lead="Intercompany balances pair by pair: one entity's receivable should be the other's payable."
       >
-        <form
-          class="controls"
-          onSubmit={(e) => {
-            e.preventDefault();
-            go(asOf);
+        <AsOfForm
+          id="recon-as-of"
+          value={asOf || asOfOf(run?.result) || ""}
+          onDate={(d) => {
+            setAsOf(d);
+            if (d === "" || dateParam(d)) go(d);
           }}
-        >
-          <div class="field">
-            <label for="recon-as-of">As of</label>
-            <input
-              id="recon-as-of"
-              type="date"
-              value={asOf || asOfOf(run?.result) || ""}
-              onChange={(e) => {
-                const d = e.currentTarget.value;
-                setAsOf(d);
-                if (d === "" || dateParam(d)) go(d);
-              }}
-            />
-          </div>
-          <button type="submit" class="btn">
-            Refresh
-          </button>
-        </form>
+          onSubmit={() => go(asOf)}
+        />
       </PageHead>
       <RunStatus run={run} what="Reconciliation" />
       {run?.result?.error ? <PartialBanner result={run.result} what="Reconciliation" /> : null}

@@ -16,7 +16,7 @@ import {
   VerifiedBadge,
 } from "./components.tsx";
 import { formatAmount, formatDetail, formatInteger, toNumber } from "./format.ts";
-import { asOfOf, dateParam, PageHead, useEnsureRuns } from "./page-common.tsx";
+import { AsOfForm, asOfOf, dateParam, PageHead, useEnsureRuns } from "./page-common.tsx";
 import { currencyOf, exceptionLabel, FigureTiles, summaryWant, WindowsChart } from "./page-overview.tsx";
 import { KEYS } from "./routes.ts";
 import { section } from "./sections.ts";
@@ -39,30 +39,15 @@ export function SummaryPage() {
         title="Executive summary"
         lead="The estate on one page: key figures, income, exceptions and who answered."
       >
-        <form
-          class="controls"
-          onSubmit={(e) => {
-            e.preventDefault();
-            go(asOf);
+        <AsOfForm
+          id="summary-as-of"
+          value={asOf || asOfOf(run?.result) || ""}
+          onDate={(d) => {
+            setAsOf(d);
+            if (d === "" || dateParam(d)) go(d);
           }}
-        >
-          <div class="field">
-            <label for="summary-as-of">As of</label>
-            <input
-              id="summary-as-of"
-              type="date"
-              value={asOf || asOfOf(run?.result) || ""}
-              onChange={(e) => {
-                const d = e.currentTarget.value;
-                setAsOf(d);
-                if (d === "" || dateParam(d)) go(d);
-              }}
-            />
-          </div>
-          <button type="submit" class="btn">
-            Refresh
-          </button>
-        </form>
+          onSubmit={() => go(asOf)}
+        />
       </PageHead>
       <RunStatus run={run} what="Executive summary" />
       {run?.result?.error ? <PartialBanner result={run.result} what="Executive summary" /> : null}
