@@ -6,10 +6,14 @@
  * over worker processes) and three contenders query it, each from its own hub child process so
  * that its CPU time and RSS are its own:
  *
- *  ours   one persistent PSP link per Totebox; per query one batch-signed call capability per
- *         Totebox (one signature for all N) and, per Totebox, the pipelined chain
- *         authorize(grant).view("position").read(cap) (one round trip); every answer's Arrow is
- *         decoded and its receipt verified; net_value is summed per region (a rollup).
+ *  ours   what the aggregator does (packages/orchestration): one persistent PSP link per
+ *         Totebox; the operator's grant authorized once per link (the first query pipelines
+ *         authorize(grant).view("position").read(cap), later ones reuse the session:
+ *         view("position").read(cap), one round trip); per query one batch-signed call
+ *         capability per Totebox (one signature for all N); every answer's Arrow decoded and its
+ *         receipt bound to the request and the link's key, its signature checked on each link's
+ *         first answer and one in 32 after (receipt-sampler.ts; the console checks all);
+ *         net_value summed per region (a rollup).
  *  floor  the same shape over persistent mutual-TLS links with length-prefixed frames and no
  *         protocol work: a random request as large as ours, a fixed answer as large as ours.
  *  usual  HTTPS keep-alive (one socket per Totebox), a JSON body and a JWT signed per request per
@@ -20,17 +24,19 @@
  * contender (the real aggregator) plugs into the same fleet and measurement loop.
  *
  * Environment: BENCH_FANOUT_SIZES ("200" for a quick run), BENCH_FANOUT_QUERIES (default 30),
- * BENCH_FANOUT_WARMUP (default 3), BENCH_FANOUT_CONTENDERS (default "ours,floor,usual"),
- * BENCH_SEED (default 1).
+ * BENCH_FANOUT_WARMUP (default 3), BENCH_FANOUT_CONTENDERS (default "ours,floor,usual,aggregator";
+ * also ours-fresh, ours-everysig, ours-noreceipt), BENCH_SEED (default 1), BENCH_CPU_PROF_DIR (a
+ * V8 CPU profile of every hub and fleet worker process, written there on exit).
  */
 
-import { type KeyObject, randomBytes, webcrypto } from "node:crypto";
+import { type KeyObject, randomBytes, randomInt, webcrypto } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 import https from "node:https";
 import { loadavg } from "node:os";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import tls from "node:tls";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { DEFAULT_ORCH_LIMITS, ReceiptSampler } from "@os-orchestration/orchestration";
 import {
   type CallInput,
   connectPsp,
@@ -44,6 +50,7 @@ import {
   type PspLink,
   publicKeyFromRaw,
   rawEd25519PublicKey,
+  releaseStub,
   requestHash,
   systemClock,
   verifyReceipt,
@@ -85,12 +92,6 @@ const MAX_HTTP_ANSWER_BYTES = 64 * 1024;
 const HUB_LINK_LIMITS = { pingIntervalMs: 10_000, idleTimeoutMs: 120_000 } as const;
 /** Calls started per event-loop turn during a fan-out. */
 const SEND_SLICE = 256;
-/** Hub step CPU is sampled on one answer in this many. */
-const STEP_SAMPLE = 32;
-
-function cpuMs(c: NodeJS.CpuUsage): number {
-  return (c.user + c.system) / 1000;
-}
 
 // ---------------------------------------------------------------------------------------------
 // What a hub is given, and what it measures
@@ -130,7 +131,7 @@ export interface HubContender {
   connect(): Promise<void>;
   query(): Promise<QueryOutcome>;
   /** Application bytes sent and received so far over all links (before TLS). */
-  traffic?(): { bytesOut: number; bytesIn: number };
+  traffic?(): { bytesOut: number; bytesIn: number; framesOut?: number; framesIn?: number };
   /** Time spent in named hub-side steps so far, ms (e.g. receipt checks). */
   steps?(): Record<string, number>;
   /** Links that closed while held, with when (performance.now()) and the close code. */
@@ -157,6 +158,9 @@ export interface HubMeasurement {
   /** Application bytes per Totebox per measured query (whole frames / requests). */
   bytesOutPerTotebox: number;
   bytesInPerTotebox: number;
+  /** PSP frames per Totebox per measured query (0 for contenders without frames). */
+  framesOutPerTotebox: number;
+  framesInPerTotebox: number;
   answered: number;
   errors: Record<string, number>;
   rollupMismatches: number;
@@ -235,20 +239,23 @@ function sameRollup(a: ReadonlyMap<string, bigint>, b: ReadonlyMap<string, bigin
 // ours (direct)
 
 /**
- * How "ours" runs. The default is the issue's shape; the two variants (opt-in through
- * BENCH_FANOUT_CONTENDERS) each drop one piece of per-query work, to show what it costs:
- * - holdSession: authorize(grant) once per link at connect; per query only view().read();
- * - verifyReceipts false: the hub forwards receipts unverified (the console checks them).
+ * How "ours" runs. The default is the aggregator's way; the variants (opt-in through
+ * BENCH_FANOUT_CONTENDERS) change one piece of per-query work, to show what it costs:
+ * - ours-fresh (holdSession false): authorize(grant) again on every query, every link;
+ * - ours-everysig (checkEverySignature): every receipt's Ed25519 signature checked at the hub;
+ * - ours-noreceipt (verifyReceipts false): receipts forwarded with no check at all.
  */
 interface OursVariant {
   name: string;
   holdSession: boolean;
   verifyReceipts: boolean;
+  /** Check every receipt's signature at the hub, not the aggregator's sample. */
+  checkEverySignature?: boolean;
 }
 
 function oursDirect(
   ctx: HubContext,
-  variant: OursVariant = { name: "ours", holdSession: false, verifyReceipts: true },
+  variant: OursVariant = { name: "ours", holdSession: true, verifyReceipts: true },
 ): HubContender {
   const targets = ctx.targets;
   const n = targets.length;
@@ -261,10 +268,13 @@ function oursDirect(
   const ids = targets.map((t) => t.id);
   let grant: Uint8Array | undefined;
   const steps = { "capability batch signing": 0, "receipt verify + Arrow decode": 0 };
-  let sampleCounter = 0;
   const lost: Array<{ atMs: number; code: string }> = [];
   let closing = false;
   const sessions: ToteboxSessionRemote[] = [];
+  const sampler = new ReceiptSampler({
+    every: DEFAULT_ORCH_LIMITS.receiptSignatureEvery,
+    random: () => randomInt(0, 2 ** 31) / 2 ** 31,
+  });
 
   const checkAnswer = (ans: unknown, i: number, cti: Uint8Array, reqHash: Uint8Array): bigint => {
     const a = ans as Partial<ReadAnswer> | null;
@@ -279,14 +289,20 @@ function oursDirect(
       throw new BenchError("BENCH_ERR_HUB", "answer does not have the ReadAnswer shape");
     }
     if (variant.verifyReceipts) {
+      // As the aggregator does (packages/orchestration/src/receipt-sampler.ts): every receipt's
+      // binding to this request and this link's key; its signature on the link's first answer
+      // and on one in RECEIPT_SIGNATURE_EVERY at random after that.
       verifyReceipt({
         token: a.receipt,
         subjectPublicKey: keys[i]!,
         expect: { arrowBytes: a.arrow, capabilityId: cti, requestHash: reqHash, subjectId: ids[i]! },
+        checkSignature: variant.checkEverySignature || sampler.shouldCheck(links[i]!),
       });
     }
     const r = decodeResult(a.arrow, POSITION_COLUMNS);
-    const v: unknown = r.rowCount === 1 ? r.table.getChild("net_value")?.get(0) : undefined;
+    // rows() gives a number for a safe integer, a bigint beyond 2^53.
+    const cell: unknown = r.rowCount === 1 ? r.rows()[0]!.net_value : undefined;
+    const v = typeof cell === "number" && Number.isSafeInteger(cell) ? BigInt(cell) : cell;
     if (typeof v !== "bigint") throw new BenchError("BENCH_ERR_HUB", "answer has no net_value row");
     return v;
   };
@@ -334,7 +350,10 @@ function oursDirect(
       const g = grant!;
       const errors = new Map<string, number>();
       const rollup = new Map<string, bigint>();
-      const c0 = process.cpuUsage();
+      // Steps are synchronous code on the hub's main thread, so their wall time is their CPU time.
+      // (process.cpuUsage around a few µs also charged GC helper threads and tick-granular
+      // accounting: it read 277 µs per receipt check that costs 45 µs in isolation.)
+      const t0 = performance.now();
       const ctis = randomBytes(16 * n);
       const inputs: CallInput[] = new Array(n);
       for (let i = 0; i < n; i++) {
@@ -350,7 +369,7 @@ function oursDirect(
       // One Ed25519 signature for the whole fan-out; each capability still names one Totebox.
       const caps = issueCallCapabilityBatch(inputs, agg.privateKey);
       const reqHash = requestHash({ view: "position", params });
-      steps["capability batch signing"] += cpuMs(process.cpuUsage(c0));
+      steps["capability batch signing"] += performance.now() - t0;
       let answered = 0;
       await fanOut(
         n,
@@ -360,17 +379,15 @@ function oursDirect(
           const view = session.view("position");
           try {
             const ans: unknown = await view.read(caps[i]!, params);
-            // CPU of the checks, sampled on every STEP_SAMPLE-th answer (getrusage is a syscall).
-            const sampled = sampleCounter++ % STEP_SAMPLE === 0;
-            const s0 = sampled ? process.cpuUsage() : undefined;
+            const s0 = performance.now();
             const v = checkAnswer(ans, i, inputs[i]!.cti!, reqHash);
-            if (s0) steps["receipt verify + Arrow decode"] += cpuMs(process.cpuUsage(s0)) * STEP_SAMPLE;
+            steps["receipt verify + Arrow decode"] += performance.now() - s0;
             addTo(rollup, targets[i]!.tags, v);
             answered++;
           } finally {
             // Release the pipelined session and view at the Totebox: they count as calls in flight.
-            disposeStub(view);
-            if (!variant.holdSession) disposeStub(session);
+            releaseStub(view);
+            if (!variant.holdSession) releaseStub(session);
           }
         },
         errors,
@@ -380,31 +397,24 @@ function oursDirect(
     traffic() {
       let bytesOut = 0;
       let bytesIn = 0;
+      let framesOut = 0;
+      let framesIn = 0;
       for (const l of links) {
         bytesOut += l.stats.bytesOut;
         bytesIn += l.stats.bytesIn;
+        framesOut += l.stats.framesOut;
+        framesIn += l.stats.framesIn;
       }
-      return { bytesOut, bytesIn };
+      return { bytesOut, bytesIn, framesOut, framesIn };
     },
     steps: () => ({ ...steps }),
     lostLinks: () => lost,
     async close() {
       closing = true;
-      for (const s of sessions) disposeStub(s);
+      for (const s of sessions) releaseStub(s);
       for (const l of links) l.close();
     },
   };
-}
-
-function disposeStub(stub: unknown): void {
-  const d = (stub as { [Symbol.dispose]?: () => void } | null)?.[Symbol.dispose];
-  if (typeof d === "function") {
-    try {
-      d.call(stub);
-    } catch {
-      // Already broken (link closed): nothing left to release.
-    }
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -629,14 +639,21 @@ function usualHttps(ctx: HubContext): HubContender {
   };
 }
 
-/** The contenders by name. The real aggregator can be added here as a fourth. */
+/** The contenders by name. */
 export const HUB_CONTENDERS: Record<string, HubContenderFactory> = {
   // The product: OrchestrationServer + a console asking for a portfolio-shaped viewport.
   aggregator: (ctx) => aggregatorContender(ctx),
   ours: (ctx) => oursDirect(ctx),
-  "ours-session": (ctx) => oursDirect(ctx, { name: "ours-session", holdSession: true, verifyReceipts: true }),
+  "ours-fresh": (ctx) => oursDirect(ctx, { name: "ours-fresh", holdSession: false, verifyReceipts: true }),
+  "ours-everysig": (ctx) =>
+    oursDirect(ctx, {
+      name: "ours-everysig",
+      holdSession: true,
+      verifyReceipts: true,
+      checkEverySignature: true,
+    }),
   "ours-noreceipt": (ctx) =>
-    oursDirect(ctx, { name: "ours-noreceipt", holdSession: false, verifyReceipts: false }),
+    oursDirect(ctx, { name: "ours-noreceipt", holdSession: true, verifyReceipts: false }),
   floor: floorTls,
   usual: usualHttps,
 };
@@ -732,6 +749,8 @@ export async function measureHub(
     connectMs,
     bytesOutPerTotebox: (traffic1.bytesOut - traffic0.bytesOut) / per,
     bytesInPerTotebox: (traffic1.bytesIn - traffic0.bytesIn) / per,
+    framesOutPerTotebox: ((traffic1.framesOut ?? 0) - (traffic0.framesOut ?? 0)) / per,
+    framesInPerTotebox: ((traffic1.framesIn ?? 0) - (traffic0.framesIn ?? 0)) / per,
     answered,
     errors: Object.fromEntries(errors),
     rollupMismatches: mismatches,
@@ -1034,7 +1053,7 @@ function rowsFor(n: number, runs: Map<string, ContenderRun>, load: [number, numb
       name: `ours ${at}: bytes per Totebox per query out / in`,
       value: m.bytesOutPerTotebox,
       unit: "B out",
-      ratio: `${fmt(m.bytesInPerTotebox)} B in`,
+      ratio: `${fmt(m.bytesInPerTotebox)} B in; frames ${fmt(m.framesOutPerTotebox)} out / ${fmt(m.framesInPerTotebox)} in`,
     });
     rows.push({
       section,

@@ -19,6 +19,7 @@ import {
   issueGrant,
   openCommander,
   rawEd25519PublicKey,
+  releaseStub,
   systemClock,
 } from "@os-orchestration/psp";
 import type { ToteboxRemote, ToteboxSessionRemote, ToteboxViewRemote } from "@os-orchestration/totebox";
@@ -127,11 +128,6 @@ export function startDelayProxy(
   });
 }
 
-function disposeStub(stub: unknown): void {
-  const d = (stub as { [Symbol.dispose]?: () => void } | null)?.[Symbol.dispose];
-  if (typeof d === "function") d.call(stub);
-}
-
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)]!;
@@ -212,8 +208,8 @@ export async function benchPipelining(): Promise<BenchRow[]> {
         // releases below: everything the chain needed left in this many frames.
         framesPipelined = Math.max(framesPipelined, link.stats.framesOut - frames0);
         checked(ans);
-        disposeStub(view);
-        disposeStub(session);
+        releaseStub(view);
+        releaseStub(session);
       });
     };
     const sequential = () => {
@@ -227,8 +223,8 @@ export async function benchPipelining(): Promise<BenchRow[]> {
           "position",
         ) as unknown as Promise<ToteboxViewRemote>)) as ToteboxViewRemote;
         checked(await view.read(c, params));
-        disposeStub(view);
-        disposeStub(session);
+        releaseStub(view);
+        releaseStub(session);
       });
     };
 

@@ -119,8 +119,12 @@ export function trackChild(child: ChildProcess): void {
  * given extra node flags.
  */
 export function forkTs(file: string, args: string[] = [], nodeFlags: string[] = []): ChildProcess {
+  // BENCH_CPU_PROF_DIR: every hub and worker process writes a V8 CPU profile there on exit
+  // (NODE_OPTIONS refuses --cpu-prof), for profile-guided work on the hot paths.
+  const prof = process.env.BENCH_CPU_PROF_DIR;
+  const profFlags = prof ? ["--cpu-prof", `--cpu-prof-dir=${prof}`] : [];
   const child = fork(file, args, {
-    execArgv: ["--import", "tsx", ...nodeFlags],
+    execArgv: ["--import", "tsx", ...nodeFlags, ...profFlags],
     serialization: "advanced",
     stdio: ["ignore", "inherit", "inherit", "ipc"],
   });

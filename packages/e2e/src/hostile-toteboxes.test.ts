@@ -43,7 +43,7 @@ import {
   openCommander,
   type PspLink,
 } from "@os-orchestration/psp";
-import type { ToteboxRemote } from "@os-orchestration/totebox";
+import type { ReadAnswer, ToteboxRemote } from "@os-orchestration/totebox";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse, stringify } from "yaml";
@@ -225,7 +225,31 @@ const CASES: readonly HostileCase[] = [
         signer: keys.get(realTargets[0]!)!.privateKey,
       }),
   },
+  {
+    id: "evil-badsig",
+    rule: "names its own key in the receipt but sends a signature that does not verify",
+    code: "PSP_ERR_RECEIPT_SIGNATURE",
+    reason: /signature does not verify/,
+    // The aggregator checks the signature of the first answer on every link (receipt-sampler.ts).
+    read: (call, _wire, self) =>
+      withBadSignature(
+        signedAnswer({
+          call,
+          toteboxId: "evil-badsig",
+          arrow: ONE_ROW(),
+          rowCount: 1,
+          signer: self.privateKey,
+        }),
+      ),
+  },
 ];
+
+/** The answer with the last byte of its receipt (the end of the Ed25519 signature) flipped. */
+function withBadSignature(a: ReadAnswer): ReadAnswer {
+  const receipt = Uint8Array.from(a.receipt);
+  receipt[receipt.length - 1]! ^= 1;
+  return { ...a, receipt };
+}
 
 /**
  * The replaying proxy: presents the proxied Totebox's own identity (a compromised host holding its
@@ -466,5 +490,100 @@ describe("hostile Toteboxes are cut off; the real ones keep answering", () => {
     const r = await portfolio(realTargets);
     expect(r.partial).toBe(false);
     expectRealUnharmed(r);
+  });
+});
+
+describe("receipt signatures: the aggregator checks a sample, the console checks every one", () => {
+  it("a Totebox that corrupts its signatures after an honest first fan-out: forwarded by a sampling aggregator, refused by the console", async () => {
+    // A proxy holding a real Totebox's key (a compromised host) in front of that Totebox, known
+    // only to a second aggregator whose sample never falls after each link's first answer.
+    const target = realTargets[0]!;
+    const rt = real.get(target)!;
+    const up = await connectPsp({
+      identity: estate.aggregator,
+      role: "commander",
+      host: rt.host,
+      port: rt.port,
+      expect: rt.fingerprint,
+    });
+    const upstream = openCommander<ToteboxRemote>(up);
+    let reads = 0;
+    const forger = await startHostileTotebox({
+      identity: keys.get(target)!,
+      behaviour: {
+        hello: () => upstream.hello(),
+        async read(call) {
+          const a = (await upstream
+            .authorize(call.grant)
+            .view(call.view)
+            .read(call.capability, { ...call.params }, call.row)) as ReadAnswer;
+          reads++;
+          return reads <= 2 ? a : withBadSignature(a); // a portfolio is two reads per Totebox
+        },
+      },
+    });
+    const addresses = new Map<string, { host: string; port: number; fingerprint: string }>([
+      ...real,
+      ...backing,
+    ]);
+    addresses.set(target, forger);
+    const fleet = parse(fleetYaml(estate, addresses)) as {
+      toteboxes: Array<{ id: string }>;
+    };
+    fleet.toteboxes = fleet.toteboxes.filter((t) => t.id === target);
+    const configPath = join(root, "fleet-sampling.yaml");
+    writeFileSync(configPath, stringify(fleet), { mode: 0o600 });
+    const sampling = await OrchestrationServer.start({
+      configPath,
+      identity: estate.aggregator,
+      logger: pino({ level: "silent" }),
+      http: false,
+      configPollMs: 60_000,
+      random: () => 0.999, // 0.999 × 32 ≥ 1: no answer after a link's first is checked here
+    });
+    const operator = estate.operators.get(TENANT)!;
+    const c = await connectAggregator({
+      identity: operator,
+      host: sampling.address.host,
+      port: sampling.address.port,
+      fingerprint: sampling.identity.fingerprint,
+    });
+    try {
+      await sampling.pool.settled(30_000);
+      const s = c.aggregator.authorize(
+        signGrant({
+          operator,
+          operatorId: "alice",
+          tenant: TENANT,
+          aggregator: c.hello,
+          toteboxIds: [target],
+          views: ["position", "occupancy"],
+          actions: ["read"],
+        }),
+      );
+      const ask = () =>
+        s.viewport("portfolio", { targets: [target], params: { as_of: ESTATE_AS_OF }, timeoutMs: 20_000 });
+      const first = await ask();
+      expect(outcomeOf(first, target)).toMatchObject({ status: "ok" });
+      expect(verifyAnswers(first, keyOf).every((x) => x.verified)).toBe(true);
+
+      const second = await ask();
+      expect(reads).toBe(4);
+      // Bound to this request and this key, so the aggregator forwarded it unchecked...
+      expect(outcomeOf(second, target)).toMatchObject({ status: "ok" });
+      expect(sampling.pool.linkOf(target)?.closed).toBe(false);
+      // ...and the console, which checks every signature, refuses both answers.
+      const checks = verifyAnswers(second, keyOf);
+      expect(checks.length).toBeGreaterThan(0);
+      expect(checks.every((x) => !x.verified && x.code === "PSP_ERR_RECEIPT_SIGNATURE")).toBe(true);
+      const counts = await sampling.metrics.receiptSignatures.get();
+      const by = Object.fromEntries(counts.values.map((v) => [v.labels.check, v.value]));
+      expect(by).toEqual({ checked: 1, forwarded: 3 });
+    } finally {
+      c.close();
+      await sampling.close();
+      await forger.close();
+      up.close();
+    }
   });
 });

@@ -2,6 +2,7 @@
  * A long-lived link must not accumulate the fan-out's pipelined stubs: each `authorize()` session
  * and `view()` stub is an import the Totebox counts as a call in flight until it is released. With
  * the Totebox's limit lowered to 16, 40 fan-outs in a row over the same link must all answer.
+ * The session itself is authorized once per link and grant, and reused (pool.ts, LinkLease.session).
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -72,23 +73,40 @@ describe("fan-out over a long-lived link", () => {
         port: server.address.port,
         fingerprint: aggregator.fingerprint,
       });
-      const session = conn.aggregator.authorize(
+      const grantFor = (views: string[]) =>
         signGrant({
           operator,
           operatorId: "op",
           tenant: "t1",
           aggregator: conn.hello,
           toteboxIds: ["tb-1"],
-          views: ["position", "occupancy"],
+          views,
           actions: ["read"],
-        }),
-      );
+        });
+      const session = conn.aggregator.authorize(grantFor(["position", "occupancy"]));
       const link = server.pool.linkOf("tb-1");
       for (let i = 0; i < 40; i++) {
         const r = await session.viewport("portfolio", { params: { as_of: "2026-10-31" } });
         expect(r.outcomes[0]!.status, `fan-out ${i}: ${r.outcomes[0]!.code}`).toBe("ok");
       }
       expect(server.pool.linkOf("tb-1")).toBe(link); // the same link throughout
+      // One grant, one link: the Totebox authorized the session once (one grant signature
+      // verified) and checked a fresh call capability on each of the 80 reads.
+      tb.auditLog.flush();
+      const audit = tb.auditLog.entries(0, tb.auditLog.size()).map((r) => r.entry);
+      expect(audit.filter((e) => e.action === "authorize").map((e) => e.outcome)).toEqual(["ok"]);
+      expect(audit.filter((e) => e.action === "read" && e.outcome === "ok")).toHaveLength(80);
+
+      // A new grant is a new session; a read the Totebox refuses drops the cached one, so the
+      // next fan-out authorizes afresh instead of reusing a session it may no longer honour.
+      const other = conn.aggregator.authorize(grantFor(["no-such-view"]));
+      for (let i = 0; i < 2; i++) {
+        const r = await other.read("no-such-view", {});
+        expect(r.outcomes[0]!.code).toBe("TOTEBOX_ERR_VIEW_UNKNOWN");
+      }
+      tb.auditLog.flush();
+      const after = tb.auditLog.entries(0, tb.auditLog.size()).map((r) => r.entry);
+      expect(after.filter((e) => e.action === "authorize")).toHaveLength(3);
       conn.close();
     } finally {
       await server.close();

@@ -1,4 +1,4 @@
-import { type KeyObject, randomBytes } from "node:crypto";
+import { createHash, type KeyObject, randomBytes } from "node:crypto";
 import {
   type CanonicalValue,
   type Cell,
@@ -8,6 +8,7 @@ import {
   decodeResult,
   isPspError,
   issueCallCapabilityBatch,
+  releaseStub,
   requestHash,
   type Scheduler,
   type TimerHandle,
@@ -19,6 +20,7 @@ import { type CombinedSection, runCombine } from "./combine.ts";
 import { OrchError } from "./errors.ts";
 import type { OrchLimits } from "./limits.ts";
 import { errorInfo, type LinkLease, type LinkPool } from "./pool.ts";
+import type { ReceiptSampler } from "./receipt-sampler.ts";
 import type { ToteboxEntry } from "./registry.ts";
 import type { Viewport } from "./viewports.ts";
 
@@ -168,6 +170,8 @@ export interface FanOutContext {
   readonly limits: Readonly<OrchLimits>;
   readonly logger: pino.Logger;
   readonly hooks?: FanOutHooks;
+  /** Which receipt signatures to check; absent: every one. */
+  readonly receipts?: ReceiptSampler;
 }
 
 interface Pending {
@@ -176,6 +180,8 @@ interface Pending {
   settled: boolean;
   timer: TimerHandle | undefined;
   session: ToteboxSessionRemote | undefined;
+  /** The session is the link's cached one for this grant (pool.ts): not ours to release. */
+  sessionCached: boolean;
   /** Pipelined view stubs: each holds an import on the Totebox's side until disposed. */
   stubs: unknown[];
   lease: LinkLease | undefined;
@@ -188,6 +194,8 @@ export class FanOut {
   readonly plan: FanOutPlan;
   readonly startedAt: number;
   readonly #ctx: FanOutContext;
+  /** Digest of the grant: which cached Totebox session on a link this fan-out may use. */
+  readonly #grantKey: string;
   readonly #events: ProgressEvent[] = [];
   readonly #outcomes = new Map<string, ToteboxOutcome>();
   readonly #pending = new Map<string, Pending>();
@@ -203,6 +211,7 @@ export class FanOut {
   constructor(plan: FanOutPlan, ctx: FanOutContext) {
     this.id = randomBytes(8).toString("hex");
     this.plan = plan;
+    this.#grantKey = createHash("sha256").update(plan.grant).digest("base64");
     this.#ctx = ctx;
     this.startedAt = ctx.clock.now();
     this.done = new Promise((r) => {
@@ -311,6 +320,7 @@ export class FanOut {
         settled: false,
         timer: undefined,
         session: undefined,
+        sessionCached: false,
         lease: undefined,
         stubs: [],
         caps: caps.slice(i * per, i * per + per),
@@ -345,8 +355,9 @@ export class FanOut {
       return;
     }
     p.lease = lease;
-    const session = lease.remote.authorize(plan.grant);
+    const { stub: session, cached } = lease.session(plan.grant, this.#grantKey);
     p.session = session;
+    p.sessionCached = cached;
     // Set once the Totebox's reply is in hand: a failure from then on is a failure of its answer.
     let checking = false;
     try {
@@ -436,11 +447,13 @@ export class FanOut {
     }
     const publicKey = lease.link.peer.publicKey;
     if (!publicKey) throw new OrchError("ORCH_ERR_TOTEBOX_ANSWER", "link has no peer key");
-    // The receipt must be this Totebox's signature over these bytes, for this capability and
-    // request: an old answer replayed, or one meant for another request, does not verify.
+    // The receipt must be bound to these bytes, this capability and this request under the key
+    // pinned for this link: an old answer replayed, or one meant for another request, is refused.
+    // Its signature is checked on a sample (receipt-sampler.ts); the console checks every one.
     const claims = verifyReceipt({
       token: a.receipt,
       subjectPublicKey: publicKey,
+      checkSignature: this.#ctx.receipts?.shouldCheck(lease.link) ?? true,
       expect: {
         arrowBytes: a.arrow,
         capabilityId,
@@ -523,12 +536,15 @@ export class FanOut {
       this.#decoded.delete(p.entry.id);
       this.#cancelAtTotebox(p);
     }
-    p.lease?.release();
     // Release every stub of this Totebox's calls: an import left open on a long-lived link
-    // counts as a call in flight at the Totebox until its limit cuts the link.
-    for (const stub of p.stubs.splice(0)) disposeStub(stub);
-    disposeStub(p.session);
+    // counts as a call in flight at the Totebox until its limit cuts the link. A cached session
+    // stays for the next fan-out, unless something went wrong on it.
+    for (const stub of p.stubs.splice(0)) releaseStub(stub);
+    if (p.session && p.sessionCached) {
+      if (status !== "ok" && status !== "suppressed") p.lease?.forgetSession(this.#grantKey, p.session);
+    } else releaseStub(p.session);
     p.session = undefined;
+    p.lease?.release();
     this.#pending.delete(p.entry.id);
     this.#record({
       totebox: p.entry.id,
@@ -776,15 +792,5 @@ export function statusOf(code: string): ToteboxStatus {
       return "denied";
     default:
       return code.startsWith("PSP_ERR_CAP_") ? "denied" : "error";
-  }
-}
-
-/** Releases a capnweb stub's import on the remote side, so long-lived links do not accumulate them. */
-export function disposeStub(stub: unknown): void {
-  if (stub === undefined || stub === null) return;
-  try {
-    (stub as { [Symbol.dispose]?: () => void })[Symbol.dispose]?.();
-  } catch {
-    // already broken with its link
   }
 }

@@ -17,6 +17,7 @@ export type {
 } from "./fanout.ts";
 export { TOTEBOX_STATUSES } from "./fanout.ts";
 export { DEFAULT_ORCH_LIMITS, type OrchLimits, resolveOrchLimits } from "./limits.ts";
+export { ReceiptSampler } from "./receipt-sampler.ts";
 export {
   loadRegistry,
   type OperatorEntry,

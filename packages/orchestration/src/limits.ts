@@ -44,6 +44,17 @@ export interface OrchLimits {
   readonly reconnectMaxMs: number;
   /** Time for a Totebox to answer `hello` after the TLS handshake, in ms. Default 5 000. */
   readonly helloTimeoutMs: number;
+  /**
+   * Receipt signatures checked here: the first answer on each Totebox link, then one in this many
+   * at random; 1 checks every one. Every receipt's binding to its request is checked regardless,
+   * and the console verifies every signature (why: receipt-sampler.ts). Default 32.
+   */
+  readonly receiptSignatureEvery: number;
+  /**
+   * Authorized Totebox sessions kept per link for reuse by later fan-outs presenting the same
+   * grant (pool.ts, LinkLease.session); 0 authorizes afresh every time. Default 4.
+   */
+  readonly maxSessionsPerLink: number;
 }
 
 export const DEFAULT_ORCH_LIMITS: Readonly<OrchLimits> = Object.freeze({
@@ -67,6 +78,8 @@ export const DEFAULT_ORCH_LIMITS: Readonly<OrchLimits> = Object.freeze({
   reconnectBaseMs: 250,
   reconnectMaxMs: 30_000,
   helloTimeoutMs: 5_000,
+  receiptSignatureEvery: 32,
+  maxSessionsPerLink: 4,
 });
 
 export function resolveOrchLimits(overrides?: Partial<OrchLimits>): Readonly<OrchLimits> {

@@ -8,6 +8,27 @@ import type { LinkHealth } from "./pool.ts";
  */
 export class OrchMetrics {
   readonly registry = new Registry();
+
+  constructor() {
+    const counts = () => this.#receiptCounts?.();
+    this.receiptSignatures = new Gauge({
+      name: "orch_receipt_signatures",
+      help: "Totebox read receipts since start: signature checked here, or forwarded with its binding checked (the console verifies every signature)",
+      labelNames: ["check"] as const,
+      registers: [this.registry],
+      collect() {
+        const c = counts();
+        if (!c) return;
+        this.set({ check: "checked" }, c.checked);
+        this.set({ check: "forwarded" }, c.forwarded);
+      },
+    });
+  }
+
+  /** Reports the sampler's counts on every scrape. */
+  watchReceipts(counts: () => { checked: number; forwarded: number }): void {
+    this.#receiptCounts = counts;
+  }
   readonly links = new Gauge({
     name: "orch_links",
     help: "Totebox links by health",
@@ -50,6 +71,9 @@ export class OrchMetrics {
     labelNames: ["status"] as const,
     registers: [this.registry],
   });
+  #receiptCounts: (() => { checked: number; forwarded: number }) | undefined;
+  /** Filled on each scrape from the ReceiptSampler given to `watchReceipts`. */
+  readonly receiptSignatures: Gauge<"check">;
   readonly diodeViolations = new Counter({
     name: "orch_diode_violations_total",
     help: "Peers cut off for breaking the Diode or the frame rules, by side and code",

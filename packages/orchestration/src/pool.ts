@@ -6,10 +6,11 @@ import {
   PspError,
   type PspLimits,
   type PspLink,
+  releaseStub,
   type Scheduler,
   type TimerHandle,
 } from "@os-orchestration/psp";
-import type { ToteboxHello, ToteboxRemote } from "@os-orchestration/totebox";
+import type { ToteboxHello, ToteboxRemote, ToteboxSessionRemote } from "@os-orchestration/totebox";
 import type pino from "pino";
 import { OrchError } from "./errors.ts";
 import type { OrchLimits } from "./limits.ts";
@@ -69,6 +70,19 @@ export interface LinkLease {
   readonly remote: ToteboxRemote;
   readonly link: PspLink;
   readonly hello: ToteboxHello;
+  /**
+   * The Totebox session for `grant` on this link. The first fan-out that presents a grant
+   * authorizes it (pipelined with its reads); later fan-outs presenting the same grant reuse that
+   * session, so the Totebox verifies the grant's signature once per link instead of once per
+   * query. Nothing is widened by it: the Totebox re-checks the grant's window and its operator's
+   * trust, and verifies a fresh call capability, on every read; the aggregator re-verifies the
+   * grant on every request before any fan-out. `key` identifies the grant bytes (a digest).
+   * At most `maxSessionsPerLink` are kept per link, least recently used released first; with 0,
+   * `cached` is false and the caller releases the stub itself.
+   */
+  session(grant: Uint8Array, key: string): { readonly stub: ToteboxSessionRemote; readonly cached: boolean };
+  /** Drops and releases a cached session (after a failure on it): the next fan-out authorizes afresh. */
+  forgetSession(key: string, stub: ToteboxSessionRemote): void;
   release(): void;
 }
 
@@ -88,6 +102,8 @@ class ToteboxConnection {
   hello: ToteboxHello | null = null;
   link: PspLink | undefined;
   remote: ToteboxRemote | undefined;
+  /** Authorized sessions on the current link by grant digest, least recently used first. */
+  sessions = new Map<string, ToteboxSessionRemote>();
   retryTimer: TimerHandle | undefined;
   /** Why we cut the current link ourselves (`cut`): reported instead of the bare close. */
   cutReason: { code: string; message: string } | undefined;
@@ -168,6 +184,7 @@ export class LinkPool {
     const link = c.link;
     c.link = undefined;
     c.remote = undefined;
+    c.sessions = new Map(); // broken with the link: nothing left to release
     c.hello = null;
     link?.close();
     for (const w of c.waiters.splice(0)) {
@@ -248,6 +265,7 @@ export class LinkPool {
   #online(c: ToteboxConnection, link: PspLink, remote: ToteboxRemote, hello: ToteboxHello): void {
     c.link = link;
     c.remote = remote;
+    c.sessions = new Map();
     c.hello = hello;
     c.attempts = 0;
     c.lastContact = this.#o.scheduler.now();
@@ -262,6 +280,7 @@ export class LinkPool {
       if (c.link !== link) return;
       c.link = undefined;
       c.remote = undefined;
+      c.sessions = new Map();
       c.hello = null;
       const cut = c.cutReason;
       c.cutReason = undefined;
@@ -314,10 +333,36 @@ export class LinkPool {
   #lease(c: ToteboxConnection): LinkLease {
     c.inFlight++;
     let released = false;
+    // This link's own table: if the link is replaced meanwhile, the new one starts empty.
+    const remote = c.remote!;
+    const sessions = c.sessions;
+    const max = this.#o.limits.maxSessionsPerLink;
     return {
-      remote: c.remote!,
+      remote,
       link: c.link!,
       hello: c.hello!,
+      session: (grant, key) => {
+        const hit = sessions.get(key);
+        if (hit) {
+          sessions.delete(key); // refresh recency: Map order is insertion order
+          sessions.set(key, hit);
+          return { stub: hit, cached: true };
+        }
+        const stub = remote.authorize(grant);
+        if (max === 0) return { stub, cached: false };
+        sessions.set(key, stub);
+        for (const [k, old] of sessions) {
+          if (sessions.size <= max) break;
+          sessions.delete(k);
+          releaseStub(old);
+        }
+        return { stub, cached: true };
+      },
+      forgetSession: (key, stub) => {
+        if (sessions.get(key) !== stub) return;
+        sessions.delete(key);
+        releaseStub(stub);
+      },
       release: () => {
         if (released) return;
         released = true;

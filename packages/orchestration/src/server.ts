@@ -19,6 +19,7 @@ import type { FanOutResult, ToteboxOutcome } from "./fanout.ts";
 import { type OrchLimits, resolveOrchLimits } from "./limits.ts";
 import { OrchMetrics } from "./metrics.ts";
 import { LinkPool } from "./pool.ts";
+import { ReceiptSampler } from "./receipt-sampler.ts";
 import {
   loadRegistry,
   type Registry,
@@ -130,10 +131,11 @@ export class OrchestrationServer {
     const consoles = new Set<PspLink>();
     const state = { registry, viewports };
 
+    const random = o.random ?? (() => randomInt(0, 2 ** 31) / 2 ** 31);
     const pool = new LinkPool({
       identity: o.identity,
       scheduler,
-      random: o.random ?? (() => randomInt(0, 2 ** 31) / 2 ** 31),
+      random,
       limits,
       ...(o.toteboxLinkLimits ? { pspLimits: o.toteboxLinkLimits } : {}),
       logger,
@@ -143,7 +145,10 @@ export class OrchestrationServer {
       },
     });
 
+    const receipts = new ReceiptSampler({ every: limits.receiptSignatureEvery, random });
+    metrics.watchReceipts(() => receipts.counts);
     const ctx: ServiceContext = {
+      receipts,
       identity: o.identity,
       clock,
       scheduler,

@@ -6,6 +6,7 @@ import {
   issueCallCapability,
   type PspLink,
   rawEd25519PublicKey,
+  releaseStub,
   type Scheduler,
   selectorMatches,
   type VerifiedGrant,
@@ -15,7 +16,6 @@ import { RpcTarget } from "capnweb";
 import type pino from "pino";
 import { OrchError } from "./errors.ts";
 import {
-  disposeStub,
   FanOut,
   type FanOutHooks,
   type FanOutPlan,
@@ -26,6 +26,7 @@ import {
 } from "./fanout.ts";
 import type { OrchLimits } from "./limits.ts";
 import { errorInfo, type LinkPool, withTimeout } from "./pool.ts";
+import type { ReceiptSampler } from "./receipt-sampler.ts";
 import { type OperatorEntry, type Registry, selectorsValid, type ToteboxEntry } from "./registry.ts";
 import { readParams, resolveViewportParams, type Viewport } from "./viewports.ts";
 
@@ -61,6 +62,8 @@ export interface ServiceContext {
   refused(code: string): void;
   /** Running fan-outs per tenant, shared by every console link. */
   readonly running: Map<string, number>;
+  /** Which Totebox receipt signatures the aggregator checks itself; absent: every one. */
+  readonly receipts?: ReceiptSampler;
 }
 
 export interface AggregatorHello {
@@ -495,7 +498,7 @@ export class OperatorSession extends RpcTarget {
       );
     } finally {
       lease.release();
-      disposeStub(session);
+      releaseStub(session);
     }
   }
 
@@ -613,6 +616,7 @@ export class OperatorSession extends RpcTarget {
       limits: ctx.limits,
       logger: ctx.logger,
       hooks: ctx.hooks,
+      ...(ctx.receipts ? { receipts: ctx.receipts } : {}),
     });
     ctx.running.set(op.tenant, running + 1);
     this.#link.running++;

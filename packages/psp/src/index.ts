@@ -76,7 +76,7 @@ export {
   decodeResult,
   encodeResult,
 } from "./result.ts";
-export { openCommander, sanitizeOutgoingError, serveSubject } from "./rpc.ts";
+export { openCommander, releaseStub, sanitizeOutgoingError, serveSubject } from "./rpc.ts";
 export { ManualScheduler, type Scheduler, systemScheduler, type TimerHandle } from "./scheduler.ts";
 export {
   connectPsp,

@@ -38,6 +38,12 @@ export interface PspLimits {
   readonly maxSendBufferBytes: number;
   /** Byte strings at least this long travel as 8-byte-aligned frame attachments. Default 256. */
   readonly attachmentThresholdBytes: number;
+  /**
+   * Sending side: a frame that would carry only `release` messages waits up to this long, in
+   * milliseconds, for the next frame out to ride along with (0 sends it at once). Until it
+   * leaves, the peer counts those calls as still in flight. Default 1 000.
+   */
+  readonly releaseDelayMs: number;
 }
 
 export const DEFAULT_PSP_LIMITS: Readonly<PspLimits> = Object.freeze({
@@ -52,6 +58,7 @@ export const DEFAULT_PSP_LIMITS: Readonly<PspLimits> = Object.freeze({
   handshakeTimeoutMs: 10_000,
   maxSendBufferBytes: 64 * 1024 * 1024,
   attachmentThresholdBytes: 256,
+  releaseDelayMs: 1_000,
 });
 
 export function resolveLimits(overrides?: Partial<PspLimits>): Readonly<PspLimits> {

@@ -68,6 +68,18 @@ async function subjectServer(limits: Partial<PspLimits>, scheduler?: ManualSched
   return { server, links, nextLink };
 }
 
+/** A commander link to a test subject server (real TLS on loopback), with optional link settings. */
+function commanderTo(port: number, extra: Partial<Parameters<typeof connectPsp>[0]> = {}): Promise<PspLink> {
+  return connectPsp({
+    identity: commanderId,
+    role: "commander",
+    host: "127.0.0.1",
+    port,
+    expect: subjectId.fingerprint,
+    ...extra,
+  });
+}
+
 describe("limits break only the offending link", () => {
   let s: Awaited<ReturnType<typeof subjectServer>>;
   beforeAll(async () => {
@@ -78,13 +90,7 @@ describe("limits break only the offending link", () => {
   /** Connects a commander and returns its link along with the server's end of it. */
   const goodCommander = async () => {
     const before = s.links.length;
-    const link = await connectPsp({
-      identity: commanderId,
-      role: "commander",
-      host: "127.0.0.1",
-      port: s.server.address.port,
-      expect: subjectId.fingerprint,
-    });
+    const link = await commanderTo(s.server.address.port);
     const serverLink = await s.nextLink(before);
     return { link, api: openCommander<ApiT>(link), serverLink };
   };
@@ -152,12 +158,7 @@ describe("idle timeout (driven by a manual clock, no sleeping)", () => {
   it("a commander pings a quiet link and the subject's pong keeps it open", async () => {
     const clock = new ManualScheduler();
     const s = await subjectServer({ idleTimeoutMs: 30_000, pingIntervalMs: 10_000 }, clock);
-    const link = await connectPsp({
-      identity: commanderId,
-      role: "commander",
-      host: "127.0.0.1",
-      port: s.server.address.port,
-      expect: subjectId.fingerprint,
+    const link = await commanderTo(s.server.address.port, {
       limits: { idleTimeoutMs: 30_000, pingIntervalMs: 10_000 },
       scheduler: clock,
     });
@@ -272,13 +273,7 @@ describe("TLS and pinning", () => {
 describe("the sender splits batches to fit the receiver's limits", () => {
   it("200 calls carrying attachments in one turn travel in several frames, none over the segment limit", async () => {
     const s = await subjectServer({});
-    const link = await connectPsp({
-      identity: commanderId,
-      role: "commander",
-      host: "127.0.0.1",
-      port: s.server.address.port,
-      expect: subjectId.fingerprint,
-    });
+    const link = await commanderTo(s.server.address.port);
     const api = openCommander<ApiT>(link);
     let frames = 0;
     link.on("frame-out", () => frames++);
@@ -288,6 +283,54 @@ describe("the sender splits batches to fit the receiver's limits", () => {
     expect((answers[199] as Uint8Array).byteLength).toBe(1024);
     expect(frames).toBeGreaterThanOrEqual(4); // 200 attachments / 63 per frame
     expect(link.closed).toBe(false);
+    link.close();
+    await s.server.close();
+  });
+});
+
+describe("release-only frames wait for company", () => {
+  it("a release rides with the next call, or leaves alone after releaseDelayMs", async () => {
+    const s = await subjectServer({});
+    const sched = new ManualScheduler();
+    const before = s.links.length;
+    const link = await commanderTo(s.server.address.port, {
+      scheduler: sched,
+      limits: { releaseDelayMs: 1_000 },
+    });
+    const server = await s.nextLink(before);
+    const api = openCommander<ApiT>(link);
+    const kinds: number[] = [];
+    link.on("frame-out", (_k, _b, messages) => kinds.push(messages));
+
+    // A pipelined stub whose answer has been used: disposing it queues capnweb `release`s.
+    const self = api.self();
+    expect(await self.echo(1)).toBe(1);
+    (self as unknown as Disposable)[Symbol.dispose]();
+    await nextTurns();
+    const framesAfterAnswer = kinds.length;
+    // Nothing left yet: the subject still counts the pipelined call as in flight.
+    expect(server.callsInFlight).toBeGreaterThan(0);
+
+    // The next call carries the waiting releases in its own frame.
+    expect(await api.echo(2)).toBe(2);
+    expect(kinds.length).toBe(framesAfterAnswer + 1);
+    expect(kinds[kinds.length - 1]).toBeGreaterThan(2); // push + pull + the releases
+    await nextTurns();
+
+    // With no call to ride along, the releases leave on their own once the delay is over.
+    const again = api.self();
+    expect(await again.echo(3)).toBe(3);
+    (again as unknown as Disposable)[Symbol.dispose]();
+    await nextTurns();
+    const waiting = kinds.length;
+    sched.advance(999);
+    await nextTurns();
+    expect(kinds.length).toBe(waiting);
+    sched.advance(1);
+    await nextTurns();
+    expect(kinds.length).toBe(waiting + 1);
+    for (let i = 0; i < 1_000 && server.callsInFlight > 0; i++) await nextTurns(1);
+    expect(server.callsInFlight).toBe(0);
     link.close();
     await s.server.close();
   });

@@ -96,6 +96,15 @@ describe("canonical CBOR (RFC 8949 §4.2.1)", () => {
   });
 });
 
+/** The receipt with its payload's row count (claim 5) rewritten and the signature kept. */
+function withRowCount(token: Uint8Array, rows: number): Uint8Array {
+  const parts = [...((decodeCbor(token) as Tag).value as unknown[])];
+  const payload = decodeCbor(parts[2] as Uint8Array) as Map<number, unknown>;
+  payload.set(5, rows);
+  parts[2] = encodeCbor(payload);
+  return encodeCbor(new Tag(parts, 18));
+}
+
 describe("receipts", () => {
   it("sign and verify, with all expectations met", () => {
     const token = signReceipt(input);
@@ -134,12 +143,8 @@ describe("receipts", () => {
     const token = signReceipt(input);
     expect(code(() => verifyReceipt({ token, subjectPublicKey: other }))).toBe("PSP_ERR_RECEIPT_SIGNATURE");
     // The aggregator rewrites the row count and keeps the signature.
-    const t = decodeCbor(token) as Tag;
-    const parts = [...(t.value as unknown[])];
-    const payload = decodeCbor(parts[2] as Uint8Array) as Map<number, unknown>;
-    payload.set(5, 41);
-    parts[2] = encodeCbor(payload);
-    const rewritten = encodeCbor(new Tag(parts, 18));
+    const rewritten = withRowCount(token, 41);
+    const parts = [...((decodeCbor(token) as Tag).value as unknown[])];
     expect(code(() => verifyReceipt({ token: rewritten, subjectPublicKey: subject }))).toBe(
       "PSP_ERR_RECEIPT_SIGNATURE",
     );
@@ -153,6 +158,32 @@ describe("receipts", () => {
     );
     const ed448 = generateKeyPairSync("ed448").publicKey;
     expect(code(() => verifyReceipt({ token, subjectPublicKey: ed448 }))).toBe("PSP_ERR_RECEIPT_SIGNATURE");
+  });
+
+  it("checkSignature: false skips the Ed25519 check only: key id, envelope and expectations still hold", () => {
+    const token = signReceipt(input);
+    const unsigned = (t: Uint8Array, key = subject, expect?: Parameters<typeof verifyReceipt>[0]["expect"]) =>
+      verifyReceipt({
+        token: t,
+        subjectPublicKey: key,
+        checkSignature: false,
+        ...(expect ? { expect } : {}),
+      });
+    expect(unsigned(token).rowCount).toBe(42);
+    // Signed by someone else: the key id in the protected header gives it away without a verify.
+    expect(code(() => unsigned(token, other))).toBe("PSP_ERR_RECEIPT_SIGNATURE");
+    expect(code(() => unsigned(token, subject, { capabilityId: new Uint8Array(16) }))).toBe(
+      "PSP_ERR_RECEIPT_MISMATCH",
+    );
+    expect(code(() => unsigned(Uint8Array.of(1, 2, 3)))).toBe("PSP_ERR_RECEIPT_SIGNATURE");
+    // What it does not catch, by design: a payload rewritten under the right key id. Only the
+    // signature check finds that, which is why whoever relies on the figures (the console) always
+    // verifies.
+    const rewritten = withRowCount(token, 41);
+    expect(unsigned(rewritten).rowCount).toBe(41);
+    expect(code(() => verifyReceipt({ token: rewritten, subjectPublicKey: subject }))).toBe(
+      "PSP_ERR_RECEIPT_SIGNATURE",
+    );
   });
 
   it("every single-bit flip of a receipt is refused with a receipt code", () => {

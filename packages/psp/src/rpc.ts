@@ -58,3 +58,25 @@ export function openCommander<T extends object>(link: PspLink): T {
 export function serveSubject(link: PspLink, main: RpcTarget): void {
   new RpcSession(link, main, sessionOptions(link));
 }
+
+/**
+ * Releases a capnweb stub or pipelined promise: the peer frees the import (a subject counts it as
+ * a call in flight until then). Safe on anything; a stub already broken with its link is ignored.
+ *
+ * capnweb disposes a pipelined promise that was never pulled by aborting it with a new Error. That
+ * Error goes nowhere, yet capturing its stack cost ~4% of the aggregator's CPU per fan-out at
+ * 1,000 Toteboxes (profiled), so it is built without one: dispose is synchronous, and the stack
+ * trace limit is restored before anything else runs.
+ */
+export function releaseStub(stub: unknown): void {
+  if (stub === null || (typeof stub !== "object" && typeof stub !== "function")) return;
+  const limit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 0;
+  try {
+    (stub as { [Symbol.dispose]?: () => void })[Symbol.dispose]?.();
+  } catch {
+    // Already broken with its link: nothing left to release.
+  } finally {
+    Error.stackTraceLimit = limit;
+  }
+}
