@@ -230,7 +230,8 @@ const CASES: readonly HostileCase[] = [
     rule: "names its own key in the receipt but sends a signature that does not verify",
     code: "PSP_ERR_RECEIPT_SIGNATURE",
     reason: /signature does not verify/,
-    // The aggregator checks the signature of the first answer on every link (receipt-sampler.ts).
+    // Caught by the first-answer rule: the aggregator checks the signature of the first answer on
+    // every link (receipt-sampler.ts), whatever its random sample says.
     read: (call, _wire, self) =>
       withBadSignature(
         signedAnswer({
@@ -539,7 +540,7 @@ describe("receipt signatures: the aggregator checks a sample, the console checks
       logger: pino({ level: "silent" }),
       http: false,
       configPollMs: 60_000,
-      random: () => 0.999, // 0.999 × 32 ≥ 1: no answer after a link's first is checked here
+      receiptRandom: () => 0.999, // 0.999 × 32 ≥ 1: no answer after a link's first is checked here
     });
     const operator = estate.operators.get(TENANT)!;
     const c = await connectAggregator({

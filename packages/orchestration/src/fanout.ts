@@ -21,6 +21,7 @@ import { OrchError } from "./errors.ts";
 import type { OrchLimits } from "./limits.ts";
 import { errorInfo, type LinkLease, type LinkPool } from "./pool.ts";
 import type { ReceiptSampler } from "./receipt-sampler.ts";
+import type { SessionHandle } from "./session-cache.ts";
 import type { ToteboxEntry } from "./registry.ts";
 import type { Viewport } from "./viewports.ts";
 
@@ -180,8 +181,8 @@ interface Pending {
   settled: boolean;
   timer: TimerHandle | undefined;
   session: ToteboxSessionRemote | undefined;
-  /** The session is the link's cached one for this grant (pool.ts): not ours to release. */
-  sessionCached: boolean;
+  /** Our hold on the link's session for this grant (session-cache.ts); ended once settled. */
+  sessionHandle: SessionHandle<ToteboxSessionRemote> | undefined;
   /** Pipelined view stubs: each holds an import on the Totebox's side until disposed. */
   stubs: unknown[];
   lease: LinkLease | undefined;
@@ -320,7 +321,7 @@ export class FanOut {
         settled: false,
         timer: undefined,
         session: undefined,
-        sessionCached: false,
+        sessionHandle: undefined,
         lease: undefined,
         stubs: [],
         caps: caps.slice(i * per, i * per + per),
@@ -355,9 +356,10 @@ export class FanOut {
       return;
     }
     p.lease = lease;
-    const { stub: session, cached } = lease.session(plan.grant, this.#grantKey);
+    const handle = lease.session(plan.grant, this.#grantKey);
+    const session = handle.stub;
     p.session = session;
-    p.sessionCached = cached;
+    p.sessionHandle = handle;
     // Set once the Totebox's reply is in hand: a failure from then on is a failure of its answer.
     let checking = false;
     try {
@@ -540,9 +542,10 @@ export class FanOut {
     // counts as a call in flight at the Totebox until its limit cuts the link. A cached session
     // stays for the next fan-out, unless something went wrong on it.
     for (const stub of p.stubs.splice(0)) releaseStub(stub);
-    if (p.session && p.sessionCached) {
-      if (status !== "ok" && status !== "suppressed") p.lease?.forgetSession(this.#grantKey, p.session);
-    } else releaseStub(p.session);
+    // A refusal or failed call may concern the session itself (the Totebox no longer honours the
+    // grant): no later fan-out reuses it. A timeout, a cancel or a lost link says nothing about it.
+    p.sessionHandle?.end(status === "denied" || status === "error");
+    p.sessionHandle = undefined;
     p.session = undefined;
     p.lease?.release();
     this.#pending.delete(p.entry.id);

@@ -84,5 +84,12 @@ export const DEFAULT_ORCH_LIMITS: Readonly<OrchLimits> = Object.freeze({
 
 export function resolveOrchLimits(overrides?: Partial<OrchLimits>): Readonly<OrchLimits> {
   if (!overrides) return DEFAULT_ORCH_LIMITS;
-  return Object.freeze({ ...DEFAULT_ORCH_LIMITS, ...overrides });
+  const l = Object.freeze({ ...DEFAULT_ORCH_LIMITS, ...overrides });
+  if (!Number.isInteger(l.receiptSignatureEvery) || l.receiptSignatureEvery < 1) {
+    throw new RangeError("receiptSignatureEvery must be a whole number ≥ 1");
+  }
+  if (!Number.isInteger(l.maxSessionsPerLink) || l.maxSessionsPerLink < 0) {
+    throw new RangeError("maxSessionsPerLink must be a whole number ≥ 0");
+  }
+  return l;
 }

@@ -15,6 +15,7 @@ import type pino from "pino";
 import { OrchError } from "./errors.ts";
 import type { OrchLimits } from "./limits.ts";
 import type { Registry, RegistryDiff, ToteboxEntry } from "./registry.ts";
+import { SessionCache, type SessionHandle } from "./session-cache.ts";
 
 /**
  * The aggregator's links to its Toteboxes: one persistent PSP link per active Totebox, the
@@ -71,18 +72,12 @@ export interface LinkLease {
   readonly link: PspLink;
   readonly hello: ToteboxHello;
   /**
-   * The Totebox session for `grant` on this link. The first fan-out that presents a grant
-   * authorizes it (pipelined with its reads); later fan-outs presenting the same grant reuse that
-   * session, so the Totebox verifies the grant's signature once per link instead of once per
-   * query. Nothing is widened by it: the Totebox re-checks the grant's window and its operator's
-   * trust, and verifies a fresh call capability, on every read; the aggregator re-verifies the
-   * grant on every request before any fan-out. `key` identifies the grant bytes (a digest).
-   * At most `maxSessionsPerLink` are kept per link, least recently used released first; with 0,
-   * `cached` is false and the caller releases the stub itself.
+   * The Totebox session for `grant` on this link (session-cache.ts): the first fan-out that
+   * presents a grant authorizes it (pipelined with its reads); later fan-outs presenting the same
+   * grant reuse it, so the Totebox verifies the grant's signature once per link instead of once
+   * per query. `key` identifies the grant bytes (a digest). End the handle when done.
    */
-  session(grant: Uint8Array, key: string): { readonly stub: ToteboxSessionRemote; readonly cached: boolean };
-  /** Drops and releases a cached session (after a failure on it): the next fan-out authorizes afresh. */
-  forgetSession(key: string, stub: ToteboxSessionRemote): void;
+  session(grant: Uint8Array, key: string): SessionHandle<ToteboxSessionRemote>;
   release(): void;
 }
 
@@ -102,8 +97,8 @@ class ToteboxConnection {
   hello: ToteboxHello | null = null;
   link: PspLink | undefined;
   remote: ToteboxRemote | undefined;
-  /** Authorized sessions on the current link by grant digest, least recently used first. */
-  sessions = new Map<string, ToteboxSessionRemote>();
+  /** Authorized sessions on the current link by grant digest (replaced with the link). */
+  sessions: SessionCache<ToteboxSessionRemote>;
   retryTimer: TimerHandle | undefined;
   /** Why we cut the current link ourselves (`cut`): reported instead of the bare close. */
   cutReason: { code: string; message: string } | undefined;
@@ -111,8 +106,9 @@ class ToteboxConnection {
   /** Callers waiting for the link to come up or for a free call slot. */
   readonly waiters: Waiter[] = [];
 
-  constructor(entry: ToteboxEntry) {
+  constructor(entry: ToteboxEntry, maxSessions: number) {
     this.entry = entry;
+    this.sessions = new SessionCache(maxSessions, releaseStub);
   }
 }
 
@@ -157,7 +153,7 @@ export class LinkPool {
   }
 
   #add(entry: ToteboxEntry): void {
-    const c = new ToteboxConnection(entry);
+    const c = new ToteboxConnection(entry, this.#o.limits.maxSessionsPerLink);
     this.#conns.set(entry.id, c);
     if (entry.state === "active") this.#queueConnect(c);
     else c.health = entry.state;
@@ -184,7 +180,7 @@ export class LinkPool {
     const link = c.link;
     c.link = undefined;
     c.remote = undefined;
-    c.sessions = new Map(); // broken with the link: nothing left to release
+    c.sessions = this.#newSessions(); // broken with the link: nothing left to release
     c.hello = null;
     link?.close();
     for (const w of c.waiters.splice(0)) {
@@ -265,7 +261,7 @@ export class LinkPool {
   #online(c: ToteboxConnection, link: PspLink, remote: ToteboxRemote, hello: ToteboxHello): void {
     c.link = link;
     c.remote = remote;
-    c.sessions = new Map();
+    c.sessions = this.#newSessions();
     c.hello = hello;
     c.attempts = 0;
     c.lastContact = this.#o.scheduler.now();
@@ -280,7 +276,7 @@ export class LinkPool {
       if (c.link !== link) return;
       c.link = undefined;
       c.remote = undefined;
-      c.sessions = new Map();
+      c.sessions = this.#newSessions();
       c.hello = null;
       const cut = c.cutReason;
       c.cutReason = undefined;
@@ -330,39 +326,21 @@ export class LinkPool {
     }
   }
 
+  #newSessions(): SessionCache<ToteboxSessionRemote> {
+    return new SessionCache(this.#o.limits.maxSessionsPerLink, releaseStub);
+  }
+
   #lease(c: ToteboxConnection): LinkLease {
     c.inFlight++;
     let released = false;
-    // This link's own table: if the link is replaced meanwhile, the new one starts empty.
+    // This link's own cache: if the link is replaced meanwhile, the new one starts empty.
     const remote = c.remote!;
     const sessions = c.sessions;
-    const max = this.#o.limits.maxSessionsPerLink;
     return {
       remote,
       link: c.link!,
       hello: c.hello!,
-      session: (grant, key) => {
-        const hit = sessions.get(key);
-        if (hit) {
-          sessions.delete(key); // refresh recency: Map order is insertion order
-          sessions.set(key, hit);
-          return { stub: hit, cached: true };
-        }
-        const stub = remote.authorize(grant);
-        if (max === 0) return { stub, cached: false };
-        sessions.set(key, stub);
-        for (const [k, old] of sessions) {
-          if (sessions.size <= max) break;
-          sessions.delete(k);
-          releaseStub(old);
-        }
-        return { stub, cached: true };
-      },
-      forgetSession: (key, stub) => {
-        if (sessions.get(key) !== stub) return;
-        sessions.delete(key);
-        releaseStub(stub);
-      },
+      session: (grant, key) => sessions.acquire(key, () => remote.authorize(grant)),
       release: () => {
         if (released) return;
         released = true;

@@ -4,16 +4,20 @@
  * Every answer's receipt is always bound to its request, at no measurable cost: the signer's key
  * id must be the key pinned for the link the answer came over, and the capability id, request
  * hash, Arrow digest and Totebox id must be this request's (`verifyReceipt`, checkSignature off).
- * The signature itself adds nothing the aggregator relies on: the answer arrived over mutual TLS
- * authenticated by that same Totebox key, and the aggregator only forwards the receipt. The party
- * that relies on it, the operator's console, verifies every signature before it calls a figure
- * verified. Checking all of them here anyway cost one Ed25519 verification per Totebox per query,
- * ~200 µs on this 2-core machine: 2.6× the whole per-Totebox cost of a bare TLS fan-out
- * (bench/fanout.ts), and a third of the aggregator's CPU per fan-out.
+ * The signature adds nothing the aggregator relies on: the answer arrived over mutual TLS
+ * authenticated by that same Totebox key, so whoever could sign wrongly here holds the key and
+ * could as well sign a wrong answer correctly. The aggregator uses the receipt's row counts and
+ * forwards it; the party that relies on its signature, the operator's console, verifies every one
+ * before it calls a figure verified. Checking all of them here anyway cost one Ed25519
+ * verification per Totebox per query: 150-330 µs on this loaded 2-core machine (bench psp: raw
+ * verify; in isolation verifyReceipt took 326 µs with the signature, 27 µs without), more than
+ * the whole per-Totebox cost of a bare TLS fan-out (bench/fanout.ts, ~80 µs), and about a third
+ * of the aggregator's CPU per fan-out.
  *
  * So the aggregator checks a sample, as an early alarm for a Totebox that signs wrongly: the first
- * answer on every link, then each later one with probability 1/every, drawn from the injected
- * (by default cryptographic) randomness so a Totebox cannot tell which answers will be checked.
+ * answer on every link, then each later one with probability 1/every, drawn from randomness of
+ * its own (by default node:crypto; tests inject it) so a Totebox cannot tell which answers will
+ * be checked.
  * A failure cuts the link and is counted, exactly as when every answer was checked.
  */
 export class ReceiptSampler {

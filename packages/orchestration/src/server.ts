@@ -53,6 +53,12 @@ export interface OrchestrationServerOptions {
   readonly scheduler?: Scheduler;
   /** Uniform in [0, 1), for backoff jitter. */
   readonly random?: () => number;
+  /**
+   * Randomness that picks which Totebox receipts have their signature checked here
+   * (receipt-sampler.ts), in [0, 1). Its own source, never shared with anything a Totebox can
+   * observe (reconnect jitter). Default: node:crypto.
+   */
+  readonly receiptRandom?: () => number;
   readonly limits?: Partial<OrchLimits>;
   /** PSP limits for Totebox links. */
   readonly toteboxLinkLimits?: Partial<PspLimits>;
@@ -145,7 +151,10 @@ export class OrchestrationServer {
       },
     });
 
-    const receipts = new ReceiptSampler({ every: limits.receiptSignatureEvery, random });
+    const receipts = new ReceiptSampler({
+      every: limits.receiptSignatureEvery,
+      random: o.receiptRandom ?? (() => randomInt(0, 2 ** 31) / 2 ** 31),
+    });
     metrics.watchReceipts(() => receipts.counts);
     const ctx: ServiceContext = {
       receipts,

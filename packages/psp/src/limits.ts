@@ -63,5 +63,9 @@ export const DEFAULT_PSP_LIMITS: Readonly<PspLimits> = Object.freeze({
 
 export function resolveLimits(overrides?: Partial<PspLimits>): Readonly<PspLimits> {
   if (!overrides) return DEFAULT_PSP_LIMITS;
+  const d = overrides.releaseDelayMs;
+  if (d !== undefined && !(Number.isFinite(d) && d >= 0)) {
+    throw new RangeError("releaseDelayMs must be a finite number ≥ 0");
+  }
   return Object.freeze({ ...DEFAULT_PSP_LIMITS, ...overrides });
 }

@@ -177,6 +177,29 @@ describe("idle timeout (driven by a manual clock, no sleeping)", () => {
   });
 });
 
+describe("idle timeout", () => {
+  it("closes a link exactly idleTimeoutMs after its last complete frame, however often frames came", async () => {
+    const clock = new ManualScheduler();
+    const s = await subjectServer({ idleTimeoutMs: 45_000 }, clock);
+    const before = s.links.length;
+    // The commander keeps real time (it would ping only after 15 s of real silence).
+    const link = await commanderTo(s.server.address.port);
+    const server = await s.nextLink(before);
+    const api = openCommander<ApiT>(link);
+    clock.advance(20_000);
+    expect(await api.echo(1)).toBe(1); // the subject's last frame in arrives at t = 20 s
+    const closed = closedWith(server);
+    clock.advance(25_000); // t = 45 s: the link's first timer fires, 25 s after that frame
+    expect(server.closed).toBe(false);
+    clock.advance(19_999); // t = 64.999 s
+    expect(server.closed).toBe(false);
+    clock.advance(1); // t = 65 s = last frame + 45 s
+    expect((await closed)?.code).toBe("PSP_ERR_IDLE_TIMEOUT");
+    link.close();
+    await s.server.close();
+  });
+});
+
 describe("TLS and pinning", () => {
   let server: PspServer;
   const refusals: { code: string; reason: string }[] = [];

@@ -96,7 +96,7 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
     this.#scheduler = options.scheduler ?? systemScheduler;
     this.#guard = new DiodeGuard(this.role, this.limits);
     this.#decoder = new FrameDecoder(this.limits);
-    this.#lastFrameInAt = this.#scheduler.now();
+    this.#lastFrameInAt = this.#elapsed();
 
     this.#socket.on("data", (chunk: Buffer) => this.#onData(chunk));
     this.#socket.on("end", () => this.close());
@@ -142,7 +142,7 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
       // when it is made and its `pull` when the caller awaits it, a few microtasks later, and a
       // pipelined chain spreads its pushes over several microtasks too. Waiting for setImmediate
       // puts them all in one frame (one round trip) at the cost of one event-loop turn.
-      scheduleFlush(() => this.#flush());
+      scheduleFlush({ flush: () => this.#flush(), fail: (e) => this.close(toPspError(e)) });
     }
     return undefined;
   }
@@ -192,7 +192,13 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
     // hub's largest avoidable cost after receipts, measured at 1,000 links), so it waits up to
     // releaseDelayMs for the next frame out and rides along. Releases stay ahead of any later
     // call in the outbox, so the subject's calls-in-flight count drops before new calls count.
-    if (!force && !this.#closed && this.limits.releaseDelayMs > 0 && onlyReleases(this.#outbox)) {
+    if (
+      !force &&
+      !this.#closed &&
+      this.limits.releaseDelayMs > 0 &&
+      this.#outbox.length > 0 &&
+      onlyReleases(this.#outbox)
+    ) {
       this.#releaseTimer ??= this.#scheduler.after(this.limits.releaseDelayMs, () => {
         this.#releaseTimer = undefined;
         this.#flush(true);
@@ -274,7 +280,7 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
     for (const frame of frames) {
       if (this.#closed) return;
       this.stats.framesIn++;
-      this.#lastFrameInAt = this.#scheduler.now();
+      this.#lastFrameInAt = this.#elapsed();
       this.emit("frame-in", frame);
       try {
         this.#onFrame(frame);
@@ -323,10 +329,18 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
    * for what is left. (Re-arming on every frame cost a timer allocation per answer: ~1.5% of the
    * aggregator's CPU at 1,000 links.)
    */
+  /**
+   * Milliseconds on a clock that never steps (the scheduler's monotonic clock when it has one):
+   * a wall clock stepped forward would cut healthy links, stepped back would keep a silent one.
+   */
+  #elapsed(): number {
+    return this.#scheduler.monotonicNow ? this.#scheduler.monotonicNow() : this.#scheduler.now();
+  }
+
   #armIdle(delayMs = this.limits.idleTimeoutMs): void {
     this.#idleTimer = this.#scheduler.after(delayMs, () => {
       if (this.#closed) return;
-      const quietFor = this.#scheduler.now() - this.#lastFrameInAt;
+      const quietFor = this.#elapsed() - this.#lastFrameInAt;
       if (quietFor < this.limits.idleTimeoutMs) {
         this.#armIdle(this.limits.idleTimeoutMs - quietFor);
         return;
@@ -345,7 +359,7 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
       if (this.#closed) return;
       // Ping only a link that has been silent toward us: its answer is what keeps the idle timer
       // from firing.
-      const quiet = this.#scheduler.now() - this.#lastFrameInAt >= this.limits.pingIntervalMs;
+      const quiet = this.#elapsed() - this.#lastFrameInAt >= this.limits.pingIntervalMs;
       if (quiet && !this.#pingOutstanding) {
         this.#pingOutstanding = true;
         this.#write(encodeFrame(FrameKind.Ping), FrameKind.Ping, 0);
@@ -357,28 +371,30 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
 
 /**
  * Links with messages to send, flushed together by one setImmediate: a fan-out over 1,000 links
- * queues one callback, not 1,000. A flush that throws closes only its own link (#flush catches
- * what it can; anything else is reported after the others have flushed).
+ * queues one callback, not 1,000. A flush that throws (a bug: encoding our own messages failed)
+ * closes its own link with PSP_ERR_INTERNAL; the other links still flush.
  */
-let flushQueue: Array<() => void> = [];
+interface PendingFlush {
+  readonly flush: () => void;
+  readonly fail: (e: unknown) => void;
+}
+let flushQueue: PendingFlush[] = [];
 
-function scheduleFlush(flush: () => void): void {
+function scheduleFlush(p: PendingFlush): void {
   if (flushQueue.length === 0) setImmediate(runFlushes);
-  flushQueue.push(flush);
+  flushQueue.push(p);
 }
 
 function runFlushes(): void {
   const queue = flushQueue;
   flushQueue = [];
-  let failure: unknown;
-  for (const f of queue) {
+  for (const p of queue) {
     try {
-      f();
+      p.flush();
     } catch (e) {
-      failure ??= e;
+      p.fail(e);
     }
   }
-  if (failure !== undefined) throw failure;
 }
 
 /** Frames up to this size are copied into one buffer before writing (see #write). */

@@ -9,12 +9,18 @@ export interface TimerHandle {
 export interface Scheduler {
   /** Milliseconds since the epoch. */
   now(): number;
+  /**
+   * Milliseconds on a clock that only moves forward, for measuring intervals (idle, ping).
+   * Absent: intervals are measured with now().
+   */
+  monotonicNow?(): number;
   /** Runs `fn` once after `ms` milliseconds unless cancelled. */
   after(ms: number, fn: () => void): TimerHandle;
 }
 
 export const systemScheduler: Scheduler = {
   now: () => Date.now(),
+  monotonicNow: () => performance.now(),
   after(ms, fn) {
     const t = setTimeout(fn, ms);
     // A pending link timer must never keep a process alive on its own.

@@ -1,0 +1,77 @@
+import { describe, expect, it } from "vitest";
+import { SessionCache } from "./session-cache.ts";
+
+/** A cache of named fake stubs that records which were opened and released. */
+function harness(max: number) {
+  const opened: string[] = [];
+  const released: string[] = [];
+  let n = 0;
+  const cache = new SessionCache<string>(max, (s) => released.push(s));
+  const acquire = (key: string) =>
+    cache.acquire(key, () => {
+      const s = `${key}#${++n}`;
+      opened.push(s);
+      return s;
+    });
+  return { cache, acquire, opened, released };
+}
+
+describe("SessionCache", () => {
+  it("reuses one session per key: authorized once, released only when evicted", () => {
+    const h = harness(2);
+    const a1 = h.acquire("a");
+    a1.end(false);
+    const a2 = h.acquire("a");
+    expect(a2.stub).toBe(a1.stub);
+    a2.end(false);
+    h.acquire("b").end(false);
+    expect(h.released).toEqual([]);
+    // A third key evicts the least recently used ("a").
+    h.acquire("c").end(false);
+    expect(h.released).toEqual(["a#1"]);
+    expect(h.cache.size).toBe(2);
+    expect(h.acquire("a").stub).toBe("a#4"); // authorized afresh
+  });
+
+  it("an evicted session still in use is released only when its last holder ends", () => {
+    const h = harness(1);
+    const a = h.acquire("a");
+    const b = h.acquire("b"); // evicts "a" while a fan-out still holds it
+    expect(h.released).toEqual([]);
+    a.end(false);
+    expect(h.released).toEqual(["a#1"]);
+    b.end(false);
+    expect(h.released).toEqual(["a#1"]); // "b" stays cached
+  });
+
+  it("a failure forgets the session for later fan-outs but leaves current holders intact", () => {
+    const h = harness(4);
+    const first = h.acquire("g");
+    const second = h.acquire("g");
+    expect(second.stub).toBe(first.stub);
+    first.end(true); // e.g. the Totebox refused this fan-out's read
+    expect(h.released).toEqual([]); // the other fan-out can still cancel through it
+    const third = h.acquire("g");
+    expect(third.stub).not.toBe(first.stub); // no later fan-out reuses it
+    second.end(false);
+    expect(h.released).toEqual(["g#1"]);
+    third.end(false);
+    expect(h.released).toEqual(["g#1"]);
+  });
+
+  it("ending a handle twice counts once", () => {
+    const h = harness(0);
+    const a = h.acquire("a");
+    const b = h.acquire("a"); // max 0: nothing is shared
+    expect(b.stub).not.toBe(a.stub);
+    a.end(false);
+    a.end(false);
+    expect(h.released).toEqual(["a#1"]);
+    b.end(true);
+    expect(h.released).toEqual(["a#1", "a#2"]);
+  });
+
+  it("refuses a size that is not a whole number ≥ 0", () => {
+    for (const max of [-1, 1.5, Number.NaN]) expect(() => new SessionCache(max, () => {})).toThrow(RangeError);
+  });
+});
