@@ -89,7 +89,8 @@ const MAX_HTTP_ANSWER_BYTES = 64 * 1024;
  * aggregator's call to make, so the hub makes it here; links lost are still counted and printed.
  * (The other half of that lesson is SEND_SLICE: a blocked hub loop sends no pings either.)
  */
-const HUB_LINK_LIMITS = { pingIntervalMs: 10_000, idleTimeoutMs: 120_000 } as const;
+// Releases wait 10 s for the next call, as on the aggregator's own Totebox links (pool.ts).
+const HUB_LINK_LIMITS = { pingIntervalMs: 10_000, idleTimeoutMs: 120_000, releaseDelayMs: 10_000 } as const;
 /** Calls started per event-loop turn during a fan-out. */
 const SEND_SLICE = 256;
 

@@ -21,8 +21,8 @@ import { OrchError } from "./errors.ts";
 import type { OrchLimits } from "./limits.ts";
 import { errorInfo, type LinkLease, type LinkPool } from "./pool.ts";
 import type { ReceiptSampler } from "./receipt-sampler.ts";
-import type { SessionHandle } from "./session-cache.ts";
 import type { ToteboxEntry } from "./registry.ts";
+import type { SessionHandle } from "./session-cache.ts";
 import type { Viewport } from "./viewports.ts";
 
 /**

@@ -72,6 +72,7 @@ describe("SessionCache", () => {
   });
 
   it("refuses a size that is not a whole number ≥ 0", () => {
-    for (const max of [-1, 1.5, Number.NaN]) expect(() => new SessionCache(max, () => {})).toThrow(RangeError);
+    for (const max of [-1, 1.5, Number.NaN])
+      expect(() => new SessionCache(max, () => {})).toThrow(RangeError);
   });
 });

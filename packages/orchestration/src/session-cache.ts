@@ -40,7 +40,8 @@ export class SessionCache<S> {
    * @param release releases a stub at the Totebox (releaseStub).
    */
   constructor(max: number, release: (stub: S) => void) {
-    if (!Number.isInteger(max) || max < 0) throw new RangeError("maxSessionsPerLink must be a whole number ≥ 0");
+    if (!Number.isInteger(max) || max < 0)
+      throw new RangeError("maxSessionsPerLink must be a whole number ≥ 0");
     this.#max = max;
     this.#release = release;
   }

@@ -41,7 +41,9 @@ export interface PspLimits {
   /**
    * Sending side: a frame that would carry only `release` messages waits up to this long, in
    * milliseconds, for the next frame out to ride along with (0 sends it at once). Until it
-   * leaves, the peer counts those calls as still in flight. Default 1 000.
+   * leaves, the peer keeps those answers in its export table and counts the calls as in flight;
+   * that never exceeds what was in flight at the peak, since any new call carries the waiting
+   * releases ahead of it. Default 1 000 (the aggregator's Totebox links use 10 000: see pool.ts).
    */
   readonly releaseDelayMs: number;
 }
