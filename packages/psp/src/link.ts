@@ -79,6 +79,11 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
   #waiter: { resolve: (m: unknown) => void; reject: (e: unknown) => void } | undefined;
   #outbox: unknown[] = [];
   #flushScheduled = false;
+  /** This link's entry in the shared flush queue (made once, queued once per turn at most). */
+  readonly #pendingFlush: PendingFlush = {
+    flush: () => this.#flush(),
+    fail: (e) => this.close(toPspError(e)),
+  };
   /** Set while the outbox holds only `release` messages waiting for company (see #flush). */
   #releaseTimer: TimerHandle | undefined;
   #closed: { error: PspError | undefined } | undefined;
@@ -142,7 +147,7 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
       // when it is made and its `pull` when the caller awaits it, a few microtasks later, and a
       // pipelined chain spreads its pushes over several microtasks too. Waiting for setImmediate
       // puts them all in one frame (one round trip) at the cost of one event-loop turn.
-      scheduleFlush({ flush: () => this.#flush(), fail: (e) => this.close(toPspError(e)) });
+      scheduleFlush(this.#pendingFlush);
     }
     return undefined;
   }
@@ -324,12 +329,6 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
   }
 
   /**
-   * One idle timer per link, not one per frame: a frame only records when it arrived, and the
-   * timer, when it fires, closes the link if no frame came within idleTimeoutMs or else sleeps
-   * for what is left. (Re-arming on every frame cost a timer allocation per answer: ~1.5% of the
-   * aggregator's CPU at 1,000 links.)
-   */
-  /**
    * Milliseconds on a clock that never steps (the scheduler's monotonic clock when it has one):
    * a wall clock stepped forward would cut healthy links, stepped back would keep a silent one.
    */
@@ -337,6 +336,12 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
     return this.#scheduler.monotonicNow ? this.#scheduler.monotonicNow() : this.#scheduler.now();
   }
 
+  /**
+   * One idle timer per link, not one per frame: a frame only records when it arrived, and the
+   * timer, when it fires, closes the link if no frame came within idleTimeoutMs or else sleeps
+   * for what is left. (Re-arming on every frame cost a timer allocation per answer: ~1.5% of the
+   * aggregator's CPU at 1,000 links.)
+   */
   #armIdle(delayMs = this.limits.idleTimeoutMs): void {
     this.#idleTimer = this.#scheduler.after(delayMs, () => {
       if (this.#closed) return;
