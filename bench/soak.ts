@@ -169,6 +169,19 @@ try {
     samples.push({ t: (now - started) / 1000, rss: rss() });
     if (Number.isNaN(rssWarm) && now >= warmEnd) rssWarm = rss();
   }, 1000);
+  // The aggregator's JS heap in use, from its /metrics, every 5 s: RSS growing with a flat heap is
+  // native memory (TLS, DuckDB, the allocator); a growing heap is a JS-side leak.
+  const heap: { t: number; bytes: number }[] = [];
+  const heapSampler = setInterval(() => {
+    const t = (Date.now() - started) / 1000;
+    fetch(`${agg.httpUrl}/metrics`)
+      .then((r) => r.text())
+      .then((text) => {
+        const m = /^nodejs_heap_size_used_bytes (\d+(?:\.\d+)?(?:e\+\d+)?)$/m.exec(text);
+        if (m) heap.push({ t, bytes: Number(m[1]) });
+      })
+      .catch(() => {});
+  }, 5000);
 
   await Promise.all(
     sessions.map(async (rs, i) => {
@@ -200,6 +213,7 @@ try {
     }),
   );
   clearInterval(sampler);
+  clearInterval(heapSampler);
   const rssEnd = rss();
   for (const s of sessions) s.close();
   await stopAllChildren();
@@ -287,6 +301,8 @@ try {
       .map((s) => `${s.t.toFixed(0)}s:${(s.rss / 2 ** 20).toFixed(0)}`)
       .join("  "),
   );
+  console.log("\naggregator JS heap in use over time (MiB):");
+  console.log(heap.map((h) => `${h.t.toFixed(0)}s:${(h.bytes / 2 ** 20).toFixed(0)}`).join("  "));
   console.log(`\nresults: ${writeResults(rows, "soak")}`);
 } finally {
   await stopAllChildren();

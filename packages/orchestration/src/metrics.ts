@@ -1,4 +1,4 @@
-import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 import type { LinkHealth } from "./pool.ts";
 
 /**
@@ -10,6 +10,9 @@ export class OrchMetrics {
   readonly registry = new Registry();
 
   constructor() {
+    // The process's own figures (heap, RSS, event-loop lag, GC, handles), under nodejs_/process_:
+    // what an operator needs to tell a JS-heap leak from native memory growth.
+    collectDefaultMetrics({ register: this.registry });
     const counts = () => this.#receiptCounts?.();
     this.receiptSignatures = new Gauge({
       name: "orch_receipt_signatures",
