@@ -7,6 +7,7 @@ import {
   serveSubject,
 } from "../packages/psp/src/index.ts";
 import type { BenchRow } from "./report.ts";
+import { POSITION_COLUMNS } from "./sim-fleet-worker.ts";
 
 class Api extends RpcTarget {
   ping(n: number) {
@@ -240,16 +241,7 @@ function microseconds(fns: readonly (() => unknown)[], ms = 100, rounds = 7): nu
 const times = (x: number, base: number, what: string) => `${(x / base).toFixed(2)}× ${what}`;
 
 /** The view the fan-out bench's simulated Toteboxes answer: one row of eight columns. */
-const POSITION = [
-  { name: "as_of", type: "date" },
-  { name: "currency", type: "string" },
-  { name: "cash", type: "integer" },
-  { name: "assets", type: "integer" },
-  { name: "liabilities", type: "integer" },
-  { name: "equity", type: "integer" },
-  { name: "debt", type: "integer" },
-  { name: "net_value", type: "integer" },
-] as const;
+const POSITION = POSITION_COLUMNS;
 const POSITION_ROW = ["2026-11-01", "EUR", 1_250_000, 5_000_000, 1_200_000, 3_800_000, 400_000, 3_400_000];
 
 /**
