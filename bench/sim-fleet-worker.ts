@@ -315,15 +315,9 @@ export interface SimToteboxStats {
 }
 
 /** State and checks of one simulated Totebox; the RpcTargets below hold it in private fields. */
-export class SimTotebox {
-  readonly seed: number;
-  readonly index: number;
-  readonly id: string;
-  readonly tags: Readonly<Record<string, string>>;
-  readonly identity: Identity;
-  readonly trust: SimTrust;
-  readonly clock: Clock;
-  readonly stats: SimToteboxStats = {
+/** Counters all at zero: a Totebox's start, and the sum a worker or the fleet adds up into. */
+export function emptySimStats(): SimToteboxStats {
+  return {
     linksOpened: 0,
     linksFailed: 0,
     authorized: 0,
@@ -333,6 +327,17 @@ export class SimTotebox {
     httpsRefused: 0,
     floorFrames: 0,
   };
+}
+
+export class SimTotebox {
+  readonly seed: number;
+  readonly index: number;
+  readonly id: string;
+  readonly tags: Readonly<Record<string, string>>;
+  readonly identity: Identity;
+  readonly trust: SimTrust;
+  readonly clock: Clock;
+  readonly stats: SimToteboxStats = emptySimStats();
   readonly #replay: MemoryReplayStore;
   readonly #jwtReplay: MemoryReplayStore;
   readonly #watermark: string;
@@ -1056,16 +1061,7 @@ async function workerMain(): Promise<void> {
         send({ type: "floor-ok", answerBytes: req.answerBytes });
         return;
       case "stats": {
-        const stats: SimToteboxStats = {
-          linksOpened: 0,
-          linksFailed: 0,
-          authorized: 0,
-          reads: 0,
-          refused: 0,
-          httpsReads: 0,
-          httpsRefused: 0,
-          floorFrames: 0,
-        };
+        const stats = emptySimStats();
         for (const r of running) {
           for (const k of Object.keys(stats) as (keyof SimToteboxStats)[]) stats[k] += r.totebox.stats[k];
         }

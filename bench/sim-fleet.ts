@@ -10,6 +10,7 @@ import { type ChildProcess, fork } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import {
   BenchError,
+  emptySimStats,
   MAX_SIM_TOTEBOXES,
   type SimToteboxDescriptor,
   type SimToteboxStats,
@@ -331,16 +332,7 @@ export async function startSimFleet(options: SimFleetOptions): Promise<SimFleet>
             return got;
           }),
         );
-        const stats: SimToteboxStats = {
-          linksOpened: 0,
-          linksFailed: 0,
-          authorized: 0,
-          reads: 0,
-          refused: 0,
-          httpsReads: 0,
-          httpsRefused: 0,
-          floorFrames: 0,
-        };
+        const stats: SimToteboxStats = emptySimStats();
         let cpuMicros = 0;
         let rssBytes = 0;
         for (const s of all) {
