@@ -146,6 +146,8 @@ export interface FanOutPlan {
   readonly deadlineMs: number;
   /** The operator's grant token, presented to every Totebox as is. */
   readonly grant: Uint8Array;
+  /** When the grant ends (ms since the epoch, from its verified `exp`). */
+  readonly grantExpiresAt: number;
   readonly tenant: string;
   readonly operator: string;
   /**
@@ -356,7 +358,7 @@ export class FanOut {
       return;
     }
     p.lease = lease;
-    const handle = lease.session(plan.grant, this.#grantKey);
+    const handle = lease.session(plan.grant, this.#grantKey, plan.grantExpiresAt);
     const session = handle.stub;
     p.session = session;
     p.sessionHandle = handle;

@@ -84,9 +84,10 @@ export interface LinkLease {
    * The Totebox session for `grant` on this link (session-cache.ts): the first fan-out that
    * presents a grant authorizes it (pipelined with its reads); later fan-outs presenting the same
    * grant reuse it, so the Totebox verifies the grant's signature once per link instead of once
-   * per query. `key` identifies the grant bytes (a digest). End the handle when done.
+   * per query. `key` identifies the grant bytes (a digest); `expiresAt` is the grant's end (ms
+   * since the epoch), after which the cached session is dropped. End the handle when done.
    */
-  session(grant: Uint8Array, key: string): SessionHandle<ToteboxSessionRemote>;
+  session(grant: Uint8Array, key: string, expiresAt: number): SessionHandle<ToteboxSessionRemote>;
   release(): void;
 }
 
@@ -115,9 +116,9 @@ class ToteboxConnection {
   /** Callers waiting for the link to come up or for a free call slot. */
   readonly waiters: Waiter[] = [];
 
-  constructor(entry: ToteboxEntry, maxSessions: number) {
+  constructor(entry: ToteboxEntry, sessions: SessionCache<ToteboxSessionRemote>) {
     this.entry = entry;
-    this.sessions = new SessionCache<ToteboxSessionRemote>(maxSessions, releaseStub);
+    this.sessions = sessions;
   }
 }
 
@@ -162,7 +163,7 @@ export class LinkPool {
   }
 
   #add(entry: ToteboxEntry): void {
-    const c = new ToteboxConnection(entry, this.#o.limits.maxSessionsPerLink);
+    const c = new ToteboxConnection(entry, this.#newSessions());
     this.#conns.set(entry.id, c);
     if (entry.state === "active") this.#queueConnect(c);
     else c.health = entry.state;
@@ -336,7 +337,10 @@ export class LinkPool {
   }
 
   #newSessions(): SessionCache<ToteboxSessionRemote> {
-    return new SessionCache<ToteboxSessionRemote>(this.#o.limits.maxSessionsPerLink, releaseStub);
+    const scheduler = this.#o.scheduler;
+    return new SessionCache<ToteboxSessionRemote>(this.#o.limits.maxSessionsPerLink, releaseStub, () =>
+      scheduler.now(),
+    );
   }
 
   #lease(c: ToteboxConnection): LinkLease {
@@ -349,7 +353,7 @@ export class LinkPool {
       remote,
       link: c.link!,
       hello: c.hello!,
-      session: (grant, key) => sessions.acquire(key, () => remote.authorize(grant)),
+      session: (grant, key, expiresAt) => sessions.acquire(key, () => remote.authorize(grant), expiresAt),
       release: () => {
         if (released) return;
         released = true;

@@ -604,6 +604,7 @@ export class OperatorSession extends RpcTarget {
       toteboxTimeoutMs: Math.min(req.timeoutMs ?? ctx.limits.defaultToteboxTimeoutMs, deadlineMs),
       deadlineMs,
       grant: this.#grant,
+      grantExpiresAt: g.verified.claims.exp * 1000,
       tenant: op.tenant,
       operator: op.id,
       keepAnswers: req.answers,

@@ -6,14 +6,23 @@ function harness(max: number) {
   const opened: string[] = [];
   const released: string[] = [];
   let n = 0;
-  const cache = new SessionCache<string>(max, (s) => released.push(s));
-  const acquire = (key: string) =>
-    cache.acquire(key, () => {
-      const s = `${key}#${++n}`;
-      opened.push(s);
-      return s;
-    });
-  return { cache, acquire, opened, released };
+  const clock = { now: 1_000_000 };
+  const cache = new SessionCache<string>(
+    max,
+    (s) => released.push(s),
+    () => clock.now,
+  );
+  const acquire = (key: string, expiresAt?: number) =>
+    cache.acquire(
+      key,
+      () => {
+        const s = `${key}#${++n}`;
+        opened.push(s);
+        return s;
+      },
+      expiresAt,
+    );
+  return { cache, acquire, opened, released, clock };
 }
 
 describe("SessionCache", () => {
@@ -74,5 +83,24 @@ describe("SessionCache", () => {
   it("refuses a size that is not a whole number ≥ 0", () => {
     for (const max of [-1, 1.5, Number.NaN])
       expect(() => new SessionCache(max, () => {})).toThrow(RangeError);
+  });
+
+  it("a session whose grant has ended leaves at the next acquire, not when evicted (injected clock)", () => {
+    const h = harness(4);
+    const old = h.acquire("old", 1_000_500);
+    old.end(false);
+    const held = h.acquire("held", 1_000_500); // ends at the same time, but a fan-out still holds it
+    h.acquire("live", 2_000_000).end(false);
+    h.clock.now = 1_000_499;
+    h.acquire("live", 2_000_000).end(false);
+    expect(h.released).toEqual([]); // not yet: the window is still open
+    h.clock.now = 1_000_500;
+    h.acquire("live", 2_000_000).end(false);
+    expect(h.released).toEqual(["old#1"]); // left at once: nobody holds it
+    expect(h.cache.size).toBe(1);
+    held.end(false);
+    expect(h.released).toEqual(["old#1", "held#2"]); // released by its last holder
+    // A fan-out presenting the ended grant again gets a fresh session (the Totebox will refuse it).
+    expect(h.acquire("old", 1_000_500).stub).toBe("old#4");
   });
 });

@@ -25,6 +25,8 @@ export interface SessionHandle<S> {
 
 interface Entry<S> {
   readonly stub: S;
+  /** When the grant behind the session ends (ms since the epoch): the Totebox refuses it after. */
+  readonly expiresAt: number;
   users: number;
   cached: boolean;
 }
@@ -32,18 +34,21 @@ interface Entry<S> {
 export class SessionCache<S> {
   readonly #max: number;
   readonly #release: (stub: S) => void;
+  readonly #now: () => number;
   readonly #entries = new Map<string, Entry<S>>();
 
   /**
    * @param max sessions kept (least recently used leave first); 0 keeps none, and each handle's
    *   session is released as soon as its holder ends it.
    * @param release releases a stub at the Totebox (releaseStub).
+   * @param now the wall clock (ms since the epoch) that grant expiries are compared against.
    */
-  constructor(max: number, release: (stub: S) => void) {
+  constructor(max: number, release: (stub: S) => void, now: () => number = Date.now) {
     if (!Number.isInteger(max) || max < 0)
       throw new RangeError("maxSessionsPerLink must be a whole number ≥ 0");
     this.#max = max;
     this.#release = release;
+    this.#now = now;
   }
 
   /** Sessions currently cached (in use or not). */
@@ -51,14 +56,20 @@ export class SessionCache<S> {
     return this.#entries.size;
   }
 
-  /** The cached session for `key`, or a new one from `open()`. */
-  acquire(key: string, open: () => S): SessionHandle<S> {
+  /**
+   * The cached session for `key`, or a new one from `open()`. `expiresAt` (ms since the epoch) is
+   * when the grant behind it ends: from then on the Totebox refuses every read on that session,
+   * so it leaves the cache at the next acquire instead of holding a slot (and the Totebox's
+   * memory) until it is evicted as least recently used.
+   */
+  acquire(key: string, open: () => S, expiresAt = Number.POSITIVE_INFINITY): SessionHandle<S> {
+    this.#dropExpired();
     let entry = this.#entries.get(key);
     if (entry) {
       this.#entries.delete(key); // refresh recency: Map order is insertion order
       this.#entries.set(key, entry);
     } else {
-      entry = { stub: open(), users: 0, cached: this.#max > 0 };
+      entry = { stub: open(), expiresAt, users: 0, cached: this.#max > 0 };
       if (entry.cached) {
         this.#entries.set(key, entry);
         for (const [k, old] of this.#entries) {
@@ -80,6 +91,12 @@ export class SessionCache<S> {
         else if (!e.cached && e.users === 0) this.#release(e.stub);
       },
     };
+  }
+
+  #dropExpired(): void {
+    if (this.#entries.size === 0) return;
+    const now = this.#now();
+    for (const [k, e] of this.#entries) if (e.expiresAt <= now) this.#drop(k, e);
   }
 
   #drop(key: string, e: Entry<S>): void {
