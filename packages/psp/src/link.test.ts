@@ -311,6 +311,30 @@ describe("the sender splits batches to fit the receiver's limits", () => {
   });
 });
 
+describe("a flush that throws (a bug on our own side)", () => {
+  it("closes only its own link with PSP_ERR_INTERNAL; a link flushed in the same turn still sends", async () => {
+    const s = await subjectServer({});
+    const bad = await commanderTo(s.server.address.port);
+    const good = await commanderTo(s.server.address.port);
+    const api = openCommander<ApiT>(good);
+    // Passes the Diode check (a pull's body is only read when it is a number) but throws while
+    // the frame is being built: the encoder reads the property.
+    const poison = Object.defineProperty({}, "x", {
+      enumerable: true,
+      get() {
+        throw new Error("boom");
+      },
+    });
+    bad.send(["pull", poison]); // queued first in the shared flush...
+    const answer = api.echo("after"); // ...and this one after it, in the same turn
+    expect((await closedWith(bad))?.code).toBe("PSP_ERR_INTERNAL");
+    expect(await answer).toBe("after");
+    expect(good.closed).toBe(false);
+    good.close();
+    await s.server.close();
+  });
+});
+
 describe("release-only frames wait for company", () => {
   it("a release rides with the next call, or leaves alone after releaseDelayMs", async () => {
     const s = await subjectServer({});
