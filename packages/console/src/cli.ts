@@ -6,10 +6,12 @@ import {
   type ColumnSpec,
   connectPsp,
   decodeUnverified,
+  type Endpoint,
   formatDeviceId,
   normalizeFingerprint,
   openCommander,
   pairingProof,
+  parseEndpoint,
   rawEd25519PublicKey,
   systemClock,
   verifyPairingProof,
@@ -95,10 +97,10 @@ function need(v: string | undefined, name: string): string {
   return v;
 }
 
-function hostPort(v: string): { host: string; port: number } {
-  const m = /^\[?([^\]]+?)\]?:(\d{1,5})$/.exec(v);
-  if (!m || Number(m[2]) > 65535) usage(`${v} is not HOST:PORT`);
-  return { host: m[1]!, port: Number(m[2]) };
+function hostPort(v: string, what: string): Endpoint {
+  const p = parseEndpoint(v);
+  if (!p.ok) usage(`${what} ${p.reason}`);
+  return { host: p.host, port: p.port };
 }
 
 /** k=v pairs; numbers and booleans typed, everything else a string. */
@@ -239,7 +241,7 @@ async function main(): Promise<number> {
     }
     case "pair": {
       const identity = await home.identity();
-      const at = hostPort(need(values.address, "address"));
+      const at = hostPort(need(values.address, "address"), "--address");
       const fingerprint = normalizeFingerprint(need(values["device-id"], "device-id"));
       const code = need(values.code, "code");
       const link = await connectPsp({ identity, role: "commander", ...at, expect: fingerprint });
@@ -255,7 +257,7 @@ async function main(): Promise<number> {
             "the aggregator's pairing proof does not match the code",
           );
         }
-        const serving = values.aggregator ? hostPort(values.aggregator) : at;
+        const serving = values.aggregator ? hostPort(values.aggregator, "--aggregator") : at;
         home.update((c) => {
           c.operator = { id: ans.operator, tenant: ans.tenant, role: ans.role };
           c.aggregator = { ...serving, fingerprint };
@@ -270,7 +272,7 @@ async function main(): Promise<number> {
     }
     case "pair-totebox": {
       const identity = await home.identity();
-      const at = hostPort(need(values.address, "address"));
+      const at = hostPort(need(values.address, "address"), "--address");
       const fingerprint = normalizeFingerprint(need(values["device-id"], "device-id"));
       const code = need(values.code, "code");
       const link = await connectPsp({ identity, role: "commander", ...at, expect: fingerprint });

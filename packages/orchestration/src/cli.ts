@@ -3,12 +3,14 @@ import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import {
   connectPsp,
+  type Endpoint,
   formatDeviceId,
   loadIdentity,
   loadOrCreateIdentity,
   normalizeFingerprint,
   openCommander,
   pairingProof,
+  parseEndpoint,
   rawEd25519PublicKey,
   verifyPairingProof,
 } from "@os-orchestration/psp";
@@ -50,10 +52,11 @@ function need(v: string | undefined, name: string): string {
   return v;
 }
 
-function hostPort(v: string, what: string): { host: string; port: number } {
-  const m = /^\[?([^\]]+?)\]?:(\d{1,5})$/.exec(v);
-  if (!m || Number(m[2]) > 65535) usage(`${what} must be HOST:PORT`);
-  return { host: m[1]!, port: Number(m[2]) };
+/** A listener may ask for port 0 (the system picks one); a peer's address may not. */
+function hostPort(v: string, what: string, options: { allowPortZero?: boolean } = {}): Endpoint {
+  const p = parseEndpoint(v, options);
+  if (!p.ok) usage(`${what} ${p.reason}`);
+  return { host: p.host, port: p.port };
 }
 
 async function main(): Promise<void> {
@@ -101,8 +104,13 @@ async function main(): Promise<void> {
         },
       });
       const identity = await loadIdentity(resolve(need(values.identity, "identity")));
-      const listen = values.listen ? hostPort(values.listen, "--listen") : undefined;
-      const http = values.http === "off" ? false : values.http ? hostPort(values.http, "--http") : undefined;
+      const listen = values.listen ? hostPort(values.listen, "--listen", { allowPortZero: true }) : undefined;
+      const http =
+        values.http === "off"
+          ? false
+          : values.http
+            ? hostPort(values.http, "--http", { allowPortZero: true })
+            : undefined;
       const server = await OrchestrationServer.start({
         configPath: resolve(need(values.config, "config")),
         identity,
@@ -147,7 +155,7 @@ async function main(): Promise<void> {
       const identity = await loadIdentity(resolve(need(values.identity, "identity")));
       const role = values.role ?? "viewer";
       if (role !== "viewer" && role !== "manager") usage("--role must be viewer or manager");
-      const at = hostPort(values.listen ?? "127.0.0.1:0", "--listen");
+      const at = hostPort(values.listen ?? "127.0.0.1:0", "--listen", { allowPortZero: true });
       const config = resolve(need(values.config, "config"));
       await loadRegistry(config); // refuse to pair against a broken configuration
       const { keyId } = await pairOperator({

@@ -21,9 +21,14 @@
 import { createHash, type KeyObject } from "node:crypto";
 import { type FSWatcher, constants as fsConstants, watch } from "node:fs";
 import { open } from "node:fs/promises";
-import { isIPv4, isIPv6 } from "node:net";
 import { basename, dirname, resolve as resolvePath } from "node:path";
-import { keyIdOfRaw, normalizeFingerprint, publicKeyFromRaw } from "@os-orchestration/psp";
+import {
+  isValidHost,
+  keyIdOfRaw,
+  normalizeFingerprint,
+  parseEndpoint,
+  publicKeyFromRaw,
+} from "@os-orchestration/psp";
 import {
   type Alias,
   CST,
@@ -143,8 +148,6 @@ const MAX_TAGS = 32;
 const MAX_NAME_CHARS = 200;
 // biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point
 const CONTROL_CHARS = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/;
-const DNS_NAME =
-  /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 const DECIMAL = /^(?:0|[1-9][0-9]{0,9})$/;
 
 /** Deepest flow nesting (`[`/`{`) and most compact block indicators (`- - -`, `? ?`) on one line. */
@@ -830,7 +833,7 @@ class RegistryReader {
     const portField = this.#required(fields, "port", field.value ?? field.keyNode, path);
     const hostText = this.#string(hostField.value, `${path}.host`, hostField.keyNode);
     const bare = hostText.startsWith("[") && hostText.endsWith("]") ? hostText.slice(1, -1) : hostText;
-    if (!validHost(bare)) {
+    if (!isValidHost(bare)) {
       throw this.#invalid(hostField.value, `${path}.host`, "must be a host name, an IPv4 or an IPv6 address");
     }
     // Port 0 is allowed for listeners (the system picks one); Toteboxes need a real port.
@@ -1130,32 +1133,9 @@ class RegistryReader {
 
   #address(field: Field, path: string): { host: string; port: number } {
     const text = this.#string(field.value, path, field.keyNode);
-    let host: string;
-    let portText: string;
-    const v6 = /^\[([^\]]{1,64})\]:([0-9]{1,5})$/.exec(text);
-    if (v6 !== null) {
-      host = v6[1]!;
-      portText = v6[2]!;
-      if (!isIPv6(host))
-        throw this.#invalid(field.value, path, "the address in brackets is not an IPv6 address");
-    } else {
-      const plain = /^([^:[\]]{1,253}):([0-9]{1,5})$/.exec(text);
-      if (plain === null) {
-        const hint = isIPv6(text.replace(/:[0-9]{1,5}$/, ""))
-          ? " (IPv6 addresses go in brackets: [::1]:7801)"
-          : "";
-        throw this.#invalid(field.value, path, `must be host:port${hint}`);
-      }
-      host = plain[1]!;
-      portText = plain[2]!;
-      if (!validHost(host))
-        throw this.#invalid(field.value, path, "the host is not a host name or IPv4 address");
-    }
-    const port = Number(portText);
-    if (!DECIMAL.test(portText) || port < 1 || port > 65535) {
-      throw this.#invalid(field.value, path, "the port must be 1..65535");
-    }
-    return { host, port };
+    const parsed = parseEndpoint(text);
+    if (!parsed.ok) throw this.#invalid(field.value, path, parsed.reason);
+    return { host: parsed.host, port: parsed.port };
   }
 
   #tags(field: Field, path: string): Readonly<Record<string, string>> {
@@ -1339,13 +1319,6 @@ function hasRange(node: unknown): node is { range: [number, number, number] } {
 function scalarText(node: Scalar): string {
   if (typeof node.source === "string") return node.source;
   return typeof node.value === "string" ? node.value : String(node.value);
-}
-
-function validHost(host: string): boolean {
-  if (isIPv4(host) || isIPv6(host)) return true;
-  // Something that looks like a dotted number but is not a valid IPv4 address is a typo, not a name.
-  if (/^[0-9.]+$/.test(host)) return false;
-  return DNS_NAME.test(host);
 }
 
 /** 32 raw bytes from hex (64 digits) or canonical base64/base64url (43 characters, optional `=`). */

@@ -29,6 +29,7 @@ export {
 } from "./capability.ts";
 export { type Clock, ManualClock, systemClock } from "./clock.ts";
 export type { PspRole } from "./diode.ts";
+export { type Endpoint, type EndpointParse, isValidHost, parseEndpoint } from "./endpoint.ts";
 export { isPspError, PspError, type PspErrorCode } from "./errors.ts";
 export {
   certFingerprint,
