@@ -11,7 +11,7 @@ import type {
   FanOutRequest,
   FanOutResult,
 } from "@os-orchestration/orchestration";
-import { systemClock } from "@os-orchestration/psp";
+import { releaseStub, systemClock } from "@os-orchestration/psp";
 import { connectAggregator, ResilientSession, signGrant } from "./client.ts";
 import { ConsoleError } from "./errors.ts";
 import type { ConsoleHome } from "./home.ts";
@@ -178,7 +178,12 @@ export async function startUiServer(options: {
     t.result = handle.result().then(toUi);
     t.result.catch(() => {});
     fanouts.set(id, t);
-    while (fanouts.size > MAX_FANOUTS) fanouts.delete(fanouts.keys().next().value!);
+    while (fanouts.size > MAX_FANOUTS) {
+      const [oldest, gone] = fanouts.entries().next().value!;
+      fanouts.delete(oldest);
+      // The aggregator holds the handle's fan-out for us until we release it.
+      releaseStub(gone.handle);
+    }
     // Follow progress in the background (long polls) and fan it out to SSE listeners.
     void (async () => {
       try {

@@ -7,8 +7,8 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { connectAggregator, signGrant } from "@os-orchestration/console";
-import { createIdentity, rawEd25519PublicKey } from "@os-orchestration/psp";
+import { connectAggregator, ResilientSession, runFanOut, signGrant } from "@os-orchestration/console";
+import { createIdentity, type Identity, rawEd25519PublicKey, releaseStub } from "@os-orchestration/psp";
 import {
   generateDemoData,
   initArchive,
@@ -17,100 +17,191 @@ import {
   trustPeer,
 } from "@os-orchestration/totebox";
 import pino from "pino";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DEFAULT_ORCH_LIMITS } from "./limits.ts";
 import { OrchestrationServer } from "./server.ts";
 
 const root = mkdtempSync(join(tmpdir(), "os-orch-fanout-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
+interface Estate {
+  server: OrchestrationServer;
+  tb: ToteboxServer;
+  aggregator: Identity;
+  operator: Identity;
+}
+let estate: Estate;
+
+beforeAll(async () => {
+  const silent = pino({ level: "silent" });
+  const aggregator = await createIdentity({ name: "agg" });
+  const operator = await createIdentity({ name: "op" });
+  const dir = join(root, "tb-1");
+  await initArchive({ dir, id: "tb-1", kind: "property", name: "One", tags: { region: "west" } });
+  const a = await openArchive(dir);
+  generateDemoData(a.db, { kind: "property", seed: 1, entityId: "tb-1", asOf: "2026-10-31" });
+  trustPeer(a.db, {
+    kind: "aggregator",
+    label: "hub",
+    publicKey: aggregator.publicKey,
+    fingerprint: aggregator.fingerprint,
+    now: Date.now(),
+  });
+  trustPeer(a.db, { kind: "operator", label: "op", publicKey: operator.publicKey, now: Date.now() });
+  a.db.close();
+  const tb = await ToteboxServer.start({
+    dir,
+    viewRunner: "in-process",
+    logger: silent,
+    limits: { maxCallsInFlight: 16 },
+  });
+  const config = join(root, "fleet.yaml");
+  writeFileSync(
+    config,
+    [
+      "version: 1",
+      "tenants: { t1: {} }",
+      "toteboxes:",
+      `  - { id: tb-1, address: "127.0.0.1:${tb.address.port}", fingerprint: ${tb.identity.fingerprint}, tags: { region: west }, tenants: [t1] }`,
+      "operators:",
+      `  - { id: op, public_key: ${Buffer.from(rawEd25519PublicKey(operator.publicKey)).toString("hex")}, tenant: t1, role: viewer }`,
+    ].join("\n"),
+  );
+  const server = await OrchestrationServer.start({
+    configPath: config,
+    identity: aggregator,
+    logger: silent,
+    http: false,
+  });
+  await server.pool.settled(10_000);
+  estate = { server, tb, aggregator, operator };
+}, 60_000);
+
+afterAll(async () => {
+  await estate?.server.close();
+  await estate?.tb.close();
+});
+
+const connect = () =>
+  connectAggregator({
+    identity: estate.operator,
+    host: estate.server.address.host,
+    port: estate.server.address.port,
+    fingerprint: estate.aggregator.fingerprint,
+  });
+
 describe("fan-out over a long-lived link", () => {
   it("releases its stubs: 40 fan-outs in a row under a Totebox limit of 16 calls in flight", async () => {
-    const silent = pino({ level: "silent" });
-    const aggregator = await createIdentity({ name: "agg" });
-    const operator = await createIdentity({ name: "op" });
-    const dir = join(root, "tb-1");
-    await initArchive({ dir, id: "tb-1", kind: "property", name: "One", tags: { region: "west" } });
-    const a = await openArchive(dir);
-    generateDemoData(a.db, { kind: "property", seed: 1, entityId: "tb-1", asOf: "2026-10-31" });
-    trustPeer(a.db, {
-      kind: "aggregator",
-      label: "hub",
-      publicKey: aggregator.publicKey,
-      fingerprint: aggregator.fingerprint,
-      now: Date.now(),
-    });
-    trustPeer(a.db, { kind: "operator", label: "op", publicKey: operator.publicKey, now: Date.now() });
-    a.db.close();
-    const tb = await ToteboxServer.start({
-      dir,
-      viewRunner: "in-process",
-      logger: silent,
-      limits: { maxCallsInFlight: 16 },
-    });
-    const config = join(root, "fleet.yaml");
-    writeFileSync(
-      config,
-      [
-        "version: 1",
-        "tenants: { t1: {} }",
-        "toteboxes:",
-        `  - { id: tb-1, address: "127.0.0.1:${tb.address.port}", fingerprint: ${tb.identity.fingerprint}, tags: { region: west }, tenants: [t1] }`,
-        "operators:",
-        `  - { id: op, public_key: ${Buffer.from(rawEd25519PublicKey(operator.publicKey)).toString("hex")}, tenant: t1, role: viewer }`,
-      ].join("\n"),
-    );
-    const server = await OrchestrationServer.start({
-      configPath: config,
-      identity: aggregator,
-      logger: silent,
-      http: false,
+    const { server, tb, operator } = estate;
+    const conn = await connect();
+    const grantFor = (views: string[]) =>
+      signGrant({
+        operator,
+        operatorId: "op",
+        tenant: "t1",
+        aggregator: conn.hello,
+        toteboxIds: ["tb-1"],
+        views,
+        actions: ["read"],
+      });
+    const session = conn.aggregator.authorize(grantFor(["position", "occupancy"]));
+    const link = server.pool.linkOf("tb-1");
+    for (let i = 0; i < 40; i++) {
+      const r = await session.viewport("portfolio", { params: { as_of: "2026-10-31" } });
+      expect(r.outcomes[0]!.status, `fan-out ${i}: ${r.outcomes[0]!.code}`).toBe("ok");
+    }
+    expect(server.pool.linkOf("tb-1")).toBe(link); // the same link throughout
+    // One grant, one link: the Totebox authorized the session once (one grant signature
+    // verified) and checked a fresh call capability on each of the 80 reads.
+    tb.auditLog.flush();
+    const audit = tb.auditLog.entries(0, tb.auditLog.size()).map((r) => r.entry);
+    expect(audit.filter((e) => e.action === "authorize").map((e) => e.outcome)).toEqual(["ok"]);
+    expect(audit.filter((e) => e.action === "read" && e.outcome === "ok")).toHaveLength(80);
+
+    // A new grant is a new session; a read the Totebox refuses drops the cached one, so the
+    // next fan-out authorizes afresh instead of reusing a session it may no longer honour.
+    const other = conn.aggregator.authorize(grantFor(["no-such-view"]));
+    for (let i = 0; i < 2; i++) {
+      const r = await other.read("no-such-view", {});
+      expect(r.outcomes[0]!.code).toBe("TOTEBOX_ERR_VIEW_UNKNOWN");
+    }
+    tb.auditLog.flush();
+    const after = tb.auditLog.entries(0, tb.auditLog.size()).map((r) => r.entry);
+    expect(after.filter((e) => e.action === "authorize")).toHaveLength(3);
+    conn.close();
+  });
+});
+
+describe("what a console holds of the aggregator stays bounded", () => {
+  const read = { kind: "read", name: "position", params: { as_of: "2026-10-31" }, answers: false } as const;
+
+  it("runFanOut releases each handle; a refusal keeps the link and the session", async () => {
+    const { server, operator } = estate;
+    const rs = new ResilientSession({
+      connect,
+      grant: (hello) =>
+        signGrant({
+          operator,
+          operatorId: "op",
+          tenant: "t1",
+          aggregator: hello,
+          toteboxIds: ["tb-1"],
+          views: ["position"],
+          actions: ["read"],
+        }),
     });
     try {
-      await server.pool.settled(10_000);
-      const conn = await connectAggregator({
-        identity: operator,
-        host: server.address.host,
-        port: server.address.port,
-        fingerprint: aggregator.fingerprint,
+      let afterFirst = 0;
+      for (let i = 0; i < 20; i++) {
+        const r = await rs.run((s) => runFanOut(s, read));
+        expect(r.outcomes[0]!.status, `fan-out ${i}`).toBe("ok");
+        if (i === 0) afterFirst = server.consoleExports;
+      }
+      // The link's main object and the session, plus the last fan-out's handle and result, whose
+      // releases wait (up to releaseDelayMs) to ride with the next frame. Constant from the first
+      // fan-out on; before the fix it grew by one handle per fan-out.
+      expect(afterFirst).toBeLessThanOrEqual(4);
+      expect(server.consoleExports).toBe(afterFirst);
+      const { conn } = await rs.session();
+      await expect(
+        rs.run((s) => runFanOut(s, { ...read, targets: ["no-such-totebox"] })),
+      ).rejects.toMatchObject({
+        code: "ORCH_ERR_TARGET_UNKNOWN",
       });
-      const grantFor = (views: string[]) =>
+      // Refused, not broken: the same link and no reconnect (each used to cost a TLS handshake).
+      expect((await rs.session()).conn).toBe(conn);
+      expect(rs.reconnects).toBe(0);
+      expect(server.consoleLinks).toBe(1);
+    } finally {
+      rs.close();
+    }
+  });
+
+  it("a handle a console never releases stops pinning its fan-out once it leaves the retained set", async () => {
+    const { operator } = estate;
+    const conn = await connect();
+    try {
+      const session = conn.aggregator.authorize(
         signGrant({
           operator,
           operatorId: "op",
           tenant: "t1",
           aggregator: conn.hello,
           toteboxIds: ["tb-1"],
-          views,
+          views: ["position"],
           actions: ["read"],
-        });
-      const session = conn.aggregator.authorize(grantFor(["position", "occupancy"]));
-      const link = server.pool.linkOf("tb-1");
-      for (let i = 0; i < 40; i++) {
-        const r = await session.viewport("portfolio", { params: { as_of: "2026-10-31" } });
-        expect(r.outcomes[0]!.status, `fan-out ${i}: ${r.outcomes[0]!.code}`).toBe("ok");
-      }
-      expect(server.pool.linkOf("tb-1")).toBe(link); // the same link throughout
-      // One grant, one link: the Totebox authorized the session once (one grant signature
-      // verified) and checked a fresh call capability on each of the 80 reads.
-      tb.auditLog.flush();
-      const audit = tb.auditLog.entries(0, tb.auditLog.size()).map((r) => r.entry);
-      expect(audit.filter((e) => e.action === "authorize").map((e) => e.outcome)).toEqual(["ok"]);
-      expect(audit.filter((e) => e.action === "read" && e.outcome === "ok")).toHaveLength(80);
-
-      // A new grant is a new session; a read the Totebox refuses drops the cached one, so the
-      // next fan-out authorizes afresh instead of reusing a session it may no longer honour.
-      const other = conn.aggregator.authorize(grantFor(["no-such-view"]));
-      for (let i = 0; i < 2; i++) {
-        const r = await other.read("no-such-view", {});
-        expect(r.outcomes[0]!.code).toBe("TOTEBOX_ERR_VIEW_UNKNOWN");
-      }
-      tb.auditLog.flush();
-      const after = tb.auditLog.entries(0, tb.auditLog.size()).map((r) => r.entry);
-      expect(after.filter((e) => e.action === "authorize")).toHaveLength(3);
-      conn.close();
+        }),
+      );
+      const leaked = session.start(read); // held, never released, like a leaky console's
+      expect((await leaked.result()).outcomes[0]!.status).toBe("ok");
+      // Still retained: it answers.
+      expect((await leaked.result()).outcomes).toHaveLength(1);
+      for (let i = 0; i < DEFAULT_ORCH_LIMITS.maxRetainedFanouts; i++) await runFanOut(session, read);
+      // Pushed out of the session's retained set by newer fan-outs: the handle no longer holds it.
+      await expect(leaked.result()).rejects.toMatchObject({ code: "ORCH_ERR_FANOUT_UNKNOWN" });
+      releaseStub(leaked);
     } finally {
-      await server.close();
-      await tb.close();
+      conn.close();
     }
   });
 });

@@ -14,6 +14,16 @@ export class OrchMetrics {
     // what an operator needs to tell a JS-heap leak from native memory growth.
     collectDefaultMetrics({ register: this.registry });
     const counts = () => this.#receiptCounts?.();
+    const exportsHeld = () => this.#consoleExports?.();
+    this.consoleExports = new Gauge({
+      name: "orch_console_exports",
+      help: "Aggregator objects held by consoles (sessions, fan-out handles) and not yet released; one that only grows is a console that never releases",
+      registers: [this.registry],
+      collect() {
+        const n = exportsHeld();
+        if (n !== undefined) this.set(n);
+      },
+    });
     this.receiptSignatures = new Gauge({
       name: "orch_receipt_signatures",
       help: "Totebox read receipts since start: signature checked here, or forwarded with its binding checked (the console verifies every signature)",
@@ -26,6 +36,11 @@ export class OrchMetrics {
         this.set({ check: "forwarded" }, c.forwarded);
       },
     });
+  }
+
+  /** Reports the consoles' held objects on every scrape. */
+  watchConsoleExports(count: () => number): void {
+    this.#consoleExports = count;
   }
 
   /** Reports the sampler's counts on every scrape. */
@@ -75,6 +90,8 @@ export class OrchMetrics {
     registers: [this.registry],
   });
   #receiptCounts: (() => { checked: number; forwarded: number }) | undefined;
+  #consoleExports: (() => number) | undefined;
+  readonly consoleExports: Gauge;
   /** Filled on each scrape from the ReceiptSampler given to `watchReceipts`. */
   readonly receiptSignatures: Gauge<"check">;
   readonly diodeViolations = new Counter({

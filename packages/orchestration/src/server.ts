@@ -9,6 +9,7 @@ import {
   type PspLink,
   type PspServer,
   type Scheduler,
+  type SubjectSession,
   serveSubject,
   systemClock,
   systemScheduler,
@@ -90,7 +91,8 @@ export class OrchestrationServer {
   readonly #watcher: RegistryWatcher;
   #registry: Registry;
   #viewports: ReadonlyMap<string, Viewport>;
-  readonly #consoles = new Set<PspLink>();
+  /** Console links, each with its capnweb session once served. */
+  readonly #consoles: Map<PspLink, SubjectSession | undefined>;
   readonly #startedAt: number;
   readonly #clock: Clock;
 
@@ -104,7 +106,7 @@ export class OrchestrationServer {
     watcher: RegistryWatcher;
     registry: Registry;
     viewports: ReadonlyMap<string, Viewport>;
-    consoles: Set<PspLink>;
+    consoles: Map<PspLink, SubjectSession | undefined>;
     clock: Clock;
   }) {
     this.identity = args.identity;
@@ -134,7 +136,8 @@ export class OrchestrationServer {
     const registry = await loadRegistry(o.configPath, { limits });
     const viewports = await loadViewports(registry);
     const metrics = new OrchMetrics();
-    const consoles = new Set<PspLink>();
+    const consoles = new Map<PspLink, SubjectSession | undefined>();
+    metrics.watchConsoleExports(() => exportsOf(consoles));
     const state = { registry, viewports };
 
     const random = o.random ?? (() => randomInt(0, 2 ** 31) / 2 ** 31);
@@ -221,7 +224,7 @@ export class OrchestrationServer {
         );
       },
       onLink: (link) => {
-        consoles.add(link);
+        consoles.set(link, undefined);
         metrics.consoleLinks.set(consoles.size);
         link.on("violation", (err) => {
           metrics.diodeViolations.inc({ side: "console", code: err.code });
@@ -234,7 +237,9 @@ export class OrchestrationServer {
           consoles.delete(link);
           metrics.consoleLinks.set(consoles.size);
         });
-        serveSubject(link, new AggregatorMain(ctx, link));
+        const served = serveSubject(link, new AggregatorMain(ctx, link));
+        // (Unless the link already closed: a closed link must not come back into the map.)
+        if (consoles.has(link)) consoles.set(link, served);
       },
     });
 
@@ -261,7 +266,7 @@ export class OrchestrationServer {
           }
           pool.apply(next, diff);
           // An operator removed (or moved to another tenant) loses its live sessions at once.
-          for (const link of [...consoles]) {
+          for (const link of [...consoles.keys()]) {
             const op = next.operatorByKeyId.get(link.peer.keyId);
             if (!op) link.close();
           }
@@ -345,6 +350,14 @@ export class OrchestrationServer {
     return this.#consoles.size;
   }
 
+  /**
+   * Our objects that consoles hold stubs to and have not released (each link's main object
+   * included): bounded by what consoles use, unless a console forgets to release.
+   */
+  get consoleExports(): number {
+    return exportsOf(this.#consoles);
+  }
+
   #serveHttp(method: string, url: string, res: import("node:http").ServerResponse): void {
     if (method !== "GET") {
       res.writeHead(405, { allow: "GET" }).end();
@@ -377,7 +390,7 @@ export class OrchestrationServer {
   async close(): Promise<void> {
     this.#watcher.close();
     this.pool.close();
-    for (const l of [...this.#consoles]) l.close();
+    for (const l of [...this.#consoles.keys()]) l.close();
     await this.#psp.close();
     if (this.#http) {
       this.#http.closeAllConnections();
@@ -400,4 +413,10 @@ async function loadViewports(registry: Registry): Promise<ReadonlyMap<string, Vi
   }
   const custom = await compileViewports(registry.viewports);
   return new Map([...builtin, ...custom]);
+}
+
+function exportsOf(consoles: ReadonlyMap<PspLink, SubjectSession | undefined>): number {
+  let n = 0;
+  for (const session of consoles.values()) n += session?.stats().exports ?? 0;
+  return n;
 }

@@ -77,7 +77,13 @@ export {
   decodeResult,
   encodeResult,
 } from "./result.ts";
-export { openCommander, releaseStub, sanitizeOutgoingError, serveSubject } from "./rpc.ts";
+export {
+  openCommander,
+  releaseStub,
+  type SubjectSession,
+  sanitizeOutgoingError,
+  serveSubject,
+} from "./rpc.ts";
 export { ManualScheduler, type Scheduler, systemScheduler, type TimerHandle } from "./scheduler.ts";
 export {
   connectPsp,

@@ -54,9 +54,20 @@ export function openCommander<T extends object>(link: PspLink): T {
   return session.getRemoteMain() as unknown as T;
 }
 
+/** A served link's capnweb tables, for operations: what the commander holds of ours. */
+export interface SubjectSession {
+  /**
+   * `exports`: our objects the commander holds stubs to (the main object included) and has not
+   * released yet. Each pins its object in our memory, so a count that only grows is a commander
+   * that forgets to release.
+   */
+  stats(): { imports: number; exports: number };
+}
+
 /** The subject's end: serves `main` to the commander on this link. */
-export function serveSubject(link: PspLink, main: RpcTarget): void {
-  new RpcSession(link, main, sessionOptions(link));
+export function serveSubject(link: PspLink, main: RpcTarget): SubjectSession {
+  const session = new RpcSession(link, main, sessionOptions(link));
+  return { stats: () => session.getStats() };
 }
 
 /**
