@@ -169,16 +169,22 @@ try {
     samples.push({ t: (now - started) / 1000, rss: rss() });
     if (Number.isNaN(rssWarm) && now >= warmEnd) rssWarm = rss();
   }, 1000);
-  // The aggregator's JS heap in use, from its /metrics, every 5 s: RSS growing with a flat heap is
-  // native memory (TLS, DuckDB, the allocator); a growing heap is a JS-side leak.
-  const heap: { t: number; bytes: number }[] = [];
+  // The aggregator's JS heap in use and the objects consoles hold of it, from its /metrics, every
+  // 5 s: RSS growing with a flat heap is native memory (TLS, DuckDB, the allocator); a growing heap
+  // is a JS-side leak, and a growing orch_console_exports is consoles not releasing their handles
+  // (the leak this soak found: each finished fan-out stayed pinned by its unreleased handle).
+  const heap: { t: number; bytes: number; exports: number }[] = [];
+  const metric = (text: string, name: string) => {
+    const m = new RegExp(`^${name} (\\d+(?:\\.\\d+)?(?:e\\+\\d+)?)$`, "m").exec(text);
+    return m ? Number(m[1]) : Number.NaN;
+  };
   const heapSampler = setInterval(() => {
     const t = (Date.now() - started) / 1000;
-    fetch(`${agg.httpUrl}/metrics`)
+    fetch(`${agg.httpUrl}/metrics`, { signal: AbortSignal.timeout(4_000) })
       .then((r) => r.text())
       .then((text) => {
-        const m = /^nodejs_heap_size_used_bytes (\d+(?:\.\d+)?(?:e\+\d+)?)$/m.exec(text);
-        if (m) heap.push({ t, bytes: Number(m[1]) });
+        const bytes = metric(text, "nodejs_heap_size_used_bytes");
+        if (!Number.isNaN(bytes)) heap.push({ t, bytes, exports: metric(text, "orch_console_exports") });
       })
       .catch(() => {});
   }, 5000);
@@ -292,6 +298,13 @@ try {
       ratio: `${(growth * 100).toFixed(1)}% vs after warm-up`,
       goal: `within 10%: ${Math.abs(growth) <= 0.1 ? "met" : "NOT met"}`,
     },
+    {
+      section: "soak",
+      name: "objects consoles hold of the aggregator, most seen",
+      value: Math.max(0, ...heap.map((h) => h.exports).filter((x) => !Number.isNaN(x))),
+      unit: "exports",
+      ratio: `${OPERATORS} consoles; ${heap.at(-1)?.exports ?? "?"} at the last scrape`,
+    },
   );
   printTable(rows);
   console.log("\naggregator RSS over time (MiB):");
@@ -301,8 +314,13 @@ try {
       .map((s) => `${s.t.toFixed(0)}s:${(s.rss / 2 ** 20).toFixed(0)}`)
       .join("  "),
   );
-  console.log("\naggregator JS heap in use over time (MiB):");
-  console.log(heap.map((h) => `${h.t.toFixed(0)}s:${(h.bytes / 2 ** 20).toFixed(0)}`).join("  "));
+  console.log("\naggregator JS heap in use (MiB) / objects held by consoles, over time:");
+  console.log(
+    heap
+      .filter((_, i) => i % Math.max(1, Math.floor(heap.length / 40)) === 0)
+      .map((h) => `${h.t.toFixed(0)}s:${(h.bytes / 2 ** 20).toFixed(0)}/${h.exports}`)
+      .join("  "),
+  );
   console.log(`\nresults: ${writeResults(rows, "soak")}`);
 } finally {
   await stopAllChildren();
