@@ -8,8 +8,8 @@
  *
  *  ours   what the aggregator does (packages/orchestration): one persistent PSP link per
  *         Totebox; the operator's grant authorized once per link (the first query pipelines
- *         authorize(grant).view("position").read(cap), later ones reuse the session:
- *         view("position").read(cap), one round trip); per query one batch-signed call
+ *         authorize(grant).read(cap, "position", params), later ones reuse the session:
+ *         read(cap, "position", params), one call, one round trip); per query one batch-signed call
  *         capability per Totebox (one signature for all N); every answer's Arrow decoded and its
  *         receipt bound to the request and the link's key, its signature checked on each link's
  *         first answer and one in 32 after (receipt-sampler.ts; the console checks all);
@@ -376,19 +376,18 @@ function oursDirect(
       await fanOut(
         n,
         async (i) => {
-          // Pipelined: three calls (two with a held session), one frame, one round trip.
+          // Pipelined: one call on a held session (two with authorize), one frame, one round trip.
+          // The session's read(capability, view, params), as the aggregator does (fanout.ts).
           const session = variant.holdSession ? sessions[i]! : mains[i]!.authorize(g);
-          const view = session.view("position");
           try {
-            const ans: unknown = await view.read(caps[i]!, params);
+            const ans: unknown = await session.read(caps[i]!, "position", params);
             const s0 = performance.now();
             const v = checkAnswer(ans, i, inputs[i]!.cti!, reqHash);
             steps["receipt verify + Arrow decode"] += performance.now() - s0;
             addTo(rollup, targets[i]!.tags, v);
             answered++;
           } finally {
-            // Release the pipelined session and view at the Totebox: they count as calls in flight.
-            releaseStub(view);
+            // A fresh session is an import the Totebox counts as a call in flight: release it.
             if (!variant.holdSession) releaseStub(session);
           }
         },

@@ -1,7 +1,8 @@
 /**
- * A long-lived link must not accumulate the fan-out's pipelined stubs: each `authorize()` session
- * and `view()` stub is an import the Totebox counts as a call in flight until it is released. With
- * the Totebox's limit lowered to 16, 40 fan-outs in a row over the same link must all answer.
+ * A long-lived link must not accumulate the fan-out's stubs: each `authorize()` session (and each
+ * `view()` stub, when reads went through views) is an import the Totebox counts as a call in
+ * flight until it is released. With the Totebox's limit lowered to 16, 40 fan-outs in a row over
+ * the same link must all answer.
  * The session itself is authorized once per link and grant, and reused (pool.ts, LinkLease.session).
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
