@@ -112,26 +112,31 @@ export class MemoryReplayStore implements ReplayStore {
     // Bucket s holds keep-until times <= s·1000, so every bucket s <= floor(now / 1000) is dead.
     const limit = Math.floor(now / 1000) + 1;
     let dropped = 0;
-    const dropBucket = (second: number) => {
-      const bucket = this.#buckets.get(second);
-      if (bucket === undefined) return;
-      this.#buckets.delete(second);
-      for (const key of bucket) {
-        const until = this.#entries.get(key);
-        // A key re-inserted later (after it expired) lives in a newer bucket: leave it.
-        if (until !== undefined && Math.ceil(until / 1000) === second) {
-          this.#entries.delete(key);
-          dropped++;
-        }
-      }
-    };
     if (limit - this.#pruneCursor <= this.#buckets.size) {
-      for (let s = this.#pruneCursor; s < limit; s++) dropBucket(s);
+      for (let s = this.#pruneCursor; s < limit; s++) dropped += this.#dropBucket(s);
     } else {
       // Long gap since the last prune: walking the buckets is cheaper than walking the seconds.
-      for (const s of [...this.#buckets.keys()]) if (s < limit) dropBucket(s);
+      for (const s of [...this.#buckets.keys()]) if (s < limit) dropped += this.#dropBucket(s);
     }
     this.#pruneCursor = Math.max(this.#pruneCursor, limit);
+    return dropped;
+  }
+
+  /** Drops the dead entries of one second's bucket; returns how many. (A method, not a closure
+   * made per prune: see message-codec.ts on closures under tsx.) */
+  #dropBucket(second: number): number {
+    const bucket = this.#buckets.get(second);
+    if (bucket === undefined) return 0;
+    this.#buckets.delete(second);
+    let dropped = 0;
+    for (const key of bucket) {
+      const until = this.#entries.get(key);
+      // A key re-inserted later (after it expired) lives in a newer bucket: leave it.
+      if (until !== undefined && Math.ceil(until / 1000) === second) {
+        this.#entries.delete(key);
+        dropped++;
+      }
+    }
     return dropped;
   }
 }

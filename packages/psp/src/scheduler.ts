@@ -18,6 +18,17 @@ export interface Scheduler {
   after(ms: number, fn: () => void): TimerHandle;
 }
 
+/** A cancellable Node timer (a class, not a closure per timer: one is armed per call and link). */
+class NodeTimer implements TimerHandle {
+  readonly #t: NodeJS.Timeout;
+  constructor(t: NodeJS.Timeout) {
+    this.#t = t;
+  }
+  cancel(): void {
+    clearTimeout(this.#t);
+  }
+}
+
 export const systemScheduler: Scheduler = {
   now: () => Date.now(),
   monotonicNow: () => performance.now(),
@@ -25,7 +36,7 @@ export const systemScheduler: Scheduler = {
     const t = setTimeout(fn, ms);
     // A pending link timer must never keep a process alive on its own.
     t.unref();
-    return { cancel: () => clearTimeout(t) };
+    return new NodeTimer(t);
   },
 };
 
