@@ -99,7 +99,7 @@ function need(v: string | undefined, name: string): string {
 
 function hostPort(v: string, what: string): Endpoint {
   const p = parseEndpoint(v);
-  if (!p.ok) usage(`${what} ${p.reason}`);
+  if (!p.ok) usage(`${what}: ${p.reason}`);
   return { host: p.host, port: p.port };
 }
 

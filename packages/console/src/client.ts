@@ -222,8 +222,10 @@ export function isLinkFailure(e: unknown): boolean {
 /**
  * An operator session that survives the aggregator going away: the aggregator keeps no state, so
  * after a restart a new link and the same (still valid) grant give the same session back. Calls
- * that fail because the link died are retried on a new link, with jittered backoff, up to
- * `attempts` times; any other failure is the caller's.
+ * that fail because the link died are retried on a new link, with jittered backoff, for up to
+ * `retryForMs`. A refusal that concerns the grant (expired, revoked) is thrown, and the next call
+ * authorizes a new session with a freshly signed grant; any other failure is the caller's, and
+ * the link and session stay.
  */
 export class ResilientSession {
   readonly #connect: () => Promise<AggregatorConnection>;
@@ -272,15 +274,20 @@ export class ResilientSession {
         const delay = Math.min(2_000, 50 * 2 ** Math.min(i, 6)) * (0.5 + this.#random() / 2);
         await new Promise((r) => setTimeout(r, delay));
       }
+      // What this attempt used: a concurrent caller may have replaced either meanwhile, and only
+      // what failed here may be dropped.
+      let used: { conn: AggregatorConnection; session: OperatorSessionRemote } | undefined;
       try {
-        const { session } = await this.session();
-        return await fn(session);
+        used = await this.session();
+        return await fn(used.session);
       } catch (e) {
         if (isLinkFailure(e)) {
-          this.#conn?.close();
-          this.#session = undefined;
+          if (!used || this.#conn === used.conn) {
+            this.#conn?.close();
+            this.#session = undefined;
+          }
           if (Date.now() < until) continue;
-        } else if (isGrantFailure(e)) {
+        } else if (isGrantFailure(e) && used && this.#session === used.session) {
           // The session's grant no longer holds (it expired, or the registry changed): the next
           // call authorizes a new session with a freshly signed grant, on the same link.
           this.#dropSession();

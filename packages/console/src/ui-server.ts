@@ -164,9 +164,19 @@ export async function startUiServer(options: {
   };
 
   const start = async (request: FanOutRequest): Promise<string> => {
-    const { session } = await rs.session();
-    const handle = session.start(request);
-    const id = await handle.id();
+    // Through run(): a dead link is replaced, and an expired grant re-authorized, before the start.
+    const { handle, id, result } = await rs.run(async (session) => {
+      const handle = session.start(request);
+      // Asked for in the same frame as the start, so the aggregator holds the result for us
+      // however many fan-outs of this session start meanwhile.
+      const result = handle.result();
+      try {
+        return { handle, id: await handle.id(), result };
+      } catch (e) {
+        releaseStub(handle);
+        throw e;
+      }
+    });
     const t: Tracked = {
       handle,
       pages: [],
@@ -175,7 +185,7 @@ export async function startUiServer(options: {
       listeners: new Set(),
       result: Promise.resolve(undefined as unknown as UiResult),
     };
-    t.result = handle.result().then(toUi);
+    t.result = Promise.resolve(result).then(toUi);
     t.result.catch(() => {});
     fanouts.set(id, t);
     while (fanouts.size > MAX_FANOUTS) {

@@ -55,7 +55,7 @@ function need(v: string | undefined, name: string): string {
 /** A listener may ask for port 0 (the system picks one); a peer's address may not. */
 function hostPort(v: string, what: string, options: { allowPortZero?: boolean } = {}): Endpoint {
   const p = parseEndpoint(v, options);
-  if (!p.ok) usage(`${what} ${p.reason}`);
+  if (!p.ok) usage(`${what}: ${p.reason}`);
   return { host: p.host, port: p.port };
 }
 

@@ -205,4 +205,43 @@ describe("what a console holds of the aggregator stays bounded", () => {
       conn.close();
     }
   });
+
+  it("a finished fan-out nobody has fetched outlives newer ones (grace time); next() and cancel() answer after", async () => {
+    const { server, operator } = estate;
+    const finished = async () => (await server.metrics.fanouts.get()).values.reduce((n, v) => n + v.value, 0);
+    const conn = await connect();
+    try {
+      const session = conn.aggregator.authorize(
+        signGrant({
+          operator,
+          operatorId: "op",
+          tenant: "t1",
+          aggregator: conn.hello,
+          toteboxIds: ["tb-1"],
+          views: ["position"],
+          actions: ["read"],
+        }),
+      );
+      const before = await finished();
+      const unread = session.start(read);
+      await unread.id();
+      // Wait (on the aggregator's own count, not a timer) until it has finished, unread.
+      for (let i = 0; i < 10_000 && (await finished()) === before; i++)
+        await new Promise((r) => setImmediate(r));
+      expect(await finished()).toBe(before + 1);
+      for (let i = 0; i <= DEFAULT_ORCH_LIMITS.maxRetainedFanouts; i++) await runFanOut(session, read);
+      // Five newer fan-outs, a cap of 4, and still there: finished less than
+      // unfetchedResultGraceMs (60 s) ago and never fetched.
+      expect((await unread.result()).outcomes[0]!.status).toBe("ok");
+      expect(await unread.cancel()).toEqual({ cancelled: false });
+      // Fetched now, so the next fan-out pushes it out.
+      await runFanOut(session, read);
+      await expect(unread.next(0, 0)).rejects.toMatchObject({ code: "ORCH_ERR_FANOUT_UNKNOWN" });
+      // Nothing left to stop is an answer, not an error.
+      expect(await unread.cancel()).toEqual({ cancelled: false });
+      releaseStub(unread);
+    } finally {
+      conn.close();
+    }
+  });
 });

@@ -32,6 +32,12 @@ export interface OrchLimits {
   readonly maxCombineOutputRows: number;
   /** Finished fan-outs an operator session keeps for `result()`/`next()`, oldest dropped. Default 4. */
   readonly maxRetainedFanouts: number;
+  /**
+   * How long a finished fan-out whose result nobody has fetched yet is kept even beyond
+   * `maxRetainedFanouts`, in ms: a console that asks for the result just after finishing (another
+   * fan-out of the same session started meanwhile) still gets it. Default 60 000.
+   */
+  readonly unfetchedResultGraceMs: number;
   /** Most progress events one `next()` returns. Default 4 096. */
   readonly maxEventsPerPoll: number;
   /** Longest a `next()` waits for news before answering with none, in ms. Default 10 000. */
@@ -72,6 +78,7 @@ export const DEFAULT_ORCH_LIMITS: Readonly<OrchLimits> = Object.freeze({
   maxCombineInputRows: 2_000_000,
   maxCombineOutputRows: 50_000,
   maxRetainedFanouts: 4,
+  unfetchedResultGraceMs: 60_000,
   maxEventsPerPoll: 4_096,
   maxPollWaitMs: 10_000,
   maxConsoleLinks: 1_024,
@@ -87,6 +94,9 @@ export function resolveOrchLimits(overrides?: Partial<OrchLimits>): Readonly<Orc
   const l = Object.freeze({ ...DEFAULT_ORCH_LIMITS, ...overrides });
   if (!Number.isInteger(l.receiptSignatureEvery) || l.receiptSignatureEvery < 1) {
     throw new RangeError("receiptSignatureEvery must be a whole number ≥ 1");
+  }
+  if (!Number.isInteger(l.unfetchedResultGraceMs) || l.unfetchedResultGraceMs < 0) {
+    throw new RangeError("unfetchedResultGraceMs must be a whole number of ms ≥ 0");
   }
   if (!Number.isInteger(l.maxSessionsPerLink) || l.maxSessionsPerLink < 0) {
     throw new RangeError("maxSessionsPerLink must be a whole number ≥ 0");

@@ -622,6 +622,7 @@ export class OperatorSession extends RpcTarget {
     ctx.running.set(op.tenant, running + 1);
     this.#link.running++;
     void f.done.then(() => {
+      finishedAtOf.set(f, ctx.clock.now());
       ctx.running.set(op.tenant, (ctx.running.get(op.tenant) ?? 1) - 1);
       this.#link.running--;
     });
@@ -644,10 +645,16 @@ export class OperatorSession extends RpcTarget {
   #retain(f: FanOut, answers: boolean): void {
     answersWanted.set(f, answers);
     this.#fanouts.set(f.id, f);
-    while (this.#fanouts.size > this.#ctx.limits.maxRetainedFanouts) {
-      const oldest = [...this.#fanouts.values()].find((x) => x.finished);
-      if (!oldest) break;
-      this.#fanouts.delete(oldest.id);
+    // Beyond maxRetainedFanouts the oldest finished fan-outs leave, except one whose result was
+    // never fetched and that finished less than unfetchedResultGraceMs ago: its console may be
+    // about to ask. The set can then exceed the cap, by at most what finished in the grace time.
+    const now = this.#ctx.clock.now();
+    const grace = this.#ctx.limits.unfetchedResultGraceMs;
+    for (const [id, x] of this.#fanouts) {
+      if (this.#fanouts.size <= this.#ctx.limits.maxRetainedFanouts) break;
+      const finishedAt = finishedAtOf.get(x);
+      if (finishedAt === undefined) continue; // still running
+      if (fetched.has(x) || now - finishedAt >= grace) this.#fanouts.delete(id);
     }
   }
 
@@ -725,6 +732,10 @@ export class OperatorSession extends RpcTarget {
 }
 
 const answersWanted = new WeakMap<FanOut, boolean>();
+/** When each fan-out finished, on the service's clock. */
+const finishedAtOf = new WeakMap<FanOut, number>();
+/** Fan-outs whose result a console has fetched (result(), or next() reporting done). */
+const fetched = new WeakSet<FanOut>();
 
 /** The result as sent to the console: Totebox answers included unless the request said not to. */
 function resultFor(f: FanOut, r: FanOutResult): FanOutResult {
@@ -738,20 +749,22 @@ function resultFor(f: FanOut, r: FanOutResult): FanOutResult {
  * The handle is exported on the console's link and lives as long as the console holds it: a
  * console that never releases its handles (a bug, or hostile) would otherwise pin every fan-out
  * it ever ran, 1,000 outcomes each. So a handle holds its fan-out strongly only while it runs;
- * once finished, the fan-out is found through the session's retained set (at most
- * maxRetainedFanouts), and a handle whose fan-out has left that set answers
- * ORCH_ERR_FANOUT_UNKNOWN. Found by the soak: the aggregator's JS heap grew ~1 MiB a second.
+ * once finished, the fan-out is found through the session's retained set (its last
+ * maxRetainedFanouts, plus any finished within unfetchedResultGraceMs whose result nobody has
+ * fetched yet), and a handle whose fan-out has left that set answers ORCH_ERR_FANOUT_UNKNOWN.
+ * Found by the soak: the aggregator's JS heap grew ~1 MiB a second.
  */
 export class FanOutHandle extends RpcTarget {
   readonly #ctx: ServiceContext;
-  readonly #retained: ReadonlyMap<string, FanOut>;
+  /** The session's retained set, weakly: a handle outliving its session pins nothing of it. */
+  readonly #retained: WeakRef<ReadonlyMap<string, FanOut>>;
   readonly #id: string;
   #running: FanOut | undefined;
 
   constructor(ctx: ServiceContext, retained: ReadonlyMap<string, FanOut>, f: FanOut) {
     super();
     this.#ctx = ctx;
-    this.#retained = retained;
+    this.#retained = new WeakRef(retained);
     this.#id = f.id;
     if (!f.finished) {
       this.#running = f;
@@ -761,8 +774,13 @@ export class FanOutHandle extends RpcTarget {
     }
   }
 
-  get #f(): FanOut {
-    const f = this.#running ?? this.#retained.get(this.#id);
+  /** The fan-out, while it runs or is retained by its session; undefined once it has left. */
+  #lookup(): FanOut | undefined {
+    return this.#running ?? this.#retained.deref()?.get(this.#id);
+  }
+
+  #fanout(): FanOut {
+    const f = this.#lookup();
     if (f === undefined) {
       throw refuse(
         this.#ctx,
@@ -790,23 +808,30 @@ export class FanOutHandle extends RpcTarget {
     answered: number;
     targeted: number;
   }> {
+    const f = this.#fanout();
     const c = typeof cursor === "number" && Number.isInteger(cursor) && cursor >= 0 ? cursor : 0;
     const max = this.#ctx.limits.maxPollWaitMs;
     const w =
       typeof waitMs === "number" && Number.isFinite(waitMs) ? Math.max(0, Math.min(waitMs, max)) : max;
-    await this.#f.waitForNews(c, w);
-    const page = this.#f.events(c, this.#ctx.limits.maxEventsPerPoll);
-    return { ...page, answered: this.#f.answered, targeted: this.#f.plan.targets.length };
+    await f.waitForNews(c, w);
+    const page = f.events(c, this.#ctx.limits.maxEventsPerPoll);
+    if (page.done) fetched.add(f);
+    return { ...page, answered: f.answered, targeted: f.plan.targets.length };
   }
 
   async result(): Promise<FanOutResult> {
-    return resultFor(this.#f, await this.#f.done);
+    const f = this.#fanout();
+    const r = resultFor(f, await f.done);
+    fetched.add(f);
+    return r;
   }
 
+  /** Stops a running fan-out; one that has finished (retained or not) has nothing to stop. */
   cancel(): { cancelled: boolean } {
-    const was = this.#f.finished;
-    this.#f.cancel();
-    return { cancelled: !was };
+    const f = this.#lookup();
+    if (f === undefined || f.finished) return { cancelled: false };
+    f.cancel();
+    return { cancelled: true };
   }
 }
 

@@ -100,7 +100,12 @@ describe("SessionCache", () => {
     expect(h.cache.size).toBe(1);
     held.end(false);
     expect(h.released).toEqual(["old#1", "held#2"]); // released by its last holder
-    // A fan-out presenting the ended grant again gets a fresh session (the Totebox will refuse it).
-    expect(h.acquire("old", 1_000_500).stub).toBe("old#4");
+    // A fan-out presenting the ended grant again (within the aggregator's clock skew) gets a fresh
+    // session that is not cached: released as soon as its holder ends it.
+    const again = h.acquire("old", 1_000_500);
+    expect(again.stub).toBe("old#4");
+    expect(h.cache.size).toBe(1);
+    again.end(false);
+    expect(h.released).toEqual(["old#1", "held#2", "old#4"]);
   });
 });

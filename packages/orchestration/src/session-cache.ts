@@ -69,7 +69,9 @@ export class SessionCache<S> {
       this.#entries.delete(key); // refresh recency: Map order is insertion order
       this.#entries.set(key, entry);
     } else {
-      entry = { stub: open(), expiresAt, users: 0, cached: this.#max > 0 };
+      // A grant already past its end (the aggregator accepts it within its clock skew) is not
+      // cached: every later acquire would only drop it again.
+      entry = { stub: open(), expiresAt, users: 0, cached: this.#max > 0 && expiresAt > this.#now() };
       if (entry.cached) {
         this.#entries.set(key, entry);
         for (const [k, old] of this.#entries) {
