@@ -21,6 +21,7 @@ import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_ORCH_LIMITS } from "./limits.ts";
 import { OrchestrationServer } from "./server.ts";
+import type { AggregatorHello } from "./service.ts";
 
 const root = mkdtempSync(join(tmpdir(), "os-orch-fanout-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -91,20 +92,23 @@ const connect = () =>
     fingerprint: estate.aggregator.fingerprint,
   });
 
+/** The test operator's grant to tb-1, for `views`, addressed to the aggregator `hello` names. */
+const grantTo = (hello: AggregatorHello, views: string[]) =>
+  signGrant({
+    operator: estate.operator,
+    operatorId: "op",
+    tenant: "t1",
+    aggregator: hello,
+    toteboxIds: ["tb-1"],
+    views,
+    actions: ["read"],
+  });
+
 describe("fan-out over a long-lived link", () => {
   it("releases its stubs: 40 fan-outs in a row under a Totebox limit of 16 calls in flight", async () => {
-    const { server, tb, operator } = estate;
+    const { server, tb } = estate;
     const conn = await connect();
-    const grantFor = (views: string[]) =>
-      signGrant({
-        operator,
-        operatorId: "op",
-        tenant: "t1",
-        aggregator: conn.hello,
-        toteboxIds: ["tb-1"],
-        views,
-        actions: ["read"],
-      });
+    const grantFor = (views: string[]) => grantTo(conn.hello, views);
     const session = conn.aggregator.authorize(grantFor(["position", "occupancy"]));
     const link = server.pool.linkOf("tb-1");
     for (let i = 0; i < 40; i++) {
@@ -137,19 +141,10 @@ describe("what a console holds of the aggregator stays bounded", () => {
   const read = { kind: "read", name: "position", params: { as_of: "2026-10-31" }, answers: false } as const;
 
   it("runFanOut releases each handle; a refusal keeps the link and the session", async () => {
-    const { server, operator } = estate;
+    const { server } = estate;
     const rs = new ResilientSession({
       connect,
-      grant: (hello) =>
-        signGrant({
-          operator,
-          operatorId: "op",
-          tenant: "t1",
-          aggregator: hello,
-          toteboxIds: ["tb-1"],
-          views: ["position"],
-          actions: ["read"],
-        }),
+      grant: (hello) => grantTo(hello, ["position"]),
     });
     try {
       let afterFirst = 0;
@@ -179,20 +174,9 @@ describe("what a console holds of the aggregator stays bounded", () => {
   });
 
   it("a handle a console never releases stops pinning its fan-out once it leaves the retained set", async () => {
-    const { operator } = estate;
     const conn = await connect();
     try {
-      const session = conn.aggregator.authorize(
-        signGrant({
-          operator,
-          operatorId: "op",
-          tenant: "t1",
-          aggregator: conn.hello,
-          toteboxIds: ["tb-1"],
-          views: ["position"],
-          actions: ["read"],
-        }),
-      );
+      const session = conn.aggregator.authorize(grantTo(conn.hello, ["position"]));
       const leaked = session.start(read); // held, never released, like a leaky console's
       expect((await leaked.result()).outcomes[0]!.status).toBe("ok");
       // Still retained: it answers.
@@ -207,21 +191,11 @@ describe("what a console holds of the aggregator stays bounded", () => {
   });
 
   it("a finished fan-out nobody has fetched outlives newer ones (grace time); next() and cancel() answer after", async () => {
-    const { server, operator } = estate;
+    const { server } = estate;
     const finished = async () => (await server.metrics.fanouts.get()).values.reduce((n, v) => n + v.value, 0);
     const conn = await connect();
     try {
-      const session = conn.aggregator.authorize(
-        signGrant({
-          operator,
-          operatorId: "op",
-          tenant: "t1",
-          aggregator: conn.hello,
-          toteboxIds: ["tb-1"],
-          views: ["position"],
-          actions: ["read"],
-        }),
-      );
+      const session = conn.aggregator.authorize(grantTo(conn.hello, ["position"]));
       const before = await finished();
       const unread = session.start(read);
       await unread.id();
