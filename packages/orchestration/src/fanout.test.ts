@@ -9,7 +9,14 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connectAggregator, ResilientSession, runFanOut, signGrant } from "@os-orchestration/console";
-import { createIdentity, type Identity, rawEd25519PublicKey, releaseStub } from "@os-orchestration/psp";
+import {
+  type Clock,
+  createIdentity,
+  type Identity,
+  ManualClock,
+  rawEd25519PublicKey,
+  releaseStub,
+} from "@os-orchestration/psp";
 import {
   generateDemoData,
   initArchive,
@@ -93,7 +100,7 @@ const connect = () =>
   });
 
 /** The test operator's grant to tb-1, for `views`, addressed to the aggregator `hello` names. */
-const grantTo = (hello: AggregatorHello, views: string[]) =>
+const grantTo = (hello: AggregatorHello, views: string[], clock?: Clock) =>
   signGrant({
     operator: estate.operator,
     operatorId: "op",
@@ -102,6 +109,7 @@ const grantTo = (hello: AggregatorHello, views: string[]) =>
     toteboxIds: ["tb-1"],
     views,
     actions: ["read"],
+    ...(clock ? { clock } : {}),
   });
 
 describe("fan-out over a long-lived link", () => {
@@ -216,6 +224,29 @@ describe("what a console holds of the aggregator stays bounded", () => {
       releaseStub(unread);
     } finally {
       conn.close();
+    }
+  });
+
+  it("a refused grant (expired) is thrown, and the next call authorizes a fresh grant on the same link", async () => {
+    const { server } = estate;
+    let grants = 0;
+    // The first grant was signed two days ago (8 h lifetime): the aggregator refuses it.
+    const twoDaysAgo = new ManualClock(Date.now() - 2 * 86_400_000);
+    const rs = new ResilientSession({
+      connect,
+      grant: (hello) => grantTo(hello, ["position"], ++grants === 1 ? twoDaysAgo : undefined),
+    });
+    try {
+      await expect(rs.run((s) => runFanOut(s, read))).rejects.toMatchObject({ code: "PSP_ERR_CAP_EXPIRED" });
+      const { conn } = await rs.session();
+      expect(grants).toBe(2); // re-authorized with a freshly signed grant...
+      const r = await rs.run((s) => runFanOut(s, read));
+      expect(r.outcomes[0]!.status).toBe("ok");
+      expect((await rs.session()).conn).toBe(conn); // ...on the same link, no reconnect
+      expect(rs.reconnects).toBe(0);
+      expect(server.consoleLinks).toBe(1);
+    } finally {
+      rs.close();
     }
   });
 });
