@@ -456,7 +456,7 @@ export class OperatorSession extends RpcTarget {
     const g = this.#checked();
     if (typeof totebox !== "string") throw refuse(this.#ctx, invalid("totebox must be an id", "totebox"));
     const entry = this.#ctx.registry().toteboxById.get(totebox);
-    if (!entry || !entry.tenants.includes(g.operator.tenant)) {
+    if (!entry?.tenants.includes(g.operator.tenant)) {
       throw refuse(this.#ctx, new OrchError("ORCH_ERR_TARGET_UNKNOWN", "no such Totebox in this tenant"));
     }
     if (!inGrant(g.verified, entry)) {
@@ -690,7 +690,7 @@ export class OperatorSession extends RpcTarget {
         } else {
           const e = reg.toteboxById.get(t);
           // Another tenant's Totebox is reported exactly like one that does not exist.
-          if (!e || !e.tenants.includes(tenant)) {
+          if (!e?.tenants.includes(tenant)) {
             throw refuse(
               ctx,
               new OrchError("ORCH_ERR_TARGET_UNKNOWN", "no such Totebox in this tenant", {
