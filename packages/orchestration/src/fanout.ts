@@ -229,6 +229,11 @@ export class FanOut {
     return this.#result !== undefined;
   }
 
+  /** When it finished (ms, on the context's clock); undefined while it runs. */
+  get finishedAt(): number | undefined {
+    return this.#result?.finishedAt;
+  }
+
   /** Progress events after `cursor` (exclusive); `done` once the result is ready. */
   events(cursor: number, max: number): { events: ProgressEvent[]; cursor: number; done: boolean } {
     const from = Math.max(0, Math.min(cursor, this.#events.length));

@@ -622,7 +622,6 @@ export class OperatorSession extends RpcTarget {
     ctx.running.set(op.tenant, running + 1);
     this.#link.running++;
     void f.done.then(() => {
-      finishedAtOf.set(f, ctx.clock.now());
       ctx.running.set(op.tenant, (ctx.running.get(op.tenant) ?? 1) - 1);
       this.#link.running--;
     });
@@ -652,7 +651,7 @@ export class OperatorSession extends RpcTarget {
     const grace = this.#ctx.limits.unfetchedResultGraceMs;
     for (const [id, x] of this.#fanouts) {
       if (this.#fanouts.size <= this.#ctx.limits.maxRetainedFanouts) break;
-      const finishedAt = finishedAtOf.get(x);
+      const finishedAt = x.finishedAt;
       if (finishedAt === undefined) continue; // still running
       if (fetched.has(x) || now - finishedAt >= grace) this.#fanouts.delete(id);
     }
@@ -732,8 +731,6 @@ export class OperatorSession extends RpcTarget {
 }
 
 const answersWanted = new WeakMap<FanOut, boolean>();
-/** When each fan-out finished, on the service's clock. */
-const finishedAtOf = new WeakMap<FanOut, number>();
 /** Fan-outs whose result a console has fetched (result(), or next() reporting done). */
 const fetched = new WeakSet<FanOut>();
 
