@@ -27,6 +27,7 @@ import { join } from "node:path";
 import tls from "node:tls";
 import { pathToFileURL } from "node:url";
 import {
+  BatchRootCache,
   type CanonicalValue,
   type Clock,
   type ColumnSpec,
@@ -339,6 +340,7 @@ export class SimTotebox {
   readonly clock: Clock;
   readonly stats: SimToteboxStats = emptySimStats();
   readonly #replay: MemoryReplayStore;
+  readonly #batchRoots = new BatchRootCache();
   readonly #jwtReplay: MemoryReplayStore;
   readonly #watermark: string;
 
@@ -419,6 +421,8 @@ export class SimTotebox {
         request: { view: req.view, action: "read" },
         clock: this.clock,
         replayStore: this.#replay,
+        // Its own, as a Totebox on its own machine would have: the fleet's Toteboxes share nothing.
+        batchRoots: this.#batchRoots,
       });
       if (req.view !== "position") throw new ToteboxError("TOTEBOX_ERR_VIEW_UNKNOWN", "no such view");
       const params = this.#params(req.params);

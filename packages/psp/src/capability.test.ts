@@ -7,6 +7,7 @@ import { describe, expect, it } from "vitest";
 import { leafHash, merkleRootAndPaths, nodeHash, rootFromInclusionProof } from "./batch-proof.ts";
 import {
   BATCH_HEADER,
+  BatchRootCache,
   CAPABILITY_LIMITS,
   type CallInput,
   decodeUnverified,
@@ -426,7 +427,8 @@ describe("batch signing", () => {
       action: "read",
       clock,
     }));
-  const batchSetup = (n: number) => {
+  /** `batchRoots`: one verifier's cache, shared by every check made through `at`. */
+  const batchSetup = (n: number, batchRoots?: BatchRootCache) => {
     const { opts, clock } = setup();
     const grant = grantToken(clock, { toteboxIds: Array.from({ length: n }, (_, i) => `tb-${i}`) });
     const tokens = issueCallCapabilityBatch(batchInputs(clock, grant, n), aggregatorKey);
@@ -438,6 +440,7 @@ describe("batch signing", () => {
           capability: token,
           totebox: { id: `tb-${i}`, tags: {} },
           replayStore: new MemoryReplayStore(clock),
+          ...(batchRoots ? { batchRoots } : {}),
         }),
       );
     return { tokens, at, grant, clock };
@@ -491,8 +494,10 @@ describe("batch signing", () => {
   });
 
   it("once a batch's root signature has verified (and is remembered), each token's own proof still decides", () => {
-    const { tokens, at } = batchSetup(7);
+    const cache = new BatchRootCache();
+    const { tokens, at } = batchSetup(7, cache);
     for (let i = 0; i < 7; i++) expect(at(i)).toBe("ok"); // the shared root is now verified
+    expect(cache.stats()).toEqual({ hits: 6, misses: 1, size: 1 });
     const edit = (i: number, f: (p: unknown[]) => void) => rewrite(tokens[i]!, f);
     for (let i = 0; i < 7; i++) {
       const j = (i + 1) % 7;
@@ -517,9 +522,55 @@ describe("batch signing", () => {
       expect(at(i, otherSignature), `signature of ${i}`).toBe("PSP_ERR_CAP_SIGNATURE");
       expect(at(i), `untouched ${i}`).toBe("ok");
     }
+    // Every tampered token above missed (its recomputed root or its signature differs) and was
+    // refused by Ed25519 itself; the untouched ones hit.
+    expect(cache.stats()).toMatchObject({ hits: 6 + 7, size: 1 });
     // Another batch (another root, another signature) is verified on its own.
-    const other = batchSetup(7);
+    const other = batchSetup(7, cache);
     for (let i = 0; i < 7; i++) expect(other.at(i)).toBe("ok");
+    expect(cache.stats()).toMatchObject({ size: 2 });
+  });
+
+  it("a root cache belongs to one verifier: another Totebox, or none, verifies the signature itself", () => {
+    const mine = new BatchRootCache();
+    const theirs = new BatchRootCache();
+    const { tokens, grant, clock } = batchSetup(4);
+    const { opts } = setup();
+    const check = (i: number, batchRoots?: BatchRootCache) =>
+      outcome(() =>
+        verifyCallChain({
+          ...opts,
+          grant,
+          capability: tokens[i]!,
+          totebox: { id: `tb-${i}`, tags: {} },
+          clock,
+          replayStore: new MemoryReplayStore(clock),
+          ...(batchRoots ? { batchRoots } : {}),
+        }),
+      );
+    expect(check(0, mine)).toBe("ok");
+    expect(check(1, mine)).toBe("ok");
+    expect(mine.stats()).toEqual({ hits: 1, misses: 1, size: 1 });
+    // What `mine` learnt is nothing to `theirs`: sovereign verifiers share no state.
+    expect(check(2, theirs)).toBe("ok");
+    expect(theirs.stats()).toEqual({ hits: 0, misses: 1, size: 1 });
+    expect(check(3)).toBe("ok");
+    expect(mine.stats().hits + theirs.stats().hits).toBe(1);
+  });
+
+  it("a root cache is bounded, least recently used out first", () => {
+    const cache = new BatchRootCache(2);
+    const a = batchSetup(2, cache);
+    const b = batchSetup(2, cache);
+    const c = batchSetup(2, cache);
+    expect(a.at(0)).toBe("ok");
+    expect(b.at(0)).toBe("ok");
+    expect(a.at(1)).toBe("ok"); // hit: a is now the most recent
+    expect(c.at(0)).toBe("ok"); // evicts b
+    expect(cache.stats()).toEqual({ hits: 1, misses: 3, size: 2 });
+    expect(b.at(1)).toBe("ok"); // b was evicted: verified again
+    expect(cache.stats()).toEqual({ hits: 1, misses: 4, size: 2 });
+    expect(() => new BatchRootCache(0)).toThrow(RangeError);
   });
 
   it("a grant cannot be batch-shaped", () => {

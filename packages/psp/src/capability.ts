@@ -546,37 +546,59 @@ function decodeEnvelope(token: Uint8Array, allowBatch: boolean): Envelope {
 }
 
 /**
- * Batch roots whose signature verified, keyed by signer key id and signature, holding the exact
- * bytes that signature covers (protected header and root). A fan-out's capabilities share one
- * signature over one root, so a process that verifies many of them (a simulated fleet, a console)
- * pays one Ed25519 verification per batch instead of one per capability. What stays per
- * capability: the root is recomputed from that token's own payload and inclusion path, and a hit
- * needs those recomputed bytes to equal the cached ones exactly. Only successes are cached, and
- * Ed25519 verification is deterministic, so a hit answers exactly what verifying again would.
- * Bounded; least recently used entries go first.
+ * Batch roots whose signature one verifier has already checked, keyed by signer key id and
+ * signature, holding the exact bytes that signature covers (protected header and root). One fan-out
+ * can give the same Totebox several capabilities under one root (a viewport reading two views,
+ * a command and its read-back), and each needs the root's Ed25519 signature: with a cache the
+ * Totebox pays for it once. What stays per capability: the root is recomputed from that token's own
+ * payload and inclusion path, and a hit needs those recomputed bytes to equal the cached ones
+ * exactly. Only successes are cached, and Ed25519 verification is deterministic, so a hit answers
+ * exactly what verifying again would.
+ *
+ * A cache belongs to one verifier (one Totebox): sovereign Toteboxes share nothing, so a process
+ * hosting several of them (the benchmark's simulated fleet, tests) gives each its own and pays
+ * what separate machines would. Bounded; least recently used entries go first.
  */
-const verifiedBatchRoots = new Map<string, Uint8Array>();
-const VERIFIED_BATCH_ROOTS_LIMIT = 1024;
+export class BatchRootCache {
+  readonly #roots = new Map<string, Uint8Array>();
+  readonly #limit: number;
+  #hits = 0;
+  #misses = 0;
 
-function batchSignatureVerifies(toBeSigned: Uint8Array, signature: Uint8Array, key: KeyObject): boolean {
-  const cacheKey = `${keyIdOf(key)}:${toHex(signature)}`;
-  const hit = verifiedBatchRoots.get(cacheKey);
-  if (hit !== undefined && bytesEqual(hit, toBeSigned)) {
-    verifiedBatchRoots.delete(cacheKey); // refresh recency: Map order is insertion order
-    verifiedBatchRoots.set(cacheKey, hit);
+  /** `limit`: roots kept (default 64: a Totebox sees one root per fan-out). */
+  constructor(limit = 64) {
+    if (!Number.isSafeInteger(limit) || limit < 1) throw new RangeError("limit must be a positive integer");
+    this.#limit = limit;
+  }
+
+  /** Signature checks answered from the cache, and checks that ran Ed25519. */
+  stats(): { hits: number; misses: number; size: number } {
+    return { hits: this.#hits, misses: this.#misses, size: this.#roots.size };
+  }
+
+  /** @internal verifyCallChain's check of one batch signature. */
+  verifies(toBeSigned: Uint8Array, signature: Uint8Array, key: KeyObject): boolean {
+    const cacheKey = `${keyIdOf(key)}:${toHex(signature)}`;
+    const hit = this.#roots.get(cacheKey);
+    if (hit !== undefined && bytesEqual(hit, toBeSigned)) {
+      this.#hits++;
+      this.#roots.delete(cacheKey); // refresh recency: Map order is insertion order
+      this.#roots.set(cacheKey, hit);
+      return true;
+    }
+    this.#misses++;
+    if (!ed25519Verify(toBeSigned, signature, key)) return false;
+    if (this.#roots.size >= this.#limit) {
+      const oldest = this.#roots.keys().next();
+      if (!oldest.done) this.#roots.delete(oldest.value);
+    }
+    this.#roots.set(cacheKey, toBeSigned);
     return true;
   }
-  if (!ed25519Verify(toBeSigned, signature, key)) return false;
-  if (verifiedBatchRoots.size >= VERIFIED_BATCH_ROOTS_LIMIT) {
-    const oldest = verifiedBatchRoots.keys().next();
-    if (!oldest.done) verifiedBatchRoots.delete(oldest.value);
-  }
-  verifiedBatchRoots.set(cacheKey, toBeSigned);
-  return true;
 }
 
 /** Verifies the envelope's signature (single or batch). PSP_ERR_CAP_SIGNATURE on any failure. */
-function verifyEnvelopeSignature(env: Envelope, key: KeyObject): void {
+function verifyEnvelopeSignature(env: Envelope, key: KeyObject, batchRoots?: BatchRootCache): void {
   assertEd25519Key(key, "verify");
   let ok: boolean;
   if (env.batch === undefined) {
@@ -590,9 +612,12 @@ function verifyEnvelopeSignature(env: Envelope, key: KeyObject): void {
       leafHash(env.msg.payload),
       env.batch.path,
     );
+    const toBeSigned = root && sigStructure1(env.msg.protectedBytes, EMPTY, root);
     ok =
-      root !== undefined &&
-      batchSignatureVerifies(sigStructure1(env.msg.protectedBytes, EMPTY, root), env.msg.signature, key);
+      toBeSigned !== undefined &&
+      (batchRoots
+        ? batchRoots.verifies(toBeSigned, env.msg.signature, key)
+        : ed25519Verify(toBeSigned, env.msg.signature, key));
   }
   if (!ok) {
     throw new PspError("PSP_ERR_CAP_SIGNATURE", "capability signature does not verify", {
@@ -1044,6 +1069,8 @@ export interface VerifyCallChainOptions extends GrantCheckOptions {
   /** What is actually about to run. */
   readonly request: CallRequest;
   readonly replayStore: ReplayStore;
+  /** This verifier's own cache of batch roots already verified (see BatchRootCache); none: verify each. */
+  readonly batchRoots?: BatchRootCache;
 }
 
 export interface VerifiedCall {
@@ -1096,7 +1123,7 @@ export function verifyCallChain(opts: VerifyCallChainOptions): VerifiedCall {
   if (env.kid !== keyIdOfRaw(g.aggregatorKey)) {
     throw new PspError("PSP_ERR_CAP_GRANT_MISMATCH", "capability not signed by the key the grant names");
   }
-  verifyEnvelopeSignature(env, grant.aggregatorKey);
+  verifyEnvelopeSignature(env, grant.aggregatorKey, opts.batchRoots);
   const c = parseClaims(env.msg.payload);
   if (c.kind !== "call") throw malformed("token is not a call capability", { field: "kind" });
   if (c.iss !== env.kid) throw malformed("capability iss does not match its kid", { field: "iss" });

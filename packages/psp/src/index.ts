@@ -7,6 +7,7 @@
  */
 
 export {
+  BatchRootCache,
   CAPABILITY_LIMITS,
   type CallClaims,
   type CallInput,

@@ -1,5 +1,6 @@
 import { sign as edSign } from "node:crypto";
 import {
+  BatchRootCache,
   type Clock,
   decodeUnverified,
   type Identity,
@@ -135,6 +136,8 @@ export class ToteboxServer implements ToteboxRuntime {
   readonly #policy: PolicyStore;
   readonly #peers: PeerRegistry;
   readonly #replay: MemoryReplayStore;
+  /** Batch roots this Totebox has verified: several capabilities of one fan-out, one Ed25519 check. */
+  readonly #batchRoots = new BatchRootCache();
   readonly #scheduler: Scheduler;
   #psp: PspServer | undefined;
   #state: LifecycleState;
@@ -268,6 +271,7 @@ export class ToteboxServer implements ToteboxRuntime {
       request,
       clock: this.clock,
       replayStore: this.#replay,
+      batchRoots: this.#batchRoots,
     });
   }
 
@@ -292,6 +296,7 @@ export class ToteboxServer implements ToteboxRuntime {
       clock: this.clock,
       // A throwaway store: a cancel neither consults nor burns the id its read consumed.
       replayStore: new MemoryReplayStore(this.clock, { maxEntries: 1 }),
+      batchRoots: this.#batchRoots,
     });
   }
 
