@@ -32,7 +32,7 @@
 import { type KeyObject, randomBytes, randomInt, webcrypto } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 import https from "node:https";
-import { loadavg } from "node:os";
+import { availableParallelism, loadavg } from "node:os";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import tls from "node:tls";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -41,6 +41,7 @@ import {
   type CallInput,
   connectPsp,
   decodeResult,
+  encodeResult,
   type Identity,
   identityFromPem,
   issueCallCapabilityBatch,
@@ -58,6 +59,7 @@ import {
 import type { ReadAnswer, ToteboxRemote, ToteboxSessionRemote } from "@os-orchestration/totebox";
 import { SignJWT } from "jose";
 import { aggregatorContender } from "./hub-aggregator.ts";
+import { type CryptoCosts, fanoutLowerBound, measureCryptoCosts } from "./machine-bound.ts";
 import { type BenchRow, fmt, percentile } from "./report.ts";
 import { endChild, forkTs, nextMessage, type SimFleet, startSimFleet } from "./sim-fleet.ts";
 import {
@@ -70,6 +72,7 @@ import {
   POSITION_COLUMNS,
   REGIONS,
   simExpectedRollup,
+  simPosition,
 } from "./sim-fleet-worker.ts";
 
 const AS_OF = "2026-10-31";
@@ -942,7 +945,12 @@ function goal(met: boolean, text: string): string {
   return `${text}: ${met ? "met" : "NOT met"}`;
 }
 
-function rowsFor(n: number, runs: Map<string, ContenderRun>, load: [number, number]): BenchRow[] {
+function rowsFor(
+  n: number,
+  runs: Map<string, ContenderRun>,
+  load: [number, number],
+  costs: CryptoCosts,
+): BenchRow[] {
   const section = "fanout";
   const rows: BenchRow[] = [
     {
@@ -1184,6 +1192,88 @@ function rowsFor(n: number, runs: Map<string, ContenderRun>, load: [number, numb
       ratio: both(r.fleetCpuUsPerAnswer, (c) => c.fleetCpuUsPerAnswer),
     });
   }
+  if (floor) rows.push(...boundRows(n, costs, { floor, ours, usual }));
+  return rows;
+}
+
+/**
+ * What this machine allows at all (machine-bound.ts): the least hub CPU and the least latency any
+ * implementation of ours could reach here, from the floor measured in this run plus the
+ * cryptography the protocol requires, timed with the fleet idle. A goal beyond that bound is out
+ * of reach on this machine, whatever the code; the rows say so rather than leave it to a reader.
+ */
+function boundRows(
+  n: number,
+  costs: CryptoCosts,
+  runs: { floor: ContenderRun; ours: ContenderRun | undefined; usual: ContenderRun | undefined },
+): BenchRow[] {
+  const section = "fanout";
+  const at = `N=${n.toLocaleString("en-US")}`;
+  const cores = availableParallelism();
+  const b = fanoutLowerBound({
+    n,
+    cores,
+    costs,
+    floorHubUs: runs.floor.m.cpuUsPerToteboxQuery,
+    floorFleetUs: runs.floor.fleetCpuUsPerAnswer,
+    receiptSignatureEvery: DEFAULT_ORCH_LIMITS.receiptSignatureEvery,
+  });
+  const floorHub = runs.floor.m.cpuUsPerToteboxQuery;
+  const rows: BenchRow[] = [
+    {
+      section,
+      name: `bound ${at}: Ed25519 verify / sign, SHA-256 answer / node (fleet idle)`,
+      value: costs.ed25519VerifyUs,
+      unit: "µs",
+      ratio: `sign ${fmt(costs.ed25519SignUs)} µs; SHA-256 ${fmt(costs.sha256AnswerUs)} µs (${costs.answerBytes} B) / ${fmt(costs.sha256NodeUs)} µs (64 B)`,
+    },
+    {
+      section,
+      name: `bound ${at}: least hub CPU per Totebox per query`,
+      value: b.hubUs,
+      unit: "µs",
+      ratio: `${(b.hubUs / floorHub).toFixed(2)}× floor: the floor + ${fmt(b.hubCryptoUs)} µs of required hashing and signatures`,
+      goal:
+        b.hubUs <= 2 * floorHub ? "goal ≤ 2× floor: within reach here" : "goal ≤ 2× floor: out of reach here",
+    },
+    {
+      section,
+      name: `bound ${at}: least latency of any fan-out of ours`,
+      value: b.latencyMs,
+      unit: "ms",
+      ratio: `${n.toLocaleString("en-US")} × ${fmt(b.perToteboxUs)} µs / ${cores} cores (floor hub + fleet, + ${fmt(b.hubCryptoUs)} µs hub and ${fmt(b.toteboxCryptoUs)} µs Totebox cryptography)`,
+      ...(n >= 10_000
+        ? {
+            goal: `goal p50 < 1 s: ${b.latencyMs < 1000 ? "within reach here" : "out of reach on this machine"}`,
+          }
+        : {}),
+    },
+  ];
+  if (runs.ours) {
+    const p50 = percentile(runs.ours.m.latencyMs, 50);
+    rows.push({
+      section,
+      name: `bound ${at}: ours' p50 over that least latency`,
+      value: p50 / b.latencyMs,
+      unit: "×",
+      ratio: "the part of the latency our code could still remove is what lies above 1×",
+    });
+  }
+  if (runs.usual) {
+    const most = percentile(runs.usual.m.latencyMs, 50) / b.latencyMs;
+    rows.push({
+      section,
+      name: `bound ${at}: the usual way's p50 over that least latency`,
+      value: most,
+      unit: "×",
+      ratio: "the most the usual way could ever lag ours on this machine",
+      ...(n === 1000
+        ? {
+            goal: `goal usual ≥ 3× slower: ${most >= 3 ? "within reach here" : "out of reach on this machine"}`,
+          }
+        : {}),
+    });
+  }
   return rows;
 }
 
@@ -1244,6 +1334,12 @@ export async function benchFanout(): Promise<BenchRow[]> {
         warmup,
         queries,
       };
+      // Timed now, with the fleet up and idle: the machine's best figures (machine-bound.ts).
+      const row = simPosition(seed, 0, AS_OF);
+      const answer = encodeResult(POSITION_COLUMNS, [
+        POSITION_COLUMNS.map((c) => row[c.name as keyof typeof row]),
+      ]);
+      const costs = measureCryptoCosts(answer.byteLength);
       const runs = new Map<string, ContenderRun>();
       const loadBefore = loadavg()[0]!;
       for (const name of [
@@ -1271,7 +1367,7 @@ export async function benchFanout(): Promise<BenchRow[]> {
         process.stderr.write("\n");
         runs.set(name, run);
       }
-      rows.push(...rowsFor(n, runs, [loadBefore, loadavg()[0]!]));
+      rows.push(...rowsFor(n, runs, [loadBefore, loadavg()[0]!], costs));
     } finally {
       await fleet.close();
     }

@@ -1,0 +1,123 @@
+/**
+ * The least time this machine allows a fan-out, from work no implementation of ours may skip.
+ *
+ * In the fan-out bench the hub and every simulated Totebox share this machine's cores, so a
+ * query cannot finish before all the CPU work it needs has run: its latency is at least
+ * N × (CPU per Totebox, hub and Totebox together) / cores. Part of that work is fixed by the
+ * protocol's guarantees, whatever the code around it:
+ *
+ * - on each Totebox: one Ed25519 verification (the batch signature its capability rests on;
+ *   invariant 3), the capability's leaf hash and its inclusion path (⌈log2 N⌉ node hashes), one
+ *   SHA-256 over the Arrow answer (the receipt's digest) and one Ed25519 signature (the receipt);
+ * - on the hub: the leaf and internal-node hashes of the batch (N leaves, N − 1 nodes), one
+ *   batch signature per query, the receipt's binding to the answer (SHA-256 over the Arrow bytes)
+ *   and the sampled receipt signature check (one in `receiptSignatureEvery`);
+ * - on both: moving frames of the same size over the same TLS links, which the floor contender
+ *   measures in the same run.
+ *
+ * Each primitive is timed here with the fleet idle, so the figures are the machine's best, and
+ * a bound built from them is a true lower bound: under the load of a real run every one of them
+ * costs more, not less. Hashes are timed on 64-byte inputs (a Merkle node); a leaf (the claims,
+ * ~150 bytes) costs more, so counting it as a node keeps the bound low.
+ */
+import { createHash, generateKeyPairSync, hash, sign, verify } from "node:crypto";
+
+/** Microseconds per primitive on this machine, best of several rounds. */
+export interface CryptoCosts {
+  readonly ed25519VerifyUs: number;
+  readonly ed25519SignUs: number;
+  /** SHA-256 over one Arrow answer of `answerBytes`. */
+  readonly sha256AnswerUs: number;
+  /** SHA-256 over 64 bytes (one Merkle node). */
+  readonly sha256NodeUs: number;
+  readonly answerBytes: number;
+}
+
+/** Runs `op` in rounds and returns the best round's mean, in µs (best: least disturbed). */
+function bestMeanUs(op: () => void, perRound: number, rounds: number): number {
+  for (let i = 0; i < Math.min(perRound, 50); i++) op();
+  let best = Number.POSITIVE_INFINITY;
+  for (let r = 0; r < rounds; r++) {
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < perRound; i++) op();
+    const us = Number(process.hrtime.bigint() - t0) / 1000 / perRound;
+    if (us < best) best = us;
+  }
+  return best;
+}
+
+/** Times the primitives (~1 s). `answerBytes`: the size of one Arrow answer. */
+export function measureCryptoCosts(answerBytes: number): CryptoCosts {
+  const { privateKey, publicKey } = generateKeyPairSync("ed25519");
+  // A COSE Sig_structure for a capability or a receipt is ~100-300 bytes; Ed25519 hashes its
+  // input twice, so the message size barely moves the cost.
+  const message = new Uint8Array(200).fill(7);
+  const signature = sign(null, message, privateKey);
+  const answer = new Uint8Array(answerBytes).fill(3);
+  const node = new Uint8Array(64).fill(5);
+  const sha = typeof hash === "function" ? (b: Uint8Array) => hash("sha256", b, "buffer") : sha256Stream;
+  return {
+    ed25519VerifyUs: bestMeanUs(
+      () => {
+        if (!verify(null, message, publicKey, signature)) throw new Error("self-check failed");
+      },
+      300,
+      5,
+    ),
+    ed25519SignUs: bestMeanUs(() => sign(null, message, privateKey), 300, 5),
+    sha256AnswerUs: bestMeanUs(() => sha(answer), 3000, 5),
+    sha256NodeUs: bestMeanUs(() => sha(node), 3000, 5),
+    answerBytes,
+  };
+}
+
+function sha256Stream(b: Uint8Array): Buffer {
+  return createHash("sha256").update(b).digest();
+}
+
+export interface FanoutBoundInput {
+  readonly n: number;
+  readonly cores: number;
+  readonly costs: CryptoCosts;
+  /** The floor contender's hub CPU per Totebox per query and its fleet CPU per answer, µs. */
+  readonly floorHubUs: number;
+  readonly floorFleetUs: number;
+  /** The aggregator checks one receipt signature in this many (after each link's first). */
+  readonly receiptSignatureEvery: number;
+}
+
+export interface FanoutBound {
+  /** The cryptography a hub must do per Totebox per query, µs. */
+  readonly hubCryptoUs: number;
+  /** The cryptography a Totebox must do per answer, µs. */
+  readonly toteboxCryptoUs: number;
+  /** The least hub CPU per Totebox per query: the floor's plus `hubCryptoUs`. */
+  readonly hubUs: number;
+  /** The least CPU per Totebox, hub and Totebox together. */
+  readonly perToteboxUs: number;
+  /** The least latency of one fan-out over N Toteboxes on `cores` shared cores, ms. */
+  readonly latencyMs: number;
+}
+
+export function fanoutLowerBound(input: FanoutBoundInput): FanoutBound {
+  const { n, costs: c } = input;
+  if (!Number.isSafeInteger(n) || n < 1) throw new RangeError("n must be a positive integer");
+  if (!(input.cores >= 1)) throw new RangeError("cores must be at least 1");
+  const depth = Math.ceil(Math.log2(n));
+  const hubCryptoUs =
+    c.sha256NodeUs * (1 + (n - 1) / n) + // leaf hash, and the batch's N - 1 internal nodes
+    c.ed25519SignUs / n + // one batch signature per query
+    c.sha256AnswerUs + // the receipt's binding to the Arrow bytes received
+    c.ed25519VerifyUs / input.receiptSignatureEvery; // the sampled receipt signature
+  const toteboxCryptoUs =
+    c.ed25519VerifyUs + c.sha256NodeUs * (1 + depth) + c.sha256AnswerUs + c.ed25519SignUs;
+  const hubUs = input.floorHubUs + hubCryptoUs;
+  const perToteboxUs = hubUs + input.floorFleetUs + toteboxCryptoUs;
+  return {
+    hubCryptoUs,
+    toteboxCryptoUs,
+    hubUs,
+    perToteboxUs,
+    latencyMs: (n * perToteboxUs) / input.cores / 1000,
+  };
+}
