@@ -616,6 +616,31 @@ describe("RFC 6962 inclusion proofs (batch-proof.ts)", () => {
     expect(merkleRootAndPaths(two).root).toEqual(nodeHash(two[0]!, two[1]!));
   });
 
+  it("leaf and node hashes are RFC 6962's, whatever the size, and never alias one another", () => {
+    const sha = (...parts: Uint8Array[]) => {
+      const h = createHash("sha256");
+      for (const p of parts) h.update(p);
+      return new Uint8Array(h.digest());
+    };
+    // Sizes around the scratch buffer's (512) and V8's on-heap limit (64).
+    const leaves = [0, 1, 63, 64, 65, 511, 512, 513, 4096].map((n) =>
+      new Uint8Array(n).map((_, i) => (i * 7 + n) & 0xff),
+    );
+    const hashes = leaves.map((l) => leafHash(l));
+    for (let i = 0; i < leaves.length; i++) expect(hashes[i]).toEqual(sha(Uint8Array.of(0), leaves[i]!));
+    const a = hashes[0]!;
+    const b = hashes[1]!;
+    const ab = nodeHash(a, b);
+    const ba = nodeHash(b, a);
+    expect(ab).toEqual(sha(Uint8Array.of(1), a, b));
+    expect(ba).toEqual(sha(Uint8Array.of(1), b, a));
+    // Earlier digests are unchanged by later hashing (each is its own buffer).
+    expect(hashes[0]).toEqual(sha(Uint8Array.of(0), leaves[0]!));
+    expect(ab).not.toEqual(ba);
+    const wide = nodeHash(new Uint8Array(300).fill(1), new Uint8Array(300).fill(2));
+    expect(wide).toEqual(sha(Uint8Array.of(1), new Uint8Array(300).fill(1), new Uint8Array(300).fill(2)));
+  });
+
   const dir = path.resolve(
     fileURLToPath(new URL("../../..", import.meta.url)),
     "..",
