@@ -1,9 +1,12 @@
+import tls from "node:tls";
 import { RpcTarget } from "capnweb";
 import {
   connectPsp,
   createIdentity,
   listenPsp,
   openCommander,
+  type PspLink,
+  pinOnly,
   serveSubject,
 } from "../packages/psp/src/index.ts";
 import type { BenchRow } from "./report.ts";
@@ -65,6 +68,182 @@ export async function benchRoundTrips(): Promise<BenchRow[]> {
       value: pipelined,
       unit: "calls/s",
       ratio: `${(pipelined / sequential).toFixed(1)}× sequential`,
+    },
+  ];
+}
+
+// ---------------------------------------------------------------------------------------------
+// The protocol's own cost per call, against the same bytes over the same kind of TLS
+
+/** A read's answer as a Totebox gives it: an Arrow stream, a receipt, a few small fields. */
+class TaxSession extends RpcTarget {
+  readonly #answer = {
+    totebox: "tb-000001",
+    view: "position",
+    arrow: new Uint8Array(1120).fill(1),
+    receipt: new Uint8Array(290).fill(2),
+    rowCount: 1,
+    suppressedGroups: 0,
+    watermark: "sim:1:1",
+  };
+  read(_capability: unknown, _view: unknown, _params: unknown) {
+    return this.#answer;
+  }
+}
+class TaxMain extends RpcTarget {
+  authorize(_grant: unknown) {
+    return new TaxSession();
+  }
+}
+interface TaxSessionT {
+  read(capability: Uint8Array, view: string, params: Record<string, string>): Promise<{ arrow: unknown }>;
+}
+
+/**
+ * What PSP itself costs per call, both ends together in one process, with no application work:
+ * one `read(capability, view, params)` per link over many links at once (a fan-out's shape),
+ * against the same number of bytes each way written and read as raw frames over the same kind of
+ * mutual-TLS links. The difference is capnweb, the message codec, the Diode checks, framing and
+ * their garbage. Rounds alternate between the two so that load drifting on a shared machine
+ * touches both alike; the median round is reported.
+ */
+export async function benchCallTax(): Promise<BenchRow[]> {
+  const LINKS = 200;
+  const ROUNDS = 9;
+  const CALLS_PER_ROUND = 20; // per link
+  const [s, c] = await Promise.all([createIdentity({ name: "tax-s" }), createIdentity({ name: "tax-c" })]);
+  const server = await listenPsp({
+    identity: s,
+    role: "subject",
+    host: "127.0.0.1",
+    port: 0,
+    authorize: pinOnly(c.fingerprint),
+    onLink: (l) => serveSubject(l, new TaxMain()),
+  });
+  const links: PspLink[] = [];
+  const sessions: TaxSessionT[] = [];
+  for (let i = 0; i < LINKS; i++) {
+    const l = await connectPsp({
+      identity: c,
+      role: "commander",
+      host: "127.0.0.1",
+      port: server.address.port,
+      expect: s.fingerprint,
+    });
+    links.push(l);
+    sessions.push(openCommander<{ authorize(g: Uint8Array): TaxSessionT }>(l).authorize(new Uint8Array(64)));
+  }
+  const capability = new Uint8Array(560).fill(3);
+  const params = { as_of: "2026-10-31" };
+  const pspRound = () =>
+    Promise.all(
+      sessions.map(async (session) => {
+        const a = await session.read(capability, "position", params);
+        if (!(a.arrow instanceof Uint8Array)) throw new Error("bench: answer has no Arrow bytes");
+      }),
+    );
+  for (let i = 0; i < 5; i++) await pspRound(); // warm-up; authorize answered
+  const b0 = links.reduce((n, l) => n + l.stats.bytesOut, 0);
+  const i0 = links.reduce((n, l) => n + l.stats.bytesIn, 0);
+  await pspRound();
+  // Raw frames of exactly the bytes one PSP call moved each way (TLS records aside).
+  const reqBytes = Math.round((links.reduce((n, l) => n + l.stats.bytesOut, 0) - b0) / LINKS);
+  const ansBytes = Math.round((links.reduce((n, l) => n + l.stats.bytesIn, 0) - i0) / LINKS);
+
+  const raw = tls.createServer(
+    { key: s.keyPem, cert: s.certPem, minVersion: "TLSv1.3", requestCert: true, rejectUnauthorized: false },
+    (sock) => {
+      sock.setNoDelay(true);
+      const answer = Buffer.alloc(ansBytes, 4);
+      let got = 0;
+      sock.on("data", (d: Buffer) => {
+        got += d.byteLength;
+        while (got >= reqBytes) {
+          got -= reqBytes;
+          sock.write(answer);
+        }
+      });
+    },
+  );
+  await new Promise<void>((r) => raw.listen(0, "127.0.0.1", () => r()));
+  const rawPort = (raw.address() as { port: number }).port;
+  const sockets = await Promise.all(
+    Array.from(
+      { length: LINKS },
+      () =>
+        new Promise<tls.TLSSocket>((resolve, reject) => {
+          const sock = tls.connect(
+            {
+              host: "127.0.0.1",
+              port: rawPort,
+              key: c.keyPem,
+              cert: c.certPem,
+              rejectUnauthorized: false,
+              minVersion: "TLSv1.3",
+            },
+            () => {
+              sock.setNoDelay(true);
+              resolve(sock);
+            },
+          );
+          sock.once("error", reject);
+        }),
+    ),
+  );
+  const request = Buffer.alloc(reqBytes, 5);
+  const rawRound = () =>
+    Promise.all(
+      sockets.map(
+        (sock) =>
+          new Promise<void>((resolve) => {
+            let got = 0;
+            const onData = (d: Buffer) => {
+              got += d.byteLength;
+              if (got >= ansBytes) {
+                sock.off("data", onData);
+                resolve();
+              }
+            };
+            sock.on("data", onData);
+            sock.write(request);
+          }),
+      ),
+    );
+  for (let i = 0; i < 5; i++) await rawRound();
+
+  const cpuPerCall = async (round: () => Promise<unknown>) => {
+    const c0 = process.cpuUsage();
+    for (let i = 0; i < CALLS_PER_ROUND; i++) await round();
+    const d = process.cpuUsage(c0);
+    return (d.user + d.system) / (LINKS * CALLS_PER_ROUND);
+  };
+  const psp: number[] = [];
+  const floor: number[] = [];
+  for (let r = 0; r < ROUNDS; r++) {
+    psp.push(await cpuPerCall(pspRound));
+    floor.push(await cpuPerCall(rawRound));
+  }
+  for (const sock of sockets) sock.destroy();
+  await new Promise<void>((r) => raw.close(() => r()));
+  for (const l of links) l.close();
+  await server.close();
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+  const pspUs = median(psp);
+  const rawUs = median(floor);
+  return [
+    {
+      section: "psp",
+      name: `raw frames over mutual TLS, ${reqBytes} B out / ${ansBytes} B back, one per link on ${LINKS} links (CPU per exchange, both ends)`,
+      value: rawUs,
+      unit: "µs",
+      ratio: "baseline",
+    },
+    {
+      section: "psp",
+      name: `PSP read(capability, view, params) moving the same bytes (CPU per call, both ends, no application work)`,
+      value: pspUs,
+      unit: "µs",
+      ratio: `${(pspUs / rawUs).toFixed(2)}× raw frames; the protocol's own ${(pspUs - rawUs).toFixed(0)} µs per call`,
     },
   ];
 }

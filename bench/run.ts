@@ -9,12 +9,12 @@
  */
 import { benchFanout } from "./fanout.ts";
 import { benchPipelining } from "./pipelining.ts";
-import { benchCapabilities, benchRoundTrips } from "./psp.ts";
+import { benchCallTax, benchCapabilities, benchRoundTrips } from "./psp.ts";
 import { type BenchRow, printTable, writeResults } from "./report.ts";
 import { benchTotebox } from "./totebox.ts";
 
 const sections: Record<string, () => Promise<BenchRow[]>> = {
-  psp: async () => [...(await benchCapabilities()), ...(await benchRoundTrips())],
+  psp: async () => [...(await benchCapabilities()), ...(await benchRoundTrips()), ...(await benchCallTax())],
   totebox: benchTotebox,
   fanout: benchFanout,
   pipelining: benchPipelining,
