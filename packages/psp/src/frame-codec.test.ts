@@ -23,6 +23,22 @@ describe("frame codec", () => {
     for (const s of f.segments) expect(s.byteOffset % 8).toBe(0);
   });
 
+  it("bodies of any size: 8-aligned, exact bytes (nothing stale), plain Uint8Array", () => {
+    const decoder = new FrameDecoder(DEFAULT_PSP_LIMITS);
+    for (const size of [1, 7, 100, 1500, 4000, 4100, 70_000]) {
+      // Dirty Node's Buffer pool between frames: a body must never show any of this.
+      Buffer.allocUnsafe(size % 4096).fill(0xee);
+      const seg = new Uint8Array(size).map((_, i) => (i * 13 + size) & 0x7f);
+      const [f] = decoder.push(concat(encodeFrame(FrameKind.Messages, [seg, Uint8Array.of(1, 2, 3)])));
+      expect(f!.segments[0]).toEqual(seg);
+      expect([...f!.segments[1]!]).toEqual([1, 2, 3]);
+      for (const s of f!.segments) {
+        expect(s.byteOffset % 8).toBe(0);
+        expect(Object.getPrototypeOf(s)).toBe(Uint8Array.prototype);
+      }
+    }
+  });
+
   it("decodes the same frames whatever the chunking (property)", () => {
     fc.assert(
       fc.property(
