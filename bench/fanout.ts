@@ -29,6 +29,7 @@
  * V8 CPU profile of every hub and fleet worker process, written there on exit).
  */
 
+import { spawnSync } from "node:child_process";
 import { type KeyObject, randomBytes, randomInt, webcrypto } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 import https from "node:https";
@@ -872,6 +873,24 @@ async function hubMain(): Promise<void> {
 
 const FANOUT_FILE = fileURLToPath(import.meta.url);
 
+/**
+ * BENCH_PIN_HUB=1: each hub child alone on core 0, the fleet's workers (and this parent) on the
+ * other cores, with `taskset`. Unpinned, the hub shares both cores with the whole fleet and its CPU
+ * time per Totebox includes what that sharing costs it (cache refills after every switch), more so
+ * for a contender whose fleet works harder: ours pays more of it than the floor. Pinned, each
+ * hub's CPU time is what it would be on a machine of its own, as an aggregator runs; the fleet
+ * then has one core fewer, so latencies rise for every contender alike.
+ */
+const PIN_HUB = process.env.BENCH_PIN_HUB === "1";
+/** The machine's cores, read before any pinning (availableParallelism follows this process's affinity). */
+const CORES = availableParallelism();
+
+function pinTo(pid: number, cpus: string): boolean {
+  // -a: every thread of the process (V8's and libuv's helpers included).
+  const r = spawnSync("taskset", ["-a", "-p", "-c", cpus, String(pid)], { stdio: "ignore" });
+  return r.status === 0;
+}
+
 function envInt(name: string, dflt: number, lo: number, hi: number): number {
   const raw = process.env[name];
   if (raw === undefined || raw === "") return dflt;
@@ -909,6 +928,9 @@ async function runHubChild(
 ): Promise<ContenderRun> {
   const failed0 = (await fleet.stats()).stats.linksFailed;
   const child = forkTs(FANOUT_FILE, ["--hub"], ["--expose-gc", "--max-old-space-size=4096"]);
+  if (PIN_HUB && child.pid !== undefined && !pinTo(child.pid, "0")) {
+    throw new BenchError("BENCH_ERR_ARGS", "BENCH_PIN_HUB=1 needs taskset (util-linux) and 2 or more cores");
+  }
   try {
     let fleetCpu0 = 0;
     let fleetCpu = 0;
@@ -958,7 +980,9 @@ function rowsFor(
       name: `N=${n.toLocaleString("en-US")}: machine load average (1 min) before / after`,
       value: load[0],
       unit: "runnable",
-      ratio: `${load[1].toFixed(2)} after; 2 cores shared with the whole fleet`,
+      ratio: PIN_HUB
+        ? `${load[1].toFixed(2)} after; each hub alone on core 0, the fleet on the other ${CORES - 1}`
+        : `${load[1].toFixed(2)} after; ${CORES} cores shared by each hub and the whole fleet`,
     },
   ];
   const ours = runs.get("ours");
@@ -1209,7 +1233,7 @@ function boundRows(
 ): BenchRow[] {
   const section = "fanout";
   const at = `N=${n.toLocaleString("en-US")}`;
-  const cores = availableParallelism();
+  const cores = CORES;
   const b = fanoutLowerBound({
     n,
     cores,
@@ -1217,6 +1241,7 @@ function boundRows(
     floorHubUs: runs.floor.m.cpuUsPerToteboxQuery,
     floorFleetUs: runs.floor.fleetCpuUsPerAnswer,
     receiptSignatureEvery: DEFAULT_ORCH_LIMITS.receiptSignatureEvery,
+    ...(PIN_HUB ? { hubCores: 1 } : {}),
   });
   const floorHub = runs.floor.m.cpuUsPerToteboxQuery;
   const rows: BenchRow[] = [
@@ -1241,7 +1266,9 @@ function boundRows(
       name: `bound ${at}: least latency of any fan-out of ours`,
       value: b.latencyMs,
       unit: "ms",
-      ratio: `${n.toLocaleString("en-US")} × ${fmt(b.perToteboxUs)} µs / ${cores} cores (floor hub + fleet, + ${fmt(b.hubCryptoUs)} µs hub and ${fmt(b.toteboxCryptoUs)} µs Totebox cryptography)`,
+      ratio: PIN_HUB
+        ? `the slower side on its own cores: hub ${n.toLocaleString("en-US")} × ${fmt(b.hubUs)} µs on 1, fleet ${n.toLocaleString("en-US")} × ${fmt(b.perToteboxUs - b.hubUs)} µs on ${cores - 1}`
+        : `${n.toLocaleString("en-US")} × ${fmt(b.perToteboxUs)} µs / ${cores} cores (floor hub + fleet, + ${fmt(b.hubCryptoUs)} µs hub and ${fmt(b.toteboxCryptoUs)} µs Totebox cryptography)`,
       ...(n >= 10_000
         ? {
             goal: `goal p50 < 1 s: ${b.latencyMs < 1000 ? "within reach here" : "out of reach on this machine"}`,
@@ -1307,6 +1334,15 @@ export async function benchFanout(): Promise<BenchRow[]> {
       onProgress: log,
     });
     const upS = ((performance.now() - t) / 1000).toFixed(1);
+    if (PIN_HUB) {
+      const rest = `1-${Math.max(1, CORES - 1)}`;
+      if (CORES < 2 || ![process.pid, ...fleet.workerPids].every((pid) => pinTo(pid, rest))) {
+        throw new BenchError(
+          "BENCH_ERR_ARGS",
+          "BENCH_PIN_HUB=1 needs taskset (util-linux) and 2 or more cores",
+        );
+      }
+    }
     log(`bench fanout: fleet of ${n} up in ${upS} s on ${fleet.workerPids.length} workers`);
     process.stderr.write("\n");
     try {

@@ -84,6 +84,11 @@ export interface FanoutBoundInput {
   readonly floorFleetUs: number;
   /** The aggregator checks one receipt signature in this many (after each link's first). */
   readonly receiptSignatureEvery: number;
+  /**
+   * Cores reserved to the hub (the fleet has the rest), when the hub is pinned; absent: hub and
+   * fleet share all `cores`.
+   */
+  readonly hubCores?: number;
 }
 
 export interface FanoutBound {
