@@ -31,6 +31,7 @@
 
 import { spawnSync } from "node:child_process";
 import { type KeyObject, randomBytes, randomInt, webcrypto } from "node:crypto";
+import { readdirSync, readFileSync } from "node:fs";
 import type { IncomingMessage } from "node:http";
 import https from "node:https";
 import { availableParallelism, loadavg } from "node:os";
@@ -171,6 +172,8 @@ export interface HubMeasurement {
   rollupMismatches: number;
   /** ms per query spent in each named hub step (over measured queries). */
   stepsMsPerQuery: Record<string, number>;
+  /** CPU µs per Totebox per query by thread name ("main", "V8 DefaultWorke", ...), Linux only. */
+  cpuUsByThread?: Record<string, number>;
   unhandledRejections: number;
   /** Links lost while held, per phase, and by close code. */
   linksLost: { connect: number; warmup: number; measure: number; codes: Record<string, number> };
@@ -666,6 +669,32 @@ export const HUB_CONTENDERS: Record<string, HubContenderFactory> = {
 // ---------------------------------------------------------------------------------------------
 // The measurement loop (runs inside a hub child process)
 
+/**
+ * CPU time of this process by thread, from /proc (Linux; undefined elsewhere), in µs. The main
+ * thread runs our code, TLS and the event loop; V8's helpers ("V8 DefaultWorke") mark and sweep
+ * concurrently; libuv's pool does file and some crypto work. process.cpuUsage() counts them all.
+ */
+function threadCpuMicros(): Map<string, number> | undefined {
+  try {
+    const out = new Map<string, number>();
+    for (const tid of readdirSync("/proc/self/task")) {
+      const stat = readFileSync(`/proc/self/task/${tid}/stat`, "utf8");
+      // pid (comm) state ppid ...: comm may hold spaces, so split after its closing parenthesis.
+      const close = stat.lastIndexOf(")");
+      const fields = stat.slice(close + 2).split(" ");
+      const ticks = Number(fields[11]) + Number(fields[12]); // utime, stime (fields 14, 15)
+      const name = tid === String(process.pid) ? "main" : stat.slice(stat.indexOf("(") + 1, close);
+      out.set(name, (out.get(name) ?? 0) + (ticks * 1e6) / CLOCK_TICKS_PER_SECOND);
+    }
+    return out;
+  } catch {
+    return undefined;
+  }
+}
+
+/** USER_HZ: 100 on every Linux build Node supports. */
+const CLOCK_TICKS_PER_SECOND = 100;
+
 function gcNow(): void {
   const gc = (globalThis as { gc?: () => void }).gc;
   if (gc) {
@@ -713,6 +742,7 @@ export async function measureHub(
   const traffic0 = contender.traffic?.() ?? { bytesOut: 0, bytesIn: 0 };
   const steps0 = contender.steps?.() ?? {};
   const cpu0 = process.cpuUsage();
+  const threads0 = threadCpuMicros();
   for (let q = 0; q < opts.queries; q++) {
     progress(`query ${q + 1}/${opts.queries}${q > 0 ? ` (last ${fmt(latency[q - 1]!)} ms)` : ""}`);
     t = performance.now();
@@ -723,6 +753,7 @@ export async function measureHub(
     if (out.rollup && !sameRollup(out.rollup, ctx.expectedRollup)) mismatches++;
   }
   const cpu = process.cpuUsage(cpu0);
+  const threads1 = threadCpuMicros();
   const tMeasure = performance.now();
   loop.disable();
   const steps1 = contender.steps?.() ?? {};
@@ -760,6 +791,13 @@ export async function measureHub(
     errors: Object.fromEntries(errors),
     rollupMismatches: mismatches,
     stepsMsPerQuery,
+    ...(threads0 && threads1
+      ? {
+          cpuUsByThread: Object.fromEntries(
+            [...threads1].map(([name, us]) => [name, (us - (threads0.get(name) ?? 0)) / per]),
+          ),
+        }
+      : {}),
     unhandledRejections: 0,
     linksLost,
     loopDelayMs: {
@@ -885,6 +923,9 @@ const PIN_HUB = process.env.BENCH_PIN_HUB === "1";
 /** The machine's cores, read before any pinning (availableParallelism follows this process's affinity). */
 const CORES = availableParallelism();
 
+/** BENCH_HUB_NODE_FLAGS: more Node/V8 flags for every hub child alike (e.g. GC settings). */
+const HUB_NODE_FLAGS = (process.env.BENCH_HUB_NODE_FLAGS ?? "").split(/\s+/).filter((f) => f !== "");
+
 function pinTo(pid: number, cpus: string): boolean {
   // -a: every thread of the process (V8's and libuv's helpers included).
   const r = spawnSync("taskset", ["-a", "-p", "-c", cpus, String(pid)], { stdio: "ignore" });
@@ -927,7 +968,11 @@ async function runHubChild(
   contender: string,
 ): Promise<ContenderRun> {
   const failed0 = (await fleet.stats()).stats.linksFailed;
-  const child = forkTs(FANOUT_FILE, ["--hub"], ["--expose-gc", "--max-old-space-size=4096"]);
+  const child = forkTs(
+    FANOUT_FILE,
+    ["--hub"],
+    ["--expose-gc", "--max-old-space-size=4096", ...HUB_NODE_FLAGS],
+  );
   if (PIN_HUB && child.pid !== undefined && !pinTo(child.pid, "0")) {
     throw new BenchError("BENCH_ERR_ARGS", "BENCH_PIN_HUB=1 needs taskset (util-linux) and 2 or more cores");
   }
@@ -961,6 +1006,25 @@ async function runHubChild(
   } finally {
     await endChild(child);
   }
+}
+
+/** Where a hub's CPU went by thread: the main thread (our code, TLS, the loop) and the rest. */
+function threadRows(who: string, m: HubMeasurement): BenchRow[] {
+  const t = m.cpuUsByThread;
+  if (!t) return [];
+  const main = t.main ?? 0;
+  const others = Object.entries(t)
+    .filter(([k, v]) => k !== "main" && v >= 0.5)
+    .sort((a, b) => b[1] - a[1]);
+  return [
+    {
+      section: "fanout",
+      name: `${who}: of which on the main thread`,
+      value: main,
+      unit: "µs",
+      ratio: `others: ${others.map(([k, v]) => `${k.trim()} ${fmt(v)} µs`).join(", ") || "none"}`,
+    },
+  ];
 }
 
 function goal(met: boolean, text: string): string {
@@ -1070,6 +1134,7 @@ function rowsFor(
         ratio: `${((ms * 1000) / n / m.cpuUsPerToteboxQuery).toFixed(2)} of hub CPU`,
       });
     }
+    rows.push(...threadRows(`ours ${at}`, m));
     rows.push({
       section,
       name: `ours ${at}: hub RSS per held link`,
@@ -1127,6 +1192,7 @@ function rowsFor(
       unit: "µs",
       ratio: "baseline",
     });
+    rows.push(...threadRows(`floor ${at}`, m));
     rows.push({ section, name: `floor ${at}: hub RSS per held link`, value: m.rssPerLinkKB, unit: "KB" });
     rows.push({
       section,
