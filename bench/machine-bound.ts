@@ -61,12 +61,12 @@ export function measureCryptoCosts(answerBytes: number): CryptoCosts {
       () => {
         if (!verify(null, message, publicKey, signature)) throw new Error("self-check failed");
       },
-      300,
-      5,
+      200,
+      9,
     ),
-    ed25519SignUs: bestMeanUs(() => sign(null, message, privateKey), 300, 5),
-    sha256AnswerUs: bestMeanUs(() => sha(answer), 3000, 5),
-    sha256NodeUs: bestMeanUs(() => sha(node), 3000, 5),
+    ed25519SignUs: bestMeanUs(() => sign(null, message, privateKey), 200, 9),
+    sha256AnswerUs: bestMeanUs(() => sha(answer), 2000, 9),
+    sha256NodeUs: bestMeanUs(() => sha(node), 2000, 9),
     answerBytes,
   };
 }
