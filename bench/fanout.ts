@@ -973,10 +973,13 @@ async function runHubChild(
     ["--hub"],
     ["--expose-gc", "--max-old-space-size=4096", ...HUB_NODE_FLAGS],
   );
-  if (PIN_HUB && child.pid !== undefined && !pinTo(child.pid, "0")) {
-    throw new BenchError("BENCH_ERR_ARGS", "BENCH_PIN_HUB=1 needs taskset (util-linux) and 2 or more cores");
-  }
   try {
+    if (PIN_HUB && (child.pid === undefined || !pinTo(child.pid, "0"))) {
+      throw new BenchError(
+        "BENCH_ERR_ARGS",
+        "BENCH_PIN_HUB=1 needs taskset (util-linux) and 2 or more cores",
+      );
+    }
     let fleetCpu0 = 0;
     let fleetCpu = 0;
     const onBarrier = (m: unknown) => {
@@ -1400,18 +1403,18 @@ export async function benchFanout(): Promise<BenchRow[]> {
       onProgress: log,
     });
     const upS = ((performance.now() - t) / 1000).toFixed(1);
-    if (PIN_HUB) {
-      const rest = `1-${Math.max(1, CORES - 1)}`;
-      if (CORES < 2 || ![process.pid, ...fleet.workerPids].every((pid) => pinTo(pid, rest))) {
-        throw new BenchError(
-          "BENCH_ERR_ARGS",
-          "BENCH_PIN_HUB=1 needs taskset (util-linux) and 2 or more cores",
-        );
-      }
-    }
     log(`bench fanout: fleet of ${n} up in ${upS} s on ${fleet.workerPids.length} workers`);
     process.stderr.write("\n");
     try {
+      if (PIN_HUB) {
+        const rest = `1-${Math.max(1, CORES - 1)}`;
+        if (CORES < 2 || ![process.pid, ...fleet.workerPids].every((pid) => pinTo(pid, rest))) {
+          throw new BenchError(
+            "BENCH_ERR_ARGS",
+            "BENCH_PIN_HUB=1 needs taskset (util-linux) and 2 or more cores",
+          );
+        }
+      }
       const expected = simExpectedRollup(seed, n, AS_OF);
       const base: Omit<HubRunRequest, "type" | "contender"> = {
         targets: fleet.toteboxes.map((tb, i) => ({
@@ -1472,6 +1475,9 @@ export async function benchFanout(): Promise<BenchRow[]> {
       rows.push(...rowsFor(n, runs, [loadBefore, loadavg()[0]!], costs));
     } finally {
       await fleet.close();
+      // This process back on every core: what runs after (another size, another section) and
+      // everything it forks would otherwise inherit the fleet's cores.
+      if (PIN_HUB) pinTo(process.pid, `0-${CORES - 1}`);
     }
   }
   return rows;

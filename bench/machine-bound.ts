@@ -7,7 +7,7 @@
  * protocol's guarantees, whatever the code around it:
  *
  * - on each Totebox: one Ed25519 verification (the batch signature its capability rests on;
- *   invariant 3), the capability's leaf hash and its inclusion path (⌈log2 N⌉ node hashes), one
+ *   invariant 3), the capability's leaf hash and its inclusion path (at least ⌊log2 N⌋ node hashes), one
  *   SHA-256 over the Arrow answer (the receipt's digest) and one Ed25519 signature (the receipt);
  * - on the hub: the leaf and internal-node hashes of the batch (N leaves, N − 1 nodes), one
  *   batch signature per query, the receipt's binding to the answer (SHA-256 over the Arrow bytes)
@@ -100,7 +100,7 @@ export interface FanoutBound {
   readonly hubUs: number;
   /** The least CPU per Totebox, hub and Totebox together. */
   readonly perToteboxUs: number;
-  /** The least latency of one fan-out over N Toteboxes on `cores` shared cores, ms. */
+  /** The least latency of one fan-out over N Toteboxes on this machine's cores (shared or pinned), ms. */
   readonly latencyMs: number;
 }
 
@@ -108,7 +108,9 @@ export function fanoutLowerBound(input: FanoutBoundInput): FanoutBound {
   const { n, costs: c } = input;
   if (!Number.isSafeInteger(n) || n < 1) throw new RangeError("n must be a positive integer");
   if (!(input.cores >= 1)) throw new RangeError("cores must be at least 1");
-  const depth = Math.ceil(Math.log2(n));
+  // The shortest inclusion path in a tree of N leaves (RFC 6962 paths are ⌊log2 N⌋ or ⌈log2 N⌉
+  // long): counting that one for every Totebox keeps the bound below what is required.
+  const depth = Math.floor(Math.log2(n));
   const hubCryptoUs =
     c.sha256NodeUs * (1 + (n - 1) / n) + // leaf hash, and the batch's N - 1 internal nodes
     c.ed25519SignUs / n + // one batch signature per query
@@ -117,12 +119,18 @@ export function fanoutLowerBound(input: FanoutBoundInput): FanoutBound {
   const toteboxCryptoUs =
     c.ed25519VerifyUs + c.sha256NodeUs * (1 + depth) + c.sha256AnswerUs + c.ed25519SignUs;
   const hubUs = input.floorHubUs + hubCryptoUs;
-  const perToteboxUs = hubUs + input.floorFleetUs + toteboxCryptoUs;
-  return {
-    hubCryptoUs,
-    toteboxCryptoUs,
-    hubUs,
-    perToteboxUs,
-    latencyMs: (n * perToteboxUs) / input.cores / 1000,
-  };
+  const fleetUs = input.floorFleetUs + toteboxCryptoUs;
+  const perToteboxUs = hubUs + fleetUs;
+  const h = input.hubCores;
+  if (h !== undefined && !(Number.isSafeInteger(h) && h >= 1 && h < input.cores)) {
+    throw new RangeError("hubCores must be a whole number of cores that leaves the fleet at least one");
+  }
+  // Every query needs all of this work done within its own window, so each query's latency (not
+  // only the mean) is at least: shared cores, all the work over all the cores; pinned, the slower
+  // of the two sides on its own cores.
+  const latencyUs =
+    h === undefined
+      ? (n * perToteboxUs) / input.cores
+      : Math.max((n * hubUs) / h, (n * fleetUs) / (input.cores - h));
+  return { hubCryptoUs, toteboxCryptoUs, hubUs, perToteboxUs, latencyMs: latencyUs / 1000 };
 }

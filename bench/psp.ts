@@ -154,6 +154,7 @@ export async function benchCallTax(): Promise<BenchRow[]> {
     { key: s.keyPem, cert: s.certPem, minVersion: "TLSv1.3", requestCert: true, rejectUnauthorized: false },
     (sock) => {
       sock.setNoDelay(true);
+      sock.on("error", () => sock.destroy()); // a reset at teardown is not the bench's failure
       const answer = Buffer.alloc(ansBytes, 4);
       let got = 0;
       sock.on("data", (d: Buffer) => {
@@ -183,6 +184,8 @@ export async function benchCallTax(): Promise<BenchRow[]> {
             },
             () => {
               sock.setNoDelay(true);
+              // From here an error ends in "close", which fails the round that was waiting.
+              sock.on("error", () => sock.destroy());
               resolve(sock);
             },
           );
@@ -195,16 +198,22 @@ export async function benchCallTax(): Promise<BenchRow[]> {
     Promise.all(
       sockets.map(
         (sock) =>
-          new Promise<void>((resolve) => {
+          new Promise<void>((resolve, reject) => {
             let got = 0;
+            const done = (e?: Error) => {
+              sock.off("data", onData);
+              sock.off("close", onClose);
+              if (e) reject(e);
+              else resolve();
+            };
             const onData = (d: Buffer) => {
               got += d.byteLength;
-              if (got >= ansBytes) {
-                sock.off("data", onData);
-                resolve();
-              }
+              if (got >= ansBytes) done();
             };
+            // A link lost mid-round fails the bench instead of leaving the round waiting forever.
+            const onClose = () => done(new Error("bench: a raw TLS link closed mid-round"));
             sock.on("data", onData);
+            sock.once("close", onClose);
             sock.write(request);
           }),
       ),
