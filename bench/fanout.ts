@@ -26,7 +26,9 @@
  * Environment: BENCH_FANOUT_SIZES ("200" for a quick run), BENCH_FANOUT_QUERIES (default 30),
  * BENCH_FANOUT_WARMUP (default 3), BENCH_FANOUT_CONTENDERS (default "ours,floor,usual,aggregator";
  * also ours-fresh, ours-everysig, ours-noreceipt), BENCH_SEED (default 1), BENCH_CPU_PROF_DIR (a
- * V8 CPU profile of every hub and fleet worker process, written there on exit).
+ * V8 CPU profile of every hub and fleet worker process, written there on exit), BENCH_PIN_HUB=1
+ * (each hub alone on core 0, the fleet on the others), BENCH_HUB_NODE_FLAGS (V8 flags for every
+ * hub alike). The `bound` rows (machine-bound.ts) say what this machine allows at all.
  */
 
 import { spawnSync } from "node:child_process";
