@@ -928,10 +928,21 @@ const CORES = availableParallelism();
 /** BENCH_HUB_NODE_FLAGS: more Node/V8 flags for every hub child alike (e.g. GC settings). */
 const HUB_NODE_FLAGS = (process.env.BENCH_HUB_NODE_FLAGS ?? "").split(/\s+/).filter((f) => f !== "");
 
-function pinTo(pid: number, cpus: string): boolean {
-  // -a: every thread of the process (V8's and libuv's helpers included).
-  const r = spawnSync("taskset", ["-a", "-p", "-c", cpus, String(pid)], { stdio: "ignore" });
-  return r.status === 0;
+/** Pins every thread of each process to `cpus` (taskset -a), or throws: a pinned run half-pinned would mislead. */
+function pinTo(pids: readonly (number | undefined)[], cpus: string): void {
+  for (const pid of pids) {
+    // -a: every thread of the process (V8's and libuv's helpers included).
+    const r =
+      pid === undefined || CORES < 2
+        ? undefined
+        : spawnSync("taskset", ["-a", "-p", "-c", cpus, String(pid)], { stdio: "ignore" });
+    if (r?.status !== 0) {
+      throw new BenchError(
+        "BENCH_ERR_ARGS",
+        "BENCH_PIN_HUB=1 needs taskset (util-linux) and 2 or more cores",
+      );
+    }
+  }
 }
 
 function envInt(name: string, dflt: number, lo: number, hi: number): number {
@@ -976,12 +987,7 @@ async function runHubChild(
     ["--expose-gc", "--max-old-space-size=4096", ...HUB_NODE_FLAGS],
   );
   try {
-    if (PIN_HUB && (child.pid === undefined || !pinTo(child.pid, "0"))) {
-      throw new BenchError(
-        "BENCH_ERR_ARGS",
-        "BENCH_PIN_HUB=1 needs taskset (util-linux) and 2 or more cores",
-      );
-    }
+    if (PIN_HUB) pinTo([child.pid], "0");
     let fleetCpu0 = 0;
     let fleetCpu = 0;
     const onBarrier = (m: unknown) => {
@@ -1408,15 +1414,7 @@ export async function benchFanout(): Promise<BenchRow[]> {
     log(`bench fanout: fleet of ${n} up in ${upS} s on ${fleet.workerPids.length} workers`);
     process.stderr.write("\n");
     try {
-      if (PIN_HUB) {
-        const rest = `1-${Math.max(1, CORES - 1)}`;
-        if (CORES < 2 || ![process.pid, ...fleet.workerPids].every((pid) => pinTo(pid, rest))) {
-          throw new BenchError(
-            "BENCH_ERR_ARGS",
-            "BENCH_PIN_HUB=1 needs taskset (util-linux) and 2 or more cores",
-          );
-        }
-      }
+      if (PIN_HUB) pinTo([process.pid, ...fleet.workerPids], `1-${CORES - 1}`);
       const expected = simExpectedRollup(seed, n, AS_OF);
       const base: Omit<HubRunRequest, "type" | "contender"> = {
         targets: fleet.toteboxes.map((tb, i) => ({
@@ -1479,7 +1477,7 @@ export async function benchFanout(): Promise<BenchRow[]> {
       await fleet.close();
       // This process back on every core: what runs after (another size, another section) and
       // everything it forks would otherwise inherit the fleet's cores.
-      if (PIN_HUB) pinTo(process.pid, `0-${CORES - 1}`);
+      if (PIN_HUB) pinTo([process.pid], `0-${CORES - 1}`);
     }
   }
   return rows;

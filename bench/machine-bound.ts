@@ -20,7 +20,7 @@
  * costs more, not less. Hashes are timed on 64-byte inputs (a Merkle node); a leaf (the claims,
  * ~150 bytes) costs more, so counting it as a node keeps the bound low.
  */
-import { createHash, generateKeyPairSync, hash, sign, verify } from "node:crypto";
+import { generateKeyPairSync, hash, sign, verify } from "node:crypto";
 
 /** Microseconds per primitive on this machine, best of several rounds. */
 export interface CryptoCosts {
@@ -55,7 +55,7 @@ export function measureCryptoCosts(answerBytes: number): CryptoCosts {
   const signature = sign(null, message, privateKey);
   const answer = new Uint8Array(answerBytes).fill(3);
   const node = new Uint8Array(64).fill(5);
-  const sha = typeof hash === "function" ? (b: Uint8Array) => hash("sha256", b, "buffer") : sha256Stream;
+  const sha = (b: Uint8Array) => hash("sha256", b, "buffer");
   return {
     ed25519VerifyUs: bestMeanUs(
       () => {
@@ -69,10 +69,6 @@ export function measureCryptoCosts(answerBytes: number): CryptoCosts {
     sha256NodeUs: bestMeanUs(() => sha(node), 2000, 9),
     answerBytes,
   };
-}
-
-function sha256Stream(b: Uint8Array): Buffer {
-  return createHash("sha256").update(b).digest();
 }
 
 export interface FanoutBoundInput {
