@@ -19,6 +19,19 @@ import {
   sigStructure1,
   toHex,
 } from "./cose.ts";
+import {
+  type Cursor,
+  cursor,
+  expectByte,
+  headLength,
+  putHead,
+  putString,
+  readByteCopy,
+  readHead,
+  readText,
+  stringLength,
+  textBytes,
+} from "./direct-cbor.ts";
 import { isPspError, PspError } from "./errors.ts";
 
 /**
@@ -373,9 +386,6 @@ const ENVELOPE_PREFIX = Uint8Array.from([0xd2, 0x84, 0x58, PROTECTED_LENGTH]);
 const SIGNATURE_HEAD = Uint8Array.of(0x58, 0x40);
 const MIN_ENVELOPE = ENVELOPE_PREFIX.byteLength + PROTECTED_LENGTH + 1 + 1 + 2 + 64;
 
-/** Strict UTF-8 (no replacement, BOM kept): a string the reader returns re-encodes to its bytes. */
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
-
 /** The parts of a receipt envelope in exactly the signer's layout, or undefined. */
 function readEnvelope(
   token: Uint8Array,
@@ -409,86 +419,6 @@ function readEnvelope(
   };
 }
 
-/** A cursor over a payload for the direct reader; `ok` turns false at the first surprise. */
-interface Cursor {
-  readonly b: Uint8Array;
-  p: number;
-  ok: boolean;
-}
-
-/** Argument of a head of `major` in its shortest form (below 2^32), or -1. */
-function readHead(c: Cursor, major: number): number {
-  const b = c.b;
-  const h = b[c.p];
-  if (h === undefined || h >> 5 !== major) return -1;
-  const info = h & 0x1f;
-  c.p++;
-  if (info < 24) return info;
-  let v: number;
-  if (info === 24 && c.p + 1 <= b.byteLength) {
-    v = b[c.p]!;
-    c.p += 1;
-    return v >= 24 ? v : -1;
-  }
-  if (info === 25 && c.p + 2 <= b.byteLength) {
-    v = (b[c.p]! << 8) | b[c.p + 1]!;
-    c.p += 2;
-    return v >= 0x100 ? v : -1;
-  }
-  if (info === 26 && c.p + 4 <= b.byteLength) {
-    v = b[c.p]! * 0x1000000 + ((b[c.p + 1]! << 16) | (b[c.p + 2]! << 8) | b[c.p + 3]!);
-    c.p += 4;
-    return v >= 0x10000 ? v : -1;
-  }
-  return -1;
-}
-
-function readKey(c: Cursor, label: number): void {
-  if (c.b[c.p] === label) c.p++;
-  else c.ok = false;
-}
-
-function readBytes(c: Cursor, min: number, max: number): Uint8Array {
-  const len = readHead(c, 2);
-  if (len < min || len > max || c.p + len > c.b.byteLength) {
-    c.ok = false;
-    return new Uint8Array(0);
-  }
-  c.p += len;
-  // A copy, and a plain Uint8Array even when the token is a Buffer (whose slice is a view).
-  return new Uint8Array(c.b.subarray(c.p - len, c.p));
-}
-
-function readText(c: Cursor): string {
-  const len = readHead(c, 3);
-  const at = c.p;
-  // Non-empty, at most MAX_TEXT_BYTES, and no leading BOM (cbor-x drops it from long strings).
-  if (len < 1 || len > MAX_TEXT_BYTES || at + len > c.b.byteLength) {
-    c.ok = false;
-    return "";
-  }
-  c.p += len;
-  const b = c.b;
-  let ascii = true;
-  for (let i = at; i < at + len; i++) {
-    if (b[i]! >= 0x80) {
-      ascii = false;
-      break;
-    }
-  }
-  if (ascii) return String.fromCharCode.apply(null, b.subarray(at, at + len) as unknown as number[]);
-  if (b[at] === 0xef && b[at + 1] === 0xbb && b[at + 2] === 0xbf) {
-    c.ok = false;
-    return "";
-  }
-  try {
-    return strictUtf8.decode(b.subarray(at, at + len));
-  } catch {
-    c.ok = false;
-    return "";
-  }
-}
-
 /** A count as the signer writes it: shortest head up to 2^32 - 1, 8-byte head above (to 2^53). */
 function readCount(c: Cursor): number {
   const b = c.b;
@@ -507,33 +437,33 @@ function readCount(c: Cursor): number {
 
 /** Claims from a payload in exactly the signer's layout, or undefined for the generic path. */
 function readPayload(payload: Uint8Array): ReceiptClaims | undefined {
-  const c: Cursor = { b: payload, p: 0, ok: payload[0] === 0xa9 }; // map of 9 entries
-  c.p = 1;
-  readKey(c, RECEIPT_FIELD.capabilityId);
-  const capabilityId = readBytes(c, 8, 64);
+  const c = cursor(payload);
+  expectByte(c, 0xa9); // map of 9 entries
+  expectByte(c, RECEIPT_FIELD.capabilityId);
+  const capabilityId = readByteCopy(c, 8, 64);
   let view: string | undefined;
   let command: string | undefined;
   if (payload[c.p] === RECEIPT_FIELD.view) {
     c.p++;
-    view = readText(c);
+    view = readText(c, MAX_TEXT_BYTES);
   } else {
-    readKey(c, RECEIPT_FIELD.command);
-    command = readText(c);
+    expectByte(c, RECEIPT_FIELD.command);
+    command = readText(c, MAX_TEXT_BYTES);
   }
-  readKey(c, RECEIPT_FIELD.requestHash);
-  const requestHash = readBytes(c, 32, 32);
-  readKey(c, RECEIPT_FIELD.rowCount);
+  expectByte(c, RECEIPT_FIELD.requestHash);
+  const requestHash = readByteCopy(c, 32, 32);
+  expectByte(c, RECEIPT_FIELD.rowCount);
   const rowCount = readCount(c);
-  readKey(c, RECEIPT_FIELD.suppressedGroups);
+  expectByte(c, RECEIPT_FIELD.suppressedGroups);
   const suppressedGroups = readCount(c);
-  readKey(c, RECEIPT_FIELD.watermark);
-  const watermark = readText(c);
-  readKey(c, RECEIPT_FIELD.arrowDigest);
-  const arrowDigest = readBytes(c, 32, 32);
-  readKey(c, RECEIPT_FIELD.issuedAt);
+  expectByte(c, RECEIPT_FIELD.watermark);
+  const watermark = readText(c, MAX_TEXT_BYTES);
+  expectByte(c, RECEIPT_FIELD.arrowDigest);
+  const arrowDigest = readByteCopy(c, 32, 32);
+  expectByte(c, RECEIPT_FIELD.issuedAt);
   const issuedAt = readCount(c);
-  readKey(c, RECEIPT_FIELD.subjectId);
-  const subjectId = readText(c);
+  expectByte(c, RECEIPT_FIELD.subjectId);
+  const subjectId = readText(c, MAX_TEXT_BYTES);
   if (!c.ok || c.p !== payload.byteLength) return undefined;
   return {
     capabilityId,
@@ -549,62 +479,14 @@ function readPayload(payload: Uint8Array): ReceiptClaims | undefined {
   };
 }
 
-/** Bytes of the shortest head for `n` (< 2^32), or 9 for the 8-byte uint head. */
-function countLength(n: number): number {
-  return n < 24 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : n <= 0xffffffff ? 5 : 9;
-}
-
-function putHead(out: Uint8Array, p: number, major: number, n: number): number {
-  const m = major << 5;
-  if (n < 24) {
-    out[p] = m | n;
-    return p + 1;
-  }
-  if (n < 0x100) {
-    out[p] = m | 24;
-    out[p + 1] = n;
-    return p + 2;
-  }
-  if (n < 0x10000) {
-    out[p] = m | 25;
-    out[p + 1] = n >>> 8;
-    out[p + 2] = n & 0xff;
-    return p + 3;
-  }
-  if (n <= 0xffffffff) {
-    out[p] = m | 26;
-    out[p + 1] = n >>> 24;
-    out[p + 2] = (n >>> 16) & 0xff;
-    out[p + 3] = (n >>> 8) & 0xff;
-    out[p + 4] = n & 0xff;
-    return p + 5;
-  }
-  out[p] = m | 27;
-  const hi = Math.floor(n / 0x100000000);
-  const lo = n - hi * 0x100000000;
-  out[p + 1] = hi >>> 24;
-  out[p + 2] = (hi >>> 16) & 0xff;
-  out[p + 3] = (hi >>> 8) & 0xff;
-  out[p + 4] = hi & 0xff;
-  out[p + 5] = lo >>> 24;
-  out[p + 6] = (lo >>> 16) & 0xff;
-  out[p + 7] = (lo >>> 8) & 0xff;
-  out[p + 8] = lo & 0xff;
-  return p + 9;
-}
-
 function putBytes(out: Uint8Array, p: number, label: number, b: Uint8Array): number {
   out[p] = label;
-  const q = putHead(out, p + 1, 2, b.byteLength);
-  out.set(b, q);
-  return q + b.byteLength;
+  return putString(out, p + 1, 2, b);
 }
 
 function putText(out: Uint8Array, p: number, label: number, s: Uint8Array): number {
   out[p] = label;
-  const q = putHead(out, p + 1, 3, s.byteLength);
-  out.set(s, q);
-  return q + s.byteLength;
+  return putString(out, p + 1, 3, s);
 }
 
 function putCount(out: Uint8Array, p: number, label: number, n: number): number {
@@ -614,20 +496,6 @@ function putCount(out: Uint8Array, p: number, label: number, n: number): number 
 
 const isCount = (n: unknown): n is number => typeof n === "number" && Number.isSafeInteger(n) && n >= 0;
 
-/** Any UTF-16 surrogate: strings with one take the generic encoder (cbor-x's own UTF-8 rules). */
-const SURROGATE = /[\uD800-\uDFFF]/;
-
-/** A text field the direct writer takes: 1..MAX_TEXT_BYTES UTF-8 bytes, no surrogates. */
-function textBytes(s: unknown): Uint8Array | undefined {
-  if (typeof s !== "string" || s.length === 0 || SURROGATE.test(s)) return undefined;
-  const b = Buffer.from(s, "utf8");
-  return b.byteLength <= MAX_TEXT_BYTES ? b : undefined;
-}
-
-function bstr(b: Uint8Array): number {
-  return countLength(b.byteLength) + b.byteLength;
-}
-
 /**
  * The signer's payload written directly, for claims the verifier's checks accept (else undefined:
  * the generic encoder and checks then refuse them with their usual TypeError).
@@ -635,9 +503,9 @@ function bstr(b: Uint8Array): number {
 function writePayload(c: ReceiptClaims): Uint8Array | undefined {
   const name = c.view !== undefined ? c.view : c.command;
   if ((c.view === undefined) === (c.command === undefined)) return undefined;
-  const nameBytes = textBytes(name);
-  const watermark = textBytes(c.watermark);
-  const subject = textBytes(c.subjectId);
+  const nameBytes = textBytes(name, MAX_TEXT_BYTES);
+  const watermark = textBytes(c.watermark, MAX_TEXT_BYTES);
+  const subject = textBytes(c.subjectId, MAX_TEXT_BYTES);
   if (
     nameBytes === undefined ||
     watermark === undefined ||
@@ -655,15 +523,15 @@ function writePayload(c: ReceiptClaims): Uint8Array | undefined {
   const size =
     1 +
     9 + // labels
-    bstr(c.capabilityId) +
-    bstr(nameBytes) +
-    bstr(c.requestHash) +
-    countLength(c.rowCount) +
-    countLength(c.suppressedGroups) +
-    bstr(watermark) +
-    bstr(c.arrowDigest) +
-    countLength(c.issuedAt) +
-    bstr(subject);
+    stringLength(c.capabilityId) +
+    stringLength(nameBytes) +
+    stringLength(c.requestHash) +
+    headLength(c.rowCount) +
+    headLength(c.suppressedGroups) +
+    stringLength(watermark) +
+    stringLength(c.arrowDigest) +
+    headLength(c.issuedAt) +
+    stringLength(subject);
   const out = new Uint8Array(size);
   out[0] = 0xa9;
   let p = putBytes(out, 1, RECEIPT_FIELD.capabilityId, c.capabilityId);

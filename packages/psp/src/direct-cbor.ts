@@ -1,0 +1,201 @@
+/**
+ * Reading and writing the exact CBOR bytes of PSP's signed objects directly, without cbor-x.
+ *
+ * Receipts (receipt.ts) and call capabilities (capability.ts) are written and checked once per
+ * answer and once per call, so the generic path (cbor-x decode into a Map, re-encode to prove the
+ * canonical form, field checks on the Map) showed up next to the Ed25519 operations themselves,
+ * and its garbage was a fifth of the aggregator's allocations in a fan-out. Each module pairs a
+ * direct writer with a direct reader for its own layout and keeps the generic path as the
+ * fallback: the direct reader accepts a subset of what the generic one accepts, with the same
+ * result, and returns undefined for anything else (another key order, a non-shortest head, text
+ * that is not plain UTF-8), which then takes the generic path. Differential tests pin both
+ * properties for each layout.
+ *
+ * Everything here reads hostile bytes: every read is bounds-checked and a cursor turns `ok` false
+ * at the first surprise instead of throwing, so a caller checks once at the end.
+ */
+
+/** Strict UTF-8 (no replacement, BOM kept): a string the reader returns re-encodes to its bytes. */
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+/** A cursor over bytes being read; `ok` turns false at the first surprise and stays false. */
+export interface Cursor {
+  readonly b: Uint8Array;
+  p: number;
+  ok: boolean;
+}
+
+export function cursor(b: Uint8Array, p = 0): Cursor {
+  return { b, p, ok: true };
+}
+
+/**
+ * Argument of a head of `major` in its shortest form (below 2^32), or -1 (the cursor's `ok` is
+ * left to the caller: -1 is out of every range a caller accepts).
+ */
+export function readHead(c: Cursor, major: number): number {
+  const b = c.b;
+  const h = b[c.p];
+  if (h === undefined || h >> 5 !== major) return -1;
+  const info = h & 0x1f;
+  c.p++;
+  if (info < 24) return info;
+  let v: number;
+  if (info === 24 && c.p + 1 <= b.byteLength) {
+    v = b[c.p]!;
+    c.p += 1;
+    return v >= 24 ? v : -1;
+  }
+  if (info === 25 && c.p + 2 <= b.byteLength) {
+    v = (b[c.p]! << 8) | b[c.p + 1]!;
+    c.p += 2;
+    return v >= 0x100 ? v : -1;
+  }
+  if (info === 26 && c.p + 4 <= b.byteLength) {
+    v = b[c.p]! * 0x1000000 + ((b[c.p + 1]! << 16) | (b[c.p + 2]! << 8) | b[c.p + 3]!);
+    c.p += 4;
+    return v >= 0x10000 ? v : -1;
+  }
+  return -1;
+}
+
+/** One byte that must be exactly `byte` (a small map label, a fixed head). */
+export function expectByte(c: Cursor, byte: number): void {
+  if (c.b[c.p] === byte) c.p++;
+  else c.ok = false;
+}
+
+/** Bytes that must be exactly `bytes` (a fixed header written byte by byte). */
+export function expectBytes(c: Cursor, bytes: Uint8Array): void {
+  const b = c.b;
+  if (c.p + bytes.byteLength > b.byteLength) {
+    c.ok = false;
+    return;
+  }
+  for (let i = 0; i < bytes.byteLength; i++) {
+    if (b[c.p + i] !== bytes[i]) {
+      c.ok = false;
+      return;
+    }
+  }
+  c.p += bytes.byteLength;
+}
+
+/** A byte string of min..max bytes, as a view into the cursor's bytes (no copy). */
+export function readByteView(c: Cursor, min: number, max: number): Uint8Array {
+  const len = readHead(c, 2);
+  if (len < min || len > max || c.p + len > c.b.byteLength) {
+    c.ok = false;
+    return EMPTY;
+  }
+  c.p += len;
+  return c.b.subarray(c.p - len, c.p);
+}
+
+/** A byte string of min..max bytes, copied into a plain Uint8Array (even when `b` is a Buffer). */
+export function readByteCopy(c: Cursor, min: number, max: number): Uint8Array {
+  const v = readByteView(c, min, max);
+  return c.ok ? new Uint8Array(v) : EMPTY;
+}
+
+/**
+ * A text string of 1..maxBytes UTF-8 bytes, strictly valid, and without a leading BOM (cbor-x
+ * drops it from long strings, so the generic path decides those).
+ */
+export function readText(c: Cursor, maxBytes: number): string {
+  const len = readHead(c, 3);
+  const at = c.p;
+  if (len < 1 || len > maxBytes || at + len > c.b.byteLength) {
+    c.ok = false;
+    return "";
+  }
+  c.p += len;
+  const b = c.b;
+  let ascii = true;
+  for (let i = at; i < at + len; i++) {
+    if (b[i]! >= 0x80) {
+      ascii = false;
+      break;
+    }
+  }
+  if (ascii) return String.fromCharCode.apply(null, b.subarray(at, at + len) as unknown as number[]);
+  if (b[at] === 0xef && b[at + 1] === 0xbb && b[at + 2] === 0xbf) {
+    c.ok = false;
+    return "";
+  }
+  try {
+    return strictUtf8.decode(b.subarray(at, at + len));
+  } catch {
+    c.ok = false;
+    return "";
+  }
+}
+
+/** Bytes of the shortest head for `n` (< 2^32), or 9 for the 8-byte head. */
+export function headLength(n: number): number {
+  return n < 24 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : n <= 0xffffffff ? 5 : 9;
+}
+
+/** Writes the shortest head of `major` for `n` (a safe integer) at `p`; returns the next offset. */
+export function putHead(out: Uint8Array, p: number, major: number, n: number): number {
+  const m = major << 5;
+  if (n < 24) {
+    out[p] = m | n;
+    return p + 1;
+  }
+  if (n < 0x100) {
+    out[p] = m | 24;
+    out[p + 1] = n;
+    return p + 2;
+  }
+  if (n < 0x10000) {
+    out[p] = m | 25;
+    out[p + 1] = n >>> 8;
+    out[p + 2] = n & 0xff;
+    return p + 3;
+  }
+  if (n <= 0xffffffff) {
+    out[p] = m | 26;
+    out[p + 1] = n >>> 24;
+    out[p + 2] = (n >>> 16) & 0xff;
+    out[p + 3] = (n >>> 8) & 0xff;
+    out[p + 4] = n & 0xff;
+    return p + 5;
+  }
+  out[p] = m | 27;
+  const hi = Math.floor(n / 0x100000000);
+  const lo = n - hi * 0x100000000;
+  out[p + 1] = hi >>> 24;
+  out[p + 2] = (hi >>> 16) & 0xff;
+  out[p + 3] = (hi >>> 8) & 0xff;
+  out[p + 4] = hi & 0xff;
+  out[p + 5] = lo >>> 24;
+  out[p + 6] = (lo >>> 16) & 0xff;
+  out[p + 7] = (lo >>> 8) & 0xff;
+  out[p + 8] = lo & 0xff;
+  return p + 9;
+}
+
+/** Writes a byte string (major 2) or, with major 3, a text string's UTF-8 bytes; returns next offset. */
+export function putString(out: Uint8Array, p: number, major: 2 | 3, b: Uint8Array): number {
+  const q = putHead(out, p, major, b.byteLength);
+  out.set(b, q);
+  return q + b.byteLength;
+}
+
+/** Bytes a byte or text string of `b` takes, head included. */
+export function stringLength(b: Uint8Array): number {
+  return headLength(b.byteLength) + b.byteLength;
+}
+
+/** Any UTF-16 surrogate: strings with one take the generic encoder (cbor-x's own UTF-8 rules). */
+const SURROGATE = /[\uD800-\uDFFF]/;
+
+/** UTF-8 of a text field the direct writers take (1..maxBytes bytes, no surrogates), or undefined. */
+export function textBytes(s: unknown, maxBytes: number): Uint8Array | undefined {
+  if (typeof s !== "string" || s.length === 0 || SURROGATE.test(s)) return undefined;
+  const b = Buffer.from(s, "utf8");
+  return b.byteLength <= maxBytes ? b : undefined;
+}
+
+const EMPTY = new Uint8Array(0);
