@@ -7,6 +7,7 @@ import {
   timingSafeEqual,
 } from "node:crypto";
 import { Encoder, Tag } from "cbor-x";
+import { putString, stringLength } from "./direct-cbor.ts";
 import { PspError } from "./errors.ts";
 
 /**
@@ -167,45 +168,7 @@ export function cborHead(major: number, n: number): Uint8Array {
   return Uint8Array.of(m | 26, n >>> 24, (n >>> 16) & 0xff, (n >>> 8) & 0xff, n & 0xff);
 }
 
-/** Bytes of the shortest CBOR head for an argument below 2^32 (RFC 8949 §3). */
-function headLength(n: number): number {
-  return n < 24 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : 5;
-}
-
-/** Writes the shortest CBOR head at `at`; returns the position after it. */
-function writeHead(out: Uint8Array, at: number, major: number, n: number): number {
-  const m = major << 5;
-  if (n < 24) {
-    out[at] = m | n;
-    return at + 1;
-  }
-  if (n < 0x100) {
-    out[at] = m | 24;
-    out[at + 1] = n;
-    return at + 2;
-  }
-  if (n < 0x10000) {
-    out[at] = m | 25;
-    out[at + 1] = n >>> 8;
-    out[at + 2] = n & 0xff;
-    return at + 3;
-  }
-  out[at] = m | 26;
-  out[at + 1] = n >>> 24;
-  out[at + 2] = (n >>> 16) & 0xff;
-  out[at + 3] = (n >>> 8) & 0xff;
-  out[at + 4] = n & 0xff;
-  return at + 5;
-}
-
-/** Writes a byte string (head and content) at `at`; returns the position after it. */
-function writeBstr(out: Uint8Array, at: number, b: Uint8Array): number {
-  const p = writeHead(out, at, 2, b.byteLength);
-  out.set(b, p);
-  return p + b.byteLength;
-}
-
-const bstrLength = (b: Uint8Array): number => headLength(b.byteLength) + b.byteLength;
+const writeBstr = (out: Uint8Array, at: number, b: Uint8Array): number => putString(out, at, 2, b);
 
 /** Tag 18 and the 4-element array head. */
 const SIGN1_PREFIX = Uint8Array.of(0xd2, 0x84);
@@ -229,10 +192,10 @@ export function encodeSign1(parts: {
   const unprotected = parts.unprotectedBytes ?? (u === undefined || u.size === 0 ? EMPTY_MAP : encodeCbor(u));
   const out = new Uint8Array(
     2 +
-      bstrLength(parts.protectedBytes) +
+      stringLength(parts.protectedBytes) +
       unprotected.byteLength +
-      bstrLength(parts.payload) +
-      bstrLength(parts.signature),
+      stringLength(parts.payload) +
+      stringLength(parts.signature),
   );
   out.set(SIGN1_PREFIX, 0);
   let p = writeBstr(out, 2, parts.protectedBytes);
@@ -253,9 +216,9 @@ export function sigStructure1(
 ): Uint8Array {
   const out = new Uint8Array(
     SIG_STRUCTURE1_PREFIX.byteLength +
-      bstrLength(protectedBytes) +
-      bstrLength(externalAad) +
-      bstrLength(payload),
+      stringLength(protectedBytes) +
+      stringLength(externalAad) +
+      stringLength(payload),
   );
   out.set(SIG_STRUCTURE1_PREFIX, 0);
   let p = writeBstr(out, SIG_STRUCTURE1_PREFIX.byteLength, protectedBytes);

@@ -188,6 +188,39 @@ export function stringLength(b: Uint8Array): number {
   return headLength(b.byteLength) + b.byteLength;
 }
 
+/**
+ * UTF-8 length of a text field the direct writers take (1..maxBytes bytes, no surrogates), or -1.
+ * ASCII, the usual case (ids, view and action names), is measured without encoding it.
+ */
+export function textLength(s: unknown, maxBytes: number): number {
+  if (typeof s !== "string" || s.length === 0) return -1;
+  let ascii = true;
+  for (let i = 0; i < s.length; i++) {
+    if (s.charCodeAt(i) >= 0x80) {
+      ascii = false;
+      break;
+    }
+  }
+  if (ascii) return s.length <= maxBytes ? s.length : -1;
+  if (SURROGATE.test(s)) return -1;
+  const n = Buffer.byteLength(s, "utf8");
+  return n <= maxBytes ? n : -1;
+}
+
+/**
+ * Writes a text string of `byteLength` UTF-8 bytes (from textLength) at `p`; returns the next
+ * offset. ASCII is copied code unit by code unit, anything else through Buffer's UTF-8 writer.
+ */
+export function putText(out: Uint8Array, p: number, s: string, byteLength: number): number {
+  const q = putHead(out, p, 3, byteLength);
+  if (byteLength === s.length) {
+    for (let i = 0; i < byteLength; i++) out[q + i] = s.charCodeAt(i);
+  } else {
+    Buffer.from(out.buffer, out.byteOffset, out.byteLength).write(s, q, byteLength, "utf8");
+  }
+  return q + byteLength;
+}
+
 /** Any UTF-16 surrogate: strings with one take the generic encoder (cbor-x's own UTF-8 rules). */
 const SURROGATE = /[\uD800-\uDFFF]/;
 
