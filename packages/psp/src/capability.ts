@@ -1406,7 +1406,8 @@ export function verifyCallChain(opts: VerifyCallChainOptions): VerifiedCall {
   const g = grant.claims;
 
   const env = decodeEnvelope(opts.capability, true);
-  if (env.kid !== keyIdOfRaw(g.aggregatorKey)) {
+  // keyIdOf caches per KeyObject: the grant's aggregator key is hashed once, not once per call.
+  if (env.kid !== keyIdOf(grant.aggregatorKey)) {
     throw new PspError("PSP_ERR_CAP_GRANT_MISMATCH", "capability not signed by the key the grant names");
   }
   verifyEnvelopeSignature(env, grant.aggregatorKey, opts.batchRoots);
