@@ -2,6 +2,7 @@ import { createHash, type KeyObject } from "node:crypto";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import {
+  CAPABILITY_LIMITS,
   type CallClaims,
   type CallInput,
   capabilityCodecsForTest,
@@ -125,8 +126,8 @@ describe("call claims: the direct writer and reader agree with the generic codec
         // left to the generic parser, which cbor-x's BOM handling decides), as the generic one does.
         const read = codecs.readCallPayload(direct);
         if (read === undefined) expect(startsWithBom(c)).toBe(true);
-        else expect(read).toEqual(c);
-        if (!startsWithBom(c)) expect(attempt(() => codecs.parseClaimsGeneric(direct))).toEqual(c);
+        else expect(read).toStrictEqual(c);
+        if (!startsWithBom(c)) expect(attempt(() => codecs.parseClaimsGeneric(direct))).toStrictEqual(c);
       }),
       { seed, numRuns: 3000 },
     );
@@ -169,23 +170,92 @@ describe("call claims: the direct writer and reader agree with the generic codec
         const direct = codecs.readCallPayload(p);
         if (direct === undefined) return;
         accepted++;
-        expect(attempt(() => codecs.parseClaimsGeneric(p))).toEqual(direct);
+        expect(attempt(() => codecs.parseClaimsGeneric(p))).toStrictEqual(direct);
       }),
       { seed, numRuns: 3000 },
     );
     expect(accepted).toBeGreaterThan(100);
   });
 
-  it("claims are copies: a Buffer payload's cti and grant hash are not views into it", () => {
+  it("claims are copies: cti and grant hash are never views into the payload, Buffer or not", () => {
     const clock = new ManualClock(Date.UTC(2030, 0, 1));
     const token = issueCallCapabilityBatch([callInput(clock)], aggregatorKey)[0]!;
-    const payload = Buffer.from(codecs.readBatchEnvelope(token)!.payload);
-    const claims = parseClaims(payload) as CallClaims;
-    expect(Object.getPrototypeOf(claims.cti)).toBe(Uint8Array.prototype);
-    expect(Object.getPrototypeOf(claims.grantHash)).toBe(Uint8Array.prototype);
-    const cti = Buffer.from(claims.cti).toString("hex");
-    payload.fill(0);
-    expect(Buffer.from(claims.cti).toString("hex")).toBe(cti);
+    const view = codecs.readBatchEnvelope(token)!.payload;
+    for (const payload of [Buffer.from(view), new Uint8Array(view)]) {
+      const claims = parseClaims(payload) as CallClaims;
+      expect(Object.getPrototypeOf(claims.cti)).toBe(Uint8Array.prototype);
+      expect(Object.getPrototypeOf(claims.grantHash)).toBe(Uint8Array.prototype);
+      const before = [Buffer.from(claims.cti).toString("hex"), Buffer.from(claims.grantHash).toString("hex")];
+      payload.fill(0);
+      expect([
+        Buffer.from(claims.cti).toString("hex"),
+        Buffer.from(claims.grantHash).toString("hex"),
+      ]).toEqual(before);
+    }
+  });
+
+  // Hand-made layouts the properties above rarely or never produce.
+  const base: CallClaims = {
+    kind: "call",
+    iss: "ab".repeat(32),
+    sub: "alice",
+    aud: "tb-1",
+    exp: 100,
+    nbf: 3,
+    iat: 3,
+    cti: new Uint8Array(16).fill(9),
+    tenant: "acme",
+    view: "position",
+    command: undefined,
+    row: undefined,
+    action: "read",
+    grantHash: new Uint8Array(32).fill(5),
+  };
+  /** `payload` with the bytes `find` (first occurrence) replaced by `put`. */
+  const splice = (payload: Uint8Array, find: number[], put: number[]): Uint8Array => {
+    const at = Buffer.from(payload).indexOf(Buffer.from(find));
+    expect(at).toBeGreaterThan(0);
+    return Uint8Array.from([...payload.subarray(0, at), ...put, ...payload.subarray(at + find.length)]);
+  };
+  /** Both paths refuse: the direct reader declines, the generic parser says malformed. */
+  const bothRefuse = (p: Uint8Array) => {
+    expect(codecs.readCallPayload(p)).toBeUndefined();
+    expect(attempt(() => codecs.parseClaimsGeneric(p))).toBe("PSP_ERR_CAP_MALFORMED");
+  };
+
+  it("a head longer than its shortest form is refused by both paths", () => {
+    const p = codecs.writeCallPayload(base)!;
+    expect(codecs.readCallPayload(p)).toStrictEqual(base);
+    bothRefuse(splice(p, [0x05, 0x03], [0x05, 0x18, 0x03])); // nbf 3 in two bytes
+    bothRefuse(splice(p, [0x04, 0x18, 100], [0x04, 0x19, 0x00, 100])); // exp 100 in three
+    bothRefuse(splice(p, [0x04, 0x18, 100], [0x04, 0x1a, 0, 0, 0, 100])); // ... in five
+    bothRefuse(splice(p, [0x02, 0x65], [0x02, 0x78, 0x05])); // "alice" with a two-byte head
+    bothRefuse(splice(p, [0x07, 0x50], [0x07, 0x58, 0x10])); // a 16-byte cti likewise
+  });
+
+  it("a map count that does not match the entries is refused by both paths", () => {
+    const p = codecs.writeCallPayload(base)!;
+    expect(p[0]).toBe(0xac);
+    bothRefuse(Uint8Array.from([0xad, ...p.subarray(1)]));
+    const withRow = codecs.writeCallPayload({ ...base, row: "unit-7" })!;
+    expect(withRow[0]).toBe(0xad);
+    expect(codecs.readCallPayload(withRow)).toStrictEqual({ ...base, row: "unit-7" });
+    bothRefuse(Uint8Array.from([0xac, ...withRow.subarray(1)]));
+  });
+
+  it("text with a leading BOM, short or long, is left to the generic parser", () => {
+    for (const sub of ["\uFEFFbom", `\uFEFF${"é".repeat(100)}`, `\uFEFF${"x".repeat(200)}`]) {
+      const p = codecs.writeCallPayload({ ...base, sub })!;
+      expect(p).toBeDefined();
+      expect(codecs.readCallPayload(p)).toBeUndefined();
+    }
+  });
+
+  it("anything but bytes is declined, never thrown on", () => {
+    for (const v of [[0xac], "0xac", null, undefined, 7, {}]) {
+      expect(codecs.readCallPayload(v as never)).toBeUndefined();
+      expect(codecs.readBatchEnvelope(v as never)).toBeUndefined();
+    }
   });
 });
 
@@ -254,6 +324,47 @@ describe("batch envelope: the direct reader agrees with the generic decoder", ()
       ),
       { seed, numRuns: 500 },
     );
+  });
+
+  it("header fields at and past their limits: the direct reader takes exactly what the generic one takes", () => {
+    const kid = new Uint8Array(32).fill(3);
+    const sig = new Uint8Array(64).fill(7);
+    const payload = codecs.writeCallPayload({
+      kind: "call",
+      iss: "ab".repeat(32),
+      sub: "alice",
+      aud: "tb-1",
+      exp: 100,
+      nbf: 3,
+      iat: 3,
+      cti: new Uint8Array(16).fill(9),
+      tenant: "acme",
+      view: "position",
+      command: undefined,
+      row: undefined,
+      action: "read",
+      grantHash: new Uint8Array(32).fill(5),
+    })!;
+    const hashes = (n: number) => Array.from({ length: n }, () => new Uint8Array(32).fill(1));
+    const token = (size: number, index: number, path: Uint8Array[], body = payload) =>
+      codecs.writeBatchToken(codecs.batchProtectedBytes(kid, size), index, path, body, sig);
+    const accepted = [
+      token(2 ** 20, 2 ** 20 - 1, hashes(20)), // the largest batch, its last leaf
+      token(1000, 2 ** 31 - 1, hashes(3)), // an index no tree of this size has: the proof fails later
+      token(1000, 0, hashes(64)), // the longest path a header may carry
+    ];
+    for (const t of accepted) same(codecs.readBatchEnvelope(t), codecs.decodeEnvelopeGeneric(t, true));
+    const refused = [
+      token(2 ** 20 + 1, 0, hashes(21)), // a tree larger than a batch may be
+      token(0, 0, []), // an empty tree
+      token(1000, 2 ** 31, hashes(3)), // an index past MAX_TREE_SIZE
+      token(1000, 0, hashes(65)), // one hash too many
+      token(1000, 0, hashes(10), new Uint8Array(CAPABILITY_LIMITS.maxTokenBytes)), // too large a token
+    ];
+    for (const t of refused) {
+      expect(codecs.readBatchEnvelope(t)).toBeUndefined();
+      expect(attempt(() => codecs.decodeEnvelopeGeneric(t, true))).toBe("PSP_ERR_CAP_MALFORMED");
+    }
   });
 
   it("leaves single-signature tokens to the generic decoder", () => {

@@ -220,6 +220,9 @@ function malformed(message: string, detail?: Record<string, string | number | bo
 
 type ClaimMap = ReadonlyMap<unknown, unknown>;
 
+/** A key id as text: 64 lowercase hex digits. */
+const KEY_ID_HEX = /^[0-9a-f]{64}$/;
+
 const utf8Length = (s: string) => Buffer.byteLength(s, "utf8");
 
 /** A UTF-16 surrogate without its pair: not encodable as UTF-8, so never a valid text claim. */
@@ -361,7 +364,7 @@ function claimsFromMap(m: ClaimMap): CapabilityClaims {
     cti: readBytes(m, CWT_CLAIM.cti, "cti", CAPABILITY_LIMITS.minCtiBytes, CAPABILITY_LIMITS.maxCtiBytes),
     tenant: readString(m, PSP_CLAIM.tenant, "tenant"),
   };
-  if (!/^[0-9a-f]{64}$/.test(common.iss)) throw malformed("iss is not a key id", { field: "iss" });
+  if (!KEY_ID_HEX.test(common.iss)) throw malformed("iss is not a key id", { field: "iss" });
   if (kind === "grant") {
     const toteboxIds = readStringList(m, PSP_CLAIM.toteboxIds, "toteboxIds", false) ?? [];
     const toteboxSelectors = readStringList(m, PSP_CLAIM.toteboxSelectors, "toteboxSelectors", false) ?? [];
@@ -478,7 +481,6 @@ const CALL_KIND = Uint8Array.of(0x64, 0x63, 0x61, 0x6c, 0x6c);
 /** Map heads of a call's claims: 12 entries, or 13 with a row key. */
 const CALL_MAP = 0xac;
 const CALL_MAP_WITH_ROW = 0xad;
-const KEY_ID_HEX = /^[0-9a-f]{64}$/;
 
 const isSeconds = (n: unknown): n is number =>
   typeof n === "number" && Number.isSafeInteger(n) && n >= 0 && n <= 0xffffffff;
@@ -569,13 +571,10 @@ function writeCallPayload(c: CallClaims): Uint8Array | undefined {
   return out;
 }
 
-/** True for 64 lowercase hex digits (a key id), read without building a string first. */
-function isKeyIdText(s: string): boolean {
-  return s.length === 64 && KEY_ID_HEX.test(s);
-}
-
 /** A call's claims from exactly the issuer's layout, or undefined for the generic parser. */
 function readCallPayload(payload: Uint8Array): CallClaims | undefined {
+  // Payloads come out of a decoded envelope, but this reads hostile bytes: check the type anyway.
+  if (!(payload instanceof Uint8Array)) return undefined;
   const mapHead = payload[0];
   if (mapHead !== CALL_MAP && mapHead !== CALL_MAP_WITH_ROW) return undefined;
   const max = CAPABILITY_LIMITS.maxStringBytes;
@@ -617,7 +616,7 @@ function readCallPayload(payload: Uint8Array): CallClaims | undefined {
   expectByte(c, L.grantHash);
   const grantHash = readByteCopy(c, HASH_BYTES, HASH_BYTES);
   // readHead's -1 (not a shortest uint below 2^32) is refused here with the rest.
-  if (!c.ok || c.p !== payload.byteLength || exp < 0 || nbf < 0 || iat < 0 || !isKeyIdText(iss)) {
+  if (!c.ok || c.p !== payload.byteLength || exp < 0 || nbf < 0 || iat < 0 || !KEY_ID_HEX.test(iss)) {
     return undefined;
   }
   // The same fields, in the same order, as claimsFromMap returns.
@@ -653,6 +652,15 @@ const LABEL_TREE_SIZE = Uint8Array.of(0x3a, 0x00, 0x01, 0x00, 0x00);
 const LABEL_LEAF_INDEX = Uint8Array.of(0x3a, 0x00, 0x01, 0x00, 0x01);
 const LABEL_PATH = Uint8Array.of(0x3a, 0x00, 0x01, 0x00, 0x02);
 const HASH_BSTR_HEAD = Uint8Array.of(0x58, 0x20);
+/** {1: -8, 2: [-65537], 4: h'<32 bytes>' ... : the batch protected header up to the kid's bytes. */
+const BATCH_PROTECTED_PREFIX = Uint8Array.of(0xa4, 0x01, 0x27, 0x02, 0x81, ...LABEL_TREE_SIZE, ...KID_PREFIX);
+/** {-65538: ... : the batch unprotected header up to the leaf index. */
+const BATCH_UNPROTECTED_PREFIX = Uint8Array.of(0xa2, ...LABEL_LEAF_INDEX);
+const TAGGED_SIGN1 = Uint8Array.of(0xd2, 0x84);
+/** Largest tree a batch header may name: the issuer's batch limit, within what the proofs handle. */
+const MAX_BATCH_TREE_SIZE = Math.min(CAPABILITY_LIMITS.maxBatchSize, MAX_TREE_SIZE);
+/** Longest inclusion path a header may carry (a tree of 2^31 - 1 leaves needs 31). */
+const MAX_PATH_HASHES = 64;
 
 /** {1: -8, 4: kid} */
 function singleProtectedBytes(kid: Uint8Array): Uint8Array {
@@ -661,21 +669,12 @@ function singleProtectedBytes(kid: Uint8Array): Uint8Array {
 
 /** {1: -8, 2: [-65537], 4: kid, -65537: size} */
 function batchProtectedBytes(kid: Uint8Array, size: number): Uint8Array {
-  return new Uint8Array(
-    Buffer.concat([
-      Uint8Array.of(0xa4, 0x01, 0x27, 0x02, 0x81),
-      LABEL_TREE_SIZE,
-      KID_PREFIX,
-      kid,
-      LABEL_TREE_SIZE,
-      cborHead(0, size),
-    ]),
-  );
+  return new Uint8Array(Buffer.concat([BATCH_PROTECTED_PREFIX, kid, LABEL_TREE_SIZE, cborHead(0, size)]));
 }
 
 /** {-65538: index, -65539: [* bstr(32)]} */
 function batchUnprotectedBytes(index: number, path: readonly Uint8Array[]): Uint8Array {
-  const parts: Uint8Array[] = [Uint8Array.of(0xa2), LABEL_LEAF_INDEX, cborHead(0, index), LABEL_PATH];
+  const parts: Uint8Array[] = [BATCH_UNPROTECTED_PREFIX, cborHead(0, index), LABEL_PATH];
   parts.push(cborHead(4, path.length));
   for (const h of path) parts.push(HASH_BSTR_HEAD, h);
   return new Uint8Array(Buffer.concat(parts));
@@ -690,18 +689,12 @@ function decodeEnvelope(token: Uint8Array, allowBatch: boolean): Envelope {
   return (allowBatch ? readBatchEnvelope(token) : undefined) ?? decodeEnvelopeGeneric(token, allowBatch);
 }
 
-/** {1: -8, 2: [-65537], -65537: ..., 4: h'<32 bytes>'} up to the kid's bytes. */
-const BATCH_PROTECTED_PREFIX = Uint8Array.of(0xa4, 0x01, 0x27, 0x02, 0x81, ...LABEL_TREE_SIZE, ...KID_PREFIX);
-/** {-65538: ... up to the index. */
-const BATCH_UNPROTECTED_PREFIX = Uint8Array.of(0xa2, ...LABEL_LEAF_INDEX);
-const TAGGED_SIGN1 = Uint8Array.of(0xd2, 0x84);
-const MAX_PATH_HASHES = 64;
-
 /**
  * A batch capability's envelope in exactly the issuer's layout (the bytes batchProtectedBytes and
  * batchUnprotectedBytes write, in a tagged COSE_Sign1), or undefined for the generic decoder. It
- * accepts a subset of what decodeEnvelopeGeneric accepts, with the same parts; the path hashes and
- * the payload are views into `token`, which the caller holds for the whole verification.
+ * accepts a subset of what decodeEnvelopeGeneric accepts, with the same parts. The protected
+ * bytes, path hashes and payload are views into `token` (as cbor-x's are on the generic path): the
+ * caller holds the token for the whole verification, and nothing returned to callers keeps them.
  */
 function readBatchEnvelope(token: Uint8Array): Envelope | undefined {
   if (!(token instanceof Uint8Array) || token.byteLength > CAPABILITY_LIMITS.maxTokenBytes) return undefined;
@@ -716,7 +709,7 @@ function readBatchEnvelope(token: Uint8Array): Envelope | undefined {
   expectBytes(h, LABEL_TREE_SIZE);
   const size = readHead(h, 0);
   if (!h.ok || h.p !== protectedBytes.byteLength) return undefined;
-  if (size < 1 || size > Math.min(CAPABILITY_LIMITS.maxBatchSize, MAX_TREE_SIZE)) return undefined;
+  if (size < 1 || size > MAX_BATCH_TREE_SIZE) return undefined;
   expectBytes(c, BATCH_UNPROTECTED_PREFIX);
   const index = readHead(c, 0);
   expectBytes(c, LABEL_PATH);
@@ -773,7 +766,7 @@ function decodeEnvelopeGeneric(token: Uint8Array, allowBatch: boolean): Envelope
       typeof size !== "number" ||
       !Number.isSafeInteger(size) ||
       size < 1 ||
-      size > Math.min(CAPABILITY_LIMITS.maxBatchSize, MAX_TREE_SIZE) ||
+      size > MAX_BATCH_TREE_SIZE ||
       typeof index !== "number" ||
       !Number.isSafeInteger(index) ||
       index < 0 ||
@@ -1475,5 +1468,6 @@ export const capabilityCodecsForTest = {
   readBatchEnvelope,
   decodeEnvelopeGeneric,
   writeBatchToken,
+  batchProtectedBytes,
   batchUnprotectedBytes,
 };

@@ -7,7 +7,7 @@ import {
   timingSafeEqual,
 } from "node:crypto";
 import { Encoder, Tag } from "cbor-x";
-import { putString, stringLength } from "./direct-cbor.ts";
+import { headLength, putHead, putString, stringLength } from "./direct-cbor.ts";
 import { PspError } from "./errors.ts";
 
 /**
@@ -159,13 +159,11 @@ export function encodeProtectedHeader(header: HeaderMap): Uint8Array {
   return header.size === 0 ? new Uint8Array(0) : encodeCbor(header);
 }
 
-/** CBOR head (major type + argument < 2^32) in its shortest form, RFC 8949 §3. */
+/** CBOR head (major type + argument) in its shortest form, RFC 8949 §3. */
 export function cborHead(major: number, n: number): Uint8Array {
-  const m = major << 5;
-  if (n < 24) return Uint8Array.of(m | n);
-  if (n < 0x100) return Uint8Array.of(m | 24, n);
-  if (n < 0x10000) return Uint8Array.of(m | 25, n >>> 8, n & 0xff);
-  return Uint8Array.of(m | 26, n >>> 24, (n >>> 16) & 0xff, (n >>> 8) & 0xff, n & 0xff);
+  const out = new Uint8Array(headLength(n));
+  putHead(out, 0, major, n);
+  return out;
 }
 
 const writeBstr = (out: Uint8Array, at: number, b: Uint8Array): number => putString(out, at, 2, b);

@@ -99,8 +99,9 @@ export function readByteCopy(c: Cursor, min: number, max: number): Uint8Array {
 }
 
 /**
- * A text string of 1..maxBytes UTF-8 bytes, strictly valid, and without a leading BOM (cbor-x
- * drops it from long strings, so the generic path decides those).
+ * A text string of 1..maxBytes UTF-8 bytes, strictly valid, and without a leading BOM: whether
+ * cbor-x keeps a leading BOM depends on which of its decoders reads the string (its TextDecoder
+ * path drops it, cbor-extract keeps it), so the generic path decides those.
  */
 export function readText(c: Cursor, maxBytes: number): string {
   const len = readHead(c, 3);
@@ -223,12 +224,5 @@ export function putText(out: Uint8Array, p: number, s: string, byteLength: numbe
 
 /** Any UTF-16 surrogate: strings with one take the generic encoder (cbor-x's own UTF-8 rules). */
 const SURROGATE = /[\uD800-\uDFFF]/;
-
-/** UTF-8 of a text field the direct writers take (1..maxBytes bytes, no surrogates), or undefined. */
-export function textBytes(s: unknown, maxBytes: number): Uint8Array | undefined {
-  if (typeof s !== "string" || s.length === 0 || SURROGATE.test(s)) return undefined;
-  const b = Buffer.from(s, "utf8");
-  return b.byteLength <= maxBytes ? b : undefined;
-}
 
 const EMPTY = new Uint8Array(0);

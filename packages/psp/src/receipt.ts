@@ -26,11 +26,12 @@ import {
   headLength,
   putHead,
   putString,
+  putText,
   readByteCopy,
   readHead,
   readText,
   stringLength,
-  textBytes,
+  textLength,
 } from "./direct-cbor.ts";
 import { isPspError, PspError } from "./errors.ts";
 
@@ -484,9 +485,9 @@ function putBytes(out: Uint8Array, p: number, label: number, b: Uint8Array): num
   return putString(out, p + 1, 2, b);
 }
 
-function putText(out: Uint8Array, p: number, label: number, s: Uint8Array): number {
+function putTextField(out: Uint8Array, p: number, label: number, s: string, byteLength: number): number {
   out[p] = label;
-  return putString(out, p + 1, 3, s);
+  return putText(out, p + 1, s, byteLength);
 }
 
 function putCount(out: Uint8Array, p: number, label: number, n: number): number {
@@ -503,13 +504,13 @@ const isCount = (n: unknown): n is number => typeof n === "number" && Number.isS
 function writePayload(c: ReceiptClaims): Uint8Array | undefined {
   const name = c.view !== undefined ? c.view : c.command;
   if ((c.view === undefined) === (c.command === undefined)) return undefined;
-  const nameBytes = textBytes(name, MAX_TEXT_BYTES);
-  const watermark = textBytes(c.watermark, MAX_TEXT_BYTES);
-  const subject = textBytes(c.subjectId, MAX_TEXT_BYTES);
+  const nameLength = textLength(name, MAX_TEXT_BYTES);
+  const watermark = textLength(c.watermark, MAX_TEXT_BYTES);
+  const subject = textLength(c.subjectId, MAX_TEXT_BYTES);
   if (
-    nameBytes === undefined ||
-    watermark === undefined ||
-    subject === undefined ||
+    nameLength < 0 ||
+    watermark < 0 ||
+    subject < 0 ||
     c.capabilityId.byteLength < 8 ||
     c.capabilityId.byteLength > 64 ||
     c.requestHash.byteLength !== 32 ||
@@ -520,29 +521,31 @@ function writePayload(c: ReceiptClaims): Uint8Array | undefined {
   ) {
     return undefined;
   }
+  const text = (n: number) => headLength(n) + n;
   const size =
     1 +
     9 + // labels
     stringLength(c.capabilityId) +
-    stringLength(nameBytes) +
+    text(nameLength) +
     stringLength(c.requestHash) +
     headLength(c.rowCount) +
     headLength(c.suppressedGroups) +
-    stringLength(watermark) +
+    text(watermark) +
     stringLength(c.arrowDigest) +
     headLength(c.issuedAt) +
-    stringLength(subject);
+    text(subject);
   const out = new Uint8Array(size);
   out[0] = 0xa9;
   let p = putBytes(out, 1, RECEIPT_FIELD.capabilityId, c.capabilityId);
-  p = putText(out, p, c.view !== undefined ? RECEIPT_FIELD.view : RECEIPT_FIELD.command, nameBytes);
+  const nameLabel = c.view !== undefined ? RECEIPT_FIELD.view : RECEIPT_FIELD.command;
+  p = putTextField(out, p, nameLabel, name!, nameLength);
   p = putBytes(out, p, RECEIPT_FIELD.requestHash, c.requestHash);
   p = putCount(out, p, RECEIPT_FIELD.rowCount, c.rowCount);
   p = putCount(out, p, RECEIPT_FIELD.suppressedGroups, c.suppressedGroups);
-  p = putText(out, p, RECEIPT_FIELD.watermark, watermark);
+  p = putTextField(out, p, RECEIPT_FIELD.watermark, c.watermark, watermark);
   p = putBytes(out, p, RECEIPT_FIELD.arrowDigest, c.arrowDigest);
   p = putCount(out, p, RECEIPT_FIELD.issuedAt, c.issuedAt);
-  putText(out, p, RECEIPT_FIELD.subjectId, subject);
+  putTextField(out, p, RECEIPT_FIELD.subjectId, c.subjectId, subject);
   return out;
 }
 
