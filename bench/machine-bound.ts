@@ -87,46 +87,68 @@ export interface FanoutBoundInput {
   readonly hubCores?: number;
 }
 
-export interface FanoutBound {
+/** The least work per Totebox of one batch size, and the latency it implies. */
+export interface FanoutSplit {
+  /** Capabilities per batch signature. */
+  readonly batch: number;
   /** The cryptography a hub must do per Totebox per query, µs. */
   readonly hubCryptoUs: number;
   /** The cryptography a Totebox must do per answer, µs. */
   readonly toteboxCryptoUs: number;
-  /** The least hub CPU per Totebox per query: the floor's plus `hubCryptoUs`. */
+  /** The floor's hub CPU plus `hubCryptoUs`. */
   readonly hubUs: number;
-  /** The least CPU per Totebox, hub and Totebox together. */
-  readonly perToteboxUs: number;
+  /** The floor's fleet CPU plus `toteboxCryptoUs`. */
+  readonly fleetUs: number;
   /** The least latency of one fan-out over N Toteboxes on this machine's cores (shared or pinned), ms. */
   readonly latencyMs: number;
+}
+
+export interface FanoutBound {
+  /** The least hub CPU per Totebox: one batch for the whole fan-out. */
+  readonly hub: FanoutSplit;
+  /** The least latency: the batch size for which the whole fan-out's work is least. */
+  readonly latency: FanoutSplit;
 }
 
 export function fanoutLowerBound(input: FanoutBoundInput): FanoutBound {
   const { n, costs: c } = input;
   if (!Number.isSafeInteger(n) || n < 1) throw new RangeError("n must be a positive integer");
   if (!(input.cores >= 1)) throw new RangeError("cores must be at least 1");
-  // The shortest inclusion path in a tree of N leaves (RFC 6962 paths are ⌊log2 N⌋ or ⌈log2 N⌉
-  // long): counting that one for every Totebox keeps the bound below what is required.
-  const depth = Math.floor(Math.log2(n));
-  const hubCryptoUs =
-    c.sha256NodeUs * (1 + (n - 1) / n) + // leaf hash, and the batch's N - 1 internal nodes
-    c.ed25519SignUs / n + // one batch signature per query
-    c.sha256AnswerUs + // the receipt's binding to the Arrow bytes received
-    c.ed25519VerifyUs / input.receiptSignatureEvery; // the sampled receipt signature
-  const toteboxCryptoUs =
-    c.ed25519VerifyUs + c.sha256NodeUs * (1 + depth) + c.sha256AnswerUs + c.ed25519SignUs;
-  const hubUs = input.floorHubUs + hubCryptoUs;
-  const fleetUs = input.floorFleetUs + toteboxCryptoUs;
-  const perToteboxUs = hubUs + fleetUs;
   const h = input.hubCores;
   if (h !== undefined && !(Number.isSafeInteger(h) && h >= 1 && h < input.cores)) {
     throw new RangeError("hubCores must be a whole number of cores that leaves the fleet at least one");
   }
-  // Every query needs all of this work done within its own window, so each query's latency (not
-  // only the mean) is at least: shared cores, all the work over all the cores; pinned, the slower
-  // of the two sides on its own cores.
-  const latencyUs =
-    h === undefined
-      ? (n * perToteboxUs) / input.cores
-      : Math.max((n * hubUs) / h, (n * fleetUs) / (input.cores - h));
-  return { hubCryptoUs, toteboxCryptoUs, hubUs, perToteboxUs, latencyMs: latencyUs / 1000 };
+  // The batch size B is a free choice of an implementation: one batch per fan-out (B = N) costs the
+  // hub least (1/N of a signature per Totebox), smaller batches give each Totebox a shorter path to
+  // check (the aggregator signs slices of 256). The hub figure takes B = N; the latency takes the
+  // B, a power of two or N itself, for which the whole fan-out's work is least.
+  const split = (b: number): FanoutSplit => {
+    // The shortest inclusion path in a tree of B leaves (RFC 6962 paths are ⌊log2 B⌋ or ⌈log2 B⌉
+    // long): counting that one for every Totebox keeps the bound below what is required.
+    const depth = Math.floor(Math.log2(b));
+    const hubCryptoUs =
+      c.sha256NodeUs * (1 + (b - 1) / b) + // leaf hash, and each batch's B - 1 internal nodes
+      c.ed25519SignUs / b + // one signature per batch
+      c.sha256AnswerUs + // the receipt's binding to the Arrow bytes received
+      c.ed25519VerifyUs / input.receiptSignatureEvery; // the sampled receipt signature
+    const toteboxCryptoUs =
+      c.ed25519VerifyUs + c.sha256NodeUs * (1 + depth) + c.sha256AnswerUs + c.ed25519SignUs;
+    const hubUs = input.floorHubUs + hubCryptoUs;
+    const fleetUs = input.floorFleetUs + toteboxCryptoUs;
+    // Every query needs all of this work done within its own window, so each query's latency (not
+    // only the mean) is at least: shared cores, all the work over all the cores; pinned, the slower
+    // of the two sides on its own cores.
+    const latencyUs =
+      h === undefined
+        ? (n * (hubUs + fleetUs)) / input.cores
+        : Math.max((n * hubUs) / h, (n * fleetUs) / (input.cores - h));
+    return { batch: b, hubCryptoUs, toteboxCryptoUs, hubUs, fleetUs, latencyMs: latencyUs / 1000 };
+  };
+  const hub = split(n);
+  let latency = hub;
+  for (let b = 1; b < n; b *= 2) {
+    const s = split(b);
+    if (s.latencyMs < latency.latencyMs) latency = s;
+  }
+  return { hub, latency };
 }

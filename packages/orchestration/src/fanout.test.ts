@@ -12,8 +12,11 @@ import { connectAggregator, ResilientSession, runFanOut, signGrant } from "@os-o
 import {
   type Clock,
   createIdentity,
+  decodeUnverified,
   type Identity,
+  issueGrant,
   ManualClock,
+  ManualScheduler,
   rawEd25519PublicKey,
   releaseStub,
 } from "@os-orchestration/psp";
@@ -26,7 +29,10 @@ import {
 } from "@os-orchestration/totebox";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { FanOut, type FanOutPlan } from "./fanout.ts";
 import { DEFAULT_ORCH_LIMITS } from "./limits.ts";
+import type { LinkPool } from "./pool.ts";
+import type { ToteboxEntry } from "./registry.ts";
 import { OrchestrationServer } from "./server.ts";
 import type { AggregatorHello } from "./service.ts";
 
@@ -248,5 +254,116 @@ describe("what a console holds of the aggregator stays bounded", () => {
     } finally {
       rs.close();
     }
+  });
+});
+
+/**
+ * Capabilities are batch-signed per dispatch slice, as each slice leaves (fanout.ts, start()).
+ * A pool that hands out a recording session (every read refused) shows what each Totebox got.
+ */
+describe("capabilities signed per dispatch slice", () => {
+  const T0 = Date.UTC(2030, 0, 1);
+  const targets = (n: number): ToteboxEntry[] =>
+    Array.from({ length: n }, (_, i) => ({
+      id: `tb-${i}`,
+      name: `tb-${i}`,
+      host: "127.0.0.1",
+      port: 1,
+      fingerprint: "00".repeat(32),
+      tags: { region: "west" },
+      state: "active",
+      tenants: ["t1"],
+      line: i + 1,
+    }));
+
+  async function run(n: number, onRead?: (seen: number, clock: ManualClock) => void) {
+    const [agg, op] = await Promise.all([
+      createIdentity({ name: "agg-s" }),
+      createIdentity({ name: "op-s" }),
+    ]);
+    const clock = new ManualClock(T0);
+    const grant = issueGrant({
+      operator: "op",
+      aggregatorId: agg.fingerprint,
+      aggregatorKey: agg.publicKey,
+      tenant: "t1",
+      toteboxSelectors: ["region=west"],
+      views: ["position"],
+      actions: ["read"],
+      lifetimeSeconds: 600,
+      signer: op.privateKey,
+      clock,
+    });
+    const seen: Uint8Array[] = [];
+    const session = {
+      read(cap: Uint8Array) {
+        seen.push(cap);
+        onRead?.(seen.length, clock);
+        return Promise.reject(Object.assign(new Error("refused"), { code: "TOTEBOX_ERR_DENIED" }));
+      },
+    };
+    const lease = { session: () => ({ stub: session, end() {} }), release() {} };
+    const pool = { acquire: async () => lease, health: () => undefined, cut() {} } as unknown as LinkPool;
+    const plan: FanOutPlan = {
+      kind: "read",
+      name: "position",
+      params: {},
+      targets: targets(n),
+      reads: [{ view: "position", as: "position", params: {} }],
+      command: undefined,
+      viewport: undefined,
+      mode: "warn",
+      toteboxTimeoutMs: 60_000,
+      deadlineMs: 60_000,
+      grant,
+      grantExpiresAt: T0 + 600_000,
+      tenant: "t1",
+      operator: "op",
+      keepAnswers: false,
+    };
+    const f = new FanOut(plan, {
+      pool,
+      signer: agg.privateKey,
+      clock,
+      scheduler: new ManualScheduler(T0), // no timer fires: every Totebox refuses at once
+      limits: DEFAULT_ORCH_LIMITS,
+      logger: pino({ level: "silent" }),
+    });
+    f.start();
+    return { result: await f.done, seen };
+  }
+
+  it("600 Toteboxes: batches of 256, 256 and 88, each capability for its own Totebox", async () => {
+    const { result, seen } = await run(600);
+    expect(seen).toHaveLength(600);
+    const sizes = new Map<number, number>();
+    seen.forEach((cap, i) => {
+      const u = decodeUnverified(cap);
+      expect(u.claims.aud).toBe(`tb-${i}`);
+      expect(u.batch!.index).toBe(i % 256);
+      sizes.set(u.batch!.size, (sizes.get(u.batch!.size) ?? 0) + 1);
+    });
+    expect([...sizes].sort((a, b) => a[0] - b[0])).toEqual([
+      [88, 88],
+      [256, 512],
+    ]);
+    // Every Totebox is reported exactly once (each refused the read here).
+    expect(result.outcomes.map((o) => o.totebox)).toEqual(targets(600).map((t) => t.id));
+  });
+
+  it("a grant that runs out between slices: the sent slice stands, the rest are denied with the reason", async () => {
+    // The grant (600 s) is past its end by the time the second slice is signed.
+    const { result, seen } = await run(300, (count, clock) => {
+      if (count === 256) clock.advance(601_000);
+    });
+    expect(seen).toHaveLength(256);
+    const denied = result.outcomes.slice(256);
+    expect(denied).toHaveLength(44);
+    for (const o of denied) {
+      expect(o.status).toBe("denied");
+      expect(o.code).toBe("PSP_ERR_CAP_EXPIRED");
+    }
+    expect(result.outcomes.slice(0, 256).every((o) => o.code !== "PSP_ERR_CAP_EXPIRED")).toBe(true);
+    expect(result.error).toBeNull();
   });
 });
