@@ -384,20 +384,26 @@ function oursDirect(
       // Toteboxes, signed as the slice leaves; each capability still names one Totebox.
       let caps: Uint8Array[] = [];
       let capsFrom = 0;
+      let signError: unknown;
       let answered = 0;
       await fanOut(
         n,
         async (i) => {
+          // fanOut() yields exactly at SEND_SLICE boundaries and each task takes its capability
+          // before its first await, so one slice's tasks all see that slice's batch.
+          if (signError !== undefined) throw signError; // as the aggregator: the rest are denied
           if (i % SEND_SLICE === 0) {
             const s0 = performance.now();
-            caps = [];
+            try {
+              caps = issueCallCapabilityBatch(inputs.slice(i, i + SEND_SLICE), agg.privateKey);
+            } catch (e) {
+              signError = e;
+              throw e;
+            }
             capsFrom = i;
-            caps = issueCallCapabilityBatch(inputs.slice(i, i + SEND_SLICE), agg.privateKey);
             steps["capability batch signing"] += performance.now() - s0;
           }
-          const cap = caps[i - capsFrom];
-          if (cap === undefined)
-            throw new BenchError("BENCH_ERR_HUB", "no capability: its slice failed to sign");
+          const cap = caps[i - capsFrom]!;
           // Pipelined: one call on a held session (two with authorize), one frame, one round trip.
           // The session's read(capability, view, params), as the aggregator does (fanout.ts).
           const session = variant.holdSession ? sessions[i]! : mains[i]!.authorize(g);

@@ -276,7 +276,17 @@ describe("capabilities signed per dispatch slice", () => {
       line: i + 1,
     }));
 
-  async function run(n: number, onRead?: (seen: number, clock: ManualClock) => void) {
+  interface RunOptions {
+    /** Views read from each Totebox (default: position). */
+    readonly views?: readonly string[];
+    /** Called after each read a Totebox receives, with the count so far. */
+    readonly onRead?: (seen: number, clock: ManualClock, f: FanOut) => void;
+    /** Moves the clock this far before the fan-out starts. */
+    readonly startAfterMs?: number;
+  }
+
+  async function run(n: number, opts: RunOptions = {}) {
+    const views = opts.views ?? ["position"];
     const [agg, op] = await Promise.all([
       createIdentity({ name: "agg-s" }),
       createIdentity({ name: "op-s" }),
@@ -288,17 +298,18 @@ describe("capabilities signed per dispatch slice", () => {
       aggregatorKey: agg.publicKey,
       tenant: "t1",
       toteboxSelectors: ["region=west"],
-      views: ["position"],
+      views: [...views],
       actions: ["read"],
       lifetimeSeconds: 600,
       signer: op.privateKey,
       clock,
     });
     const seen: Uint8Array[] = [];
+    let f: FanOut | undefined;
     const session = {
       read(cap: Uint8Array) {
         seen.push(cap);
-        onRead?.(seen.length, clock);
+        opts.onRead?.(seen.length, clock, f!);
         return Promise.reject(Object.assign(new Error("refused"), { code: "TOTEBOX_ERR_DENIED" }));
       },
     };
@@ -309,7 +320,7 @@ describe("capabilities signed per dispatch slice", () => {
       name: "position",
       params: {},
       targets: targets(n),
-      reads: [{ view: "position", as: "position", params: {} }],
+      reads: views.map((v) => ({ view: v, as: v, params: {} })),
       command: undefined,
       viewport: undefined,
       mode: "warn",
@@ -321,7 +332,7 @@ describe("capabilities signed per dispatch slice", () => {
       operator: "op",
       keepAnswers: false,
     };
-    const f = new FanOut(plan, {
+    f = new FanOut(plan, {
       pool,
       signer: agg.privateKey,
       clock,
@@ -329,6 +340,7 @@ describe("capabilities signed per dispatch slice", () => {
       limits: DEFAULT_ORCH_LIMITS,
       logger: pino({ level: "silent" }),
     });
+    if (opts.startAfterMs) clock.advance(opts.startAfterMs);
     f.start();
     return { result: await f.done, seen };
   }
@@ -353,8 +365,10 @@ describe("capabilities signed per dispatch slice", () => {
 
   it("a grant that runs out between slices: the sent slice stands, the rest are denied with the reason", async () => {
     // The grant (600 s) is past its end by the time the second slice is signed.
-    const { result, seen } = await run(300, (count, clock) => {
-      if (count === 256) clock.advance(601_000);
+    const { result, seen } = await run(300, {
+      onRead: (count, clock) => {
+        if (count === 256) clock.advance(601_000);
+      },
     });
     expect(seen).toHaveLength(256);
     const denied = result.outcomes.slice(256);
@@ -365,5 +379,40 @@ describe("capabilities signed per dispatch slice", () => {
     }
     expect(result.outcomes.slice(0, 256).every((o) => o.code !== "PSP_ERR_CAP_EXPIRED")).toBe(true);
     expect(result.error).toBeNull();
+  });
+  it("a grant already out when the first slice is signed fails the whole fan-out with its reason", async () => {
+    const { result, seen } = await run(300, { startAfterMs: 601_000 });
+    expect(seen).toHaveLength(0);
+    expect(result.outcomes).toHaveLength(300);
+    expect(result.outcomes.every((o) => o.status === "denied" && o.code === "PSP_ERR_CAP_EXPIRED")).toBe(
+      true,
+    );
+    expect(result.error?.code).toBe("PSP_ERR_CAP_EXPIRED");
+  });
+
+  it("two reads per Totebox: both in its slice's batch, in order, each naming that Totebox and view", async () => {
+    const { result, seen } = await run(300, { views: ["position", "ledger"] });
+    expect(seen).toHaveLength(600);
+    seen.forEach((cap, k) => {
+      const u = decodeUnverified(cap);
+      const i = k >> 1; // Totebox i's two reads are sent together, position first
+      expect(u.claims.aud).toBe(`tb-${i}`);
+      expect(u.claims.kind === "call" && u.claims.view).toBe(k % 2 === 0 ? "position" : "ledger");
+      expect(u.batch!.size).toBe(i < 256 ? 512 : 88);
+      expect(u.batch!.index).toBe(k % 512);
+    });
+    expect(result.outcomes).toHaveLength(300);
+  });
+
+  it("cancelled between slices: the next slice is never signed nor sent, and every Totebox is reported once", async () => {
+    const { result, seen } = await run(600, {
+      onRead: (count, _clock, f) => {
+        if (count === 256) f.cancel();
+      },
+    });
+    expect(seen).toHaveLength(256);
+    expect(result.outcomes.map((o) => o.totebox)).toEqual(targets(600).map((t) => t.id));
+    expect(result.outcomes.slice(256).every((o) => o.code === "ORCH_ERR_CANCELLED")).toBe(true);
+    expect(result.error?.code).toBe("ORCH_ERR_CANCELLED");
   });
 });

@@ -274,8 +274,9 @@ export class FanOut {
     // the slice leaves. Signing all 10,000 up front held the event loop for ~0.3-1.3 s (and the
     // garbage it made for longer) before the first request could leave; per slice it is a few
     // milliseconds a turn, the first Toteboxes start at once, and each inclusion path is at most
-    // log2(DISPATCH_SLICE) hashes (8, not 14 at 10,000) for every Totebox to check. The cost is
-    // one more Ed25519 signature per slice at the aggregator (~0.2 µs per Totebox).
+    // log2(DISPATCH_SLICE × reads per Totebox) hashes (8 for one read, not 14 at 10,000) for every
+    // Totebox to check. The cost is one more Ed25519 signature per slice at the aggregator (~0.2 µs
+    // per Totebox). A Totebox's reads are all in one slice, so it still sees one root per fan-out.
     ctx.hooks?.started?.({ kind: plan.kind, targets: plan.targets.length });
     const per = plan.command ? 1 : plan.reads.length;
     // Capability ids drawn once for the whole fan-out; kept to check each receipt names its own.
@@ -331,6 +332,7 @@ export class FanOut {
       return p;
     });
     const dispatch = (from: number) => {
+      if (this.finished) return; // cancelled, or past its deadline: nothing left to send
       const slice: Pending[] = [];
       const inputs: CallInput[] = [];
       for (let i = from; i < Math.min(from + DISPATCH_SLICE, all.length); i++) {
@@ -345,8 +347,9 @@ export class FanOut {
           caps = issueCallCapabilityBatch(inputs, ctx.signer);
         } catch (e) {
           // The grant's window no longer covers a call (it expired between check and signing).
-          // Nothing sent yet: the whole fan-out fails with that reason. Otherwise what was sent
-          // stands, and every target not yet sent is denied with it (partial, never silent).
+          // On the first slice, nothing was dispatched yet: the whole fan-out fails with that
+          // reason. Otherwise what was dispatched stands, and every target not yet dispatched is
+          // denied with it (partial, never silent).
           const info = errorInfo(e);
           if (from === 0) this.#failure = info;
           for (const p of all.slice(from)) this.#settle(p, "denied", info.code, info.message);
