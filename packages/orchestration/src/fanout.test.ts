@@ -310,7 +310,7 @@ describe("capabilities signed per dispatch slice", () => {
       read(cap: Uint8Array) {
         seen.push(cap);
         opts.onRead?.(seen.length, clock, f!);
-        return Promise.reject(Object.assign(new Error("refused"), { code: "TOTEBOX_ERR_DENIED" }));
+        return Promise.reject(Object.assign(new Error("refused"), { code: "TOTEBOX_ERR_POLICY_DENIED" }));
       },
     };
     const lease = { session: () => ({ stub: session, end() {} }), release() {} };

@@ -107,6 +107,24 @@ const hasSurrogate = (c: CallClaims) =>
 const startsWithBom = (c: CallClaims) =>
   [c.sub, c.aud, c.tenant, c.view, c.command, c.row, c.action].some((s) => s?.startsWith("\uFEFF"));
 
+/** Valid call claims with small times (one-byte and two-byte heads) for hand-made layouts. */
+const base: CallClaims = {
+  kind: "call",
+  iss: "ab".repeat(32),
+  sub: "alice",
+  aud: "tb-1",
+  exp: 100,
+  nbf: 3,
+  iat: 3,
+  cti: new Uint8Array(16).fill(9),
+  tenant: "acme",
+  view: "position",
+  command: undefined,
+  row: undefined,
+  action: "read",
+  grantHash: new Uint8Array(32).fill(5),
+};
+
 describe("call claims: the direct writer and reader agree with the generic codec", () => {
   it("the writer emits exactly the generic encoder's bytes, and declines only what it must", () => {
     let written = 0;
@@ -194,23 +212,7 @@ describe("call claims: the direct writer and reader agree with the generic codec
     }
   });
 
-  // Hand-made layouts the properties above rarely or never produce.
-  const base: CallClaims = {
-    kind: "call",
-    iss: "ab".repeat(32),
-    sub: "alice",
-    aud: "tb-1",
-    exp: 100,
-    nbf: 3,
-    iat: 3,
-    cti: new Uint8Array(16).fill(9),
-    tenant: "acme",
-    view: "position",
-    command: undefined,
-    row: undefined,
-    action: "read",
-    grantHash: new Uint8Array(32).fill(5),
-  };
+  // Hand-made layouts the properties above rarely or never produce (claims: `base`, below).
   /** `payload` with the bytes `find` (first occurrence) replaced by `put`. */
   const splice = (payload: Uint8Array, find: number[], put: number[]): Uint8Array => {
     const at = Buffer.from(payload).indexOf(Buffer.from(find));
@@ -329,22 +331,7 @@ describe("batch envelope: the direct reader agrees with the generic decoder", ()
   it("header fields at and past their limits: the direct reader takes exactly what the generic one takes", () => {
     const kid = new Uint8Array(32).fill(3);
     const sig = new Uint8Array(64).fill(7);
-    const payload = codecs.writeCallPayload({
-      kind: "call",
-      iss: "ab".repeat(32),
-      sub: "alice",
-      aud: "tb-1",
-      exp: 100,
-      nbf: 3,
-      iat: 3,
-      cti: new Uint8Array(16).fill(9),
-      tenant: "acme",
-      view: "position",
-      command: undefined,
-      row: undefined,
-      action: "read",
-      grantHash: new Uint8Array(32).fill(5),
-    })!;
+    const payload = codecs.writeCallPayload(base)!;
     const hashes = (n: number) => Array.from({ length: n }, () => new Uint8Array(32).fill(1));
     const token = (size: number, index: number, path: Uint8Array[], body = payload) =>
       codecs.writeBatchToken(codecs.batchProtectedBytes(kid, size), index, path, body, sig);
