@@ -651,7 +651,6 @@ const KID_PREFIX = Uint8Array.of(0x04, 0x58, 0x20); // label 4, bstr of 32 bytes
 const LABEL_TREE_SIZE = Uint8Array.of(0x3a, 0x00, 0x01, 0x00, 0x00);
 const LABEL_LEAF_INDEX = Uint8Array.of(0x3a, 0x00, 0x01, 0x00, 0x01);
 const LABEL_PATH = Uint8Array.of(0x3a, 0x00, 0x01, 0x00, 0x02);
-const HASH_BSTR_HEAD = Uint8Array.of(0x58, 0x20);
 /** {1: -8, 2: [-65537], 4: h'<32 bytes>' ... : the batch protected header up to the kid's bytes. */
 const BATCH_PROTECTED_PREFIX = Uint8Array.of(0xa4, 0x01, 0x27, 0x02, 0x81, ...LABEL_TREE_SIZE, ...KID_PREFIX);
 /** {-65538: ... : the batch unprotected header up to the leaf index. */
@@ -672,12 +671,29 @@ function batchProtectedBytes(kid: Uint8Array, size: number): Uint8Array {
   return new Uint8Array(Buffer.concat([BATCH_PROTECTED_PREFIX, kid, LABEL_TREE_SIZE, cborHead(0, size)]));
 }
 
-/** {-65538: index, -65539: [* bstr(32)]} */
+/** Bytes of {-65538: index, -65539: [* bstr(32)]}. */
+function batchUnprotectedLength(index: number, path: readonly Uint8Array[]): number {
+  let n =
+    BATCH_UNPROTECTED_PREFIX.byteLength + headLength(index) + LABEL_PATH.byteLength + headLength(path.length);
+  for (const h of path) n += stringLength(h);
+  return n;
+}
+
+/** Writes {-65538: index, -65539: [* bstr(32)]} at `p`; returns the next offset. */
+function putBatchUnprotected(out: Uint8Array, p: number, index: number, path: readonly Uint8Array[]): number {
+  out.set(BATCH_UNPROTECTED_PREFIX, p);
+  let q = putHead(out, p + BATCH_UNPROTECTED_PREFIX.byteLength, 0, index);
+  out.set(LABEL_PATH, q);
+  q = putHead(out, q + LABEL_PATH.byteLength, 4, path.length);
+  for (const h of path) q = putString(out, q, 2, h);
+  return q;
+}
+
+/** {-65538: index, -65539: [* bstr(32)]}, on its own (the generic decoder's canonical check). */
 function batchUnprotectedBytes(index: number, path: readonly Uint8Array[]): Uint8Array {
-  const parts: Uint8Array[] = [BATCH_UNPROTECTED_PREFIX, cborHead(0, index), LABEL_PATH];
-  parts.push(cborHead(4, path.length));
-  for (const h of path) parts.push(HASH_BSTR_HEAD, h);
-  return new Uint8Array(Buffer.concat(parts));
+  const out = new Uint8Array(batchUnprotectedLength(index, path));
+  putBatchUnprotected(out, 0, index, path);
+  return out;
 }
 
 /**
@@ -1205,19 +1221,16 @@ function writeBatchToken(
   payload: Uint8Array,
   signature: Uint8Array,
 ): Uint8Array {
-  let size =
-    TAGGED_SIGN1.byteLength + stringLength(protectedBytes) + stringLength(payload) + stringLength(signature);
-  size +=
-    BATCH_UNPROTECTED_PREFIX.byteLength + headLength(index) + LABEL_PATH.byteLength + headLength(path.length);
-  for (const h of path) size += stringLength(h);
+  const size =
+    TAGGED_SIGN1.byteLength +
+    stringLength(protectedBytes) +
+    batchUnprotectedLength(index, path) +
+    stringLength(payload) +
+    stringLength(signature);
   const out = new Uint8Array(size);
   out.set(TAGGED_SIGN1, 0);
   let p = putString(out, TAGGED_SIGN1.byteLength, 2, protectedBytes);
-  out.set(BATCH_UNPROTECTED_PREFIX, p);
-  p = putHead(out, p + BATCH_UNPROTECTED_PREFIX.byteLength, 0, index);
-  out.set(LABEL_PATH, p);
-  p = putHead(out, p + LABEL_PATH.byteLength, 4, path.length);
-  for (const h of path) p = putString(out, p, 2, h);
+  p = putBatchUnprotected(out, p, index, path);
   p = putString(out, p, 2, payload);
   putString(out, p, 2, signature);
   return out;
