@@ -32,7 +32,7 @@
  */
 
 import { spawnSync } from "node:child_process";
-import { type KeyObject, randomBytes, randomInt, webcrypto } from "node:crypto";
+import { createHash, type KeyObject, randomBytes, randomInt, webcrypto } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
 import type { IncomingMessage } from "node:http";
 import https from "node:https";
@@ -44,7 +44,11 @@ import { DEFAULT_ORCH_LIMITS, ReceiptSampler } from "@os-orchestration/orchestra
 import {
   type CallInput,
   connectPsp,
+  DIRECT_READ_METHOD,
+  decodeDirectReadReply,
   decodeResult,
+  directReadPayload,
+  encodeDirectReadBody,
   encodeResult,
   type Identity,
   identityFromPem,
@@ -253,11 +257,18 @@ function sameRollup(a: ReadonlyMap<string, bigint>, b: ReadonlyMap<string, bigin
  * BENCH_FANOUT_CONTENDERS) change one piece of per-query work, to show what it costs:
  * - ours-fresh (holdSession false): authorize(grant) again on every query, every link;
  * - ours-everysig (checkEverySignature): every receipt's Ed25519 signature checked at the hub;
- * - ours-noreceipt (verifyReceipts false): receipts forwarded with no check at all.
+ * - ours-noreceipt (verifyReceipts false): receipts forwarded with no check at all;
+ * - ours-capnweb (directReads false): every read a capnweb call on the held session, as before
+ *   direct reads (psp direct-read.ts).
  */
 interface OursVariant {
   name: string;
   holdSession: boolean;
+  /**
+   * Once a link's session has answered a capnweb read, read by direct requests naming it, as the
+   * aggregator does (fanout.ts). Default true; only with holdSession.
+   */
+  directReads?: boolean;
   verifyReceipts: boolean;
   /** Check every receipt's signature at the hub, not the aggregator's sample. */
   checkEverySignature?: boolean;
@@ -281,18 +292,28 @@ function oursDirect(
   const lost: Array<{ atMs: number; code: string }> = [];
   let closing = false;
   const sessions: ToteboxSessionRemote[] = [];
+  // Direct reads (as fanout.ts): per link, whether its held session has answered once.
+  const direct = variant.holdSession && variant.directReads !== false;
+  const authorized: boolean[] = new Array(n).fill(false);
+  let directBody: Uint8Array | undefined;
   const sampler = new ReceiptSampler({
     every: DEFAULT_ORCH_LIMITS.receiptSignatureEvery,
     random: () => randomInt(0, 2 ** 31) / 2 ** 31,
   });
 
-  const checkAnswer = (ans: unknown, i: number, cti: Uint8Array, reqHash: Uint8Array): bigint => {
+  const checkAnswer = (
+    ans: unknown,
+    i: number,
+    cti: Uint8Array,
+    reqHash: Uint8Array,
+    direct: boolean,
+  ): bigint => {
     const a = ans as Partial<ReadAnswer> | null;
     if (
       !a ||
       typeof a !== "object" ||
-      a.totebox !== ids[i] ||
-      a.view !== "position" ||
+      // A direct reply is the Arrow stream and the receipt alone: the receipt binds the rest.
+      (!direct && (a.totebox !== ids[i] || a.view !== "position")) ||
       !(a.arrow instanceof Uint8Array) ||
       !(a.receipt instanceof Uint8Array)
     ) {
@@ -355,6 +376,12 @@ function oursDirect(
         // Pipelined like everything else: the session resolves with the first query.
         if (variant.holdSession) sessions.push(main.authorize(grant));
       }
+      directBody = encodeDirectReadBody({
+        grantHash: createHash("sha256").update(grant).digest(),
+        view: "position",
+        params,
+        row: null,
+      });
     },
     async query() {
       const g = grant!;
@@ -406,11 +433,21 @@ function oursDirect(
           const cap = caps[i - capsFrom]!;
           // Pipelined: one call on a held session (two with authorize), one frame, one round trip.
           // The session's read(capability, view, params), as the aggregator does (fanout.ts).
+          if (direct && authorized[i]) {
+            const payload = await links[i]!.request(DIRECT_READ_METHOD, directReadPayload(cap, directBody!));
+            const s0 = performance.now();
+            const v = checkAnswer(decodeDirectReadReply(payload), i, inputs[i]!.cti!, reqHash, true);
+            steps["receipt verify + Arrow decode"] += performance.now() - s0;
+            addTo(rollup, targets[i]!.tags, v);
+            answered++;
+            return;
+          }
           const session = variant.holdSession ? sessions[i]! : mains[i]!.authorize(g);
           try {
             const ans: unknown = await session.read(cap, "position", params);
+            if (direct) authorized[i] = true;
             const s0 = performance.now();
-            const v = checkAnswer(ans, i, inputs[i]!.cti!, reqHash);
+            const v = checkAnswer(ans, i, inputs[i]!.cti!, reqHash, false);
             steps["receipt verify + Arrow decode"] += performance.now() - s0;
             addTo(rollup, targets[i]!.tags, v);
             answered++;
@@ -683,6 +720,8 @@ export const HUB_CONTENDERS: Record<string, HubContenderFactory> = {
     }),
   "ours-noreceipt": (ctx) =>
     oursDirect(ctx, { name: "ours-noreceipt", holdSession: true, verifyReceipts: false }),
+  "ours-capnweb": (ctx) =>
+    oursDirect(ctx, { name: "ours-capnweb", holdSession: true, directReads: false, verifyReceipts: true }),
   floor: floorTls,
   usual: usualHttps,
 };

@@ -32,12 +32,17 @@ import {
   type Clock,
   type ColumnSpec,
   createIdentity,
+  DIRECT_READ_METHOD,
+  type DirectRequestHandler,
+  decodeDirectReadRequest,
+  encodeDirectReadReply,
   encodeResult,
   type Identity,
   identityFromPem,
   keyIdOfRaw,
   listenPsp,
   MemoryReplayStore,
+  PspError,
   type PspLink,
   type PspServer,
   pinOnly,
@@ -528,18 +533,59 @@ export class SimToteboxMain extends RpcTarget {
   }
 
   authorize(grant: unknown): SimSession {
-    return new SimSession(this.#tb, this.#tb.authorize(grant, this.#link, this.#linkKeyHex));
+    const verified = this.#tb.authorize(grant, this.#link, this.#linkKeyHex);
+    const session = new SimSession(this.#tb, verified, this.#link);
+    simSessions(this.#link).set(Buffer.from(verified.hash).toString("hex"), session);
+    return session;
   }
+}
+
+/** As the real Totebox (packages/totebox/src/subject.ts): sessions held on each link, by grant hash. */
+const simSessionsByLink = new WeakMap<PspLink, Map<string, SimSession>>();
+
+function simSessions(link: PspLink): Map<string, SimSession> {
+  let m = simSessionsByLink.get(link);
+  if (!m) {
+    m = new Map();
+    simSessionsByLink.set(link, m);
+  }
+  return m;
+}
+
+/** As the real Totebox's directReadHandler: a direct read under a session held on this link. */
+function simDirectReads(link: PspLink): DirectRequestHandler {
+  return async (method, payload) => {
+    if (method !== DIRECT_READ_METHOD) {
+      throw new PspError("PSP_ERR_METHOD_UNKNOWN", "unknown direct request method", { method });
+    }
+    const req = decodeDirectReadRequest(payload);
+    const session = simSessionsByLink.get(link)?.get(Buffer.from(req.grantHash).toString("hex"));
+    if (!session) {
+      throw new ToteboxError(
+        "TOTEBOX_ERR_SESSION_UNKNOWN",
+        "no session under this grant is open on this link",
+      );
+    }
+    return encodeDirectReadReply(session.read(req.capability, req.view, req.params, req.row ?? undefined));
+  };
 }
 
 export class SimSession extends RpcTarget {
   readonly #tb: SimTotebox;
   readonly #grant: VerifiedGrant;
+  readonly #link: PspLink;
 
-  constructor(tb: SimTotebox, grant: VerifiedGrant) {
+  constructor(tb: SimTotebox, grant: VerifiedGrant, link: PspLink) {
     super();
     this.#tb = tb;
     this.#grant = grant;
+    this.#link = link;
+  }
+
+  [Symbol.dispose](): void {
+    const m = simSessionsByLink.get(this.#link);
+    const key = Buffer.from(this.#grant.hash).toString("hex");
+    if (m?.get(key) === this) m.delete(key);
   }
 
   view(name: unknown): SimView {
@@ -759,6 +805,7 @@ export async function startSimTotebox(args: {
                 if (e) tb.stats.linksFailed++;
               });
               serveSubject(link, new SimToteboxMain(tb, link));
+              link.serveRequests(simDirectReads(link));
             },
           }),
         SIM_PORTS.psp,

@@ -13,6 +13,7 @@ import { createHash, type KeyObject } from "node:crypto";
 import {
   type CanonicalValue,
   type Clock,
+  decodeDirectReadRequest,
   decodeUnverified,
   type Identity,
   requestHash,
@@ -22,6 +23,7 @@ import {
 import type { ReadAnswer, ToteboxHello } from "@os-orchestration/totebox";
 import { RpcSession, RpcTarget, type RpcTransportWithCustomEncoding } from "capnweb";
 import { encodeFrame, FRAME_HEADER_BYTES, FRAME_VERSION, FrameKind } from "../../psp/src/frame-codec.ts";
+import { encodeValue } from "../../psp/src/message-codec.ts";
 import { type RawPeer, rawListen } from "../../psp/src/test-peers.ts";
 
 /** One read as the hostile Totebox received it: everything it needs to forge an answer. */
@@ -81,13 +83,31 @@ export async function startHostileTotebox(options: {
   const sessions: ScriptedTransport[] = [];
   const server = await rawListen(options.identity, (peer) => {
     counts.connections++;
-    const transport = new ScriptedTransport(peer);
+    // Grants authorized on this connection, by hex SHA-256: what a direct read names its session by.
+    const grants = new Map<string, Uint8Array>();
+    const transport = new ScriptedTransport(peer, async (payload) => {
+      // A direct read (psp direct-read.ts) goes to the same behaviour as a capnweb read. A read
+      // answer leaves as the direct reply's two segments; anything else a behaviour returns
+      // leaves as one CBOR segment, which the aggregator must refuse as it refuses it in capnweb.
+      const req = decodeDirectReadRequest(payload);
+      const grant = grants.get(Buffer.from(req.grantHash).toString("hex"));
+      if (!grant) throw Object.assign(new Error("no session"), { code: "TOTEBOX_ERR_SESSION_UNKNOWN" });
+      const a = (await onRead(readCall(grant, req.view, req.capability, req.params, req.row))) as
+        | Partial<ReadAnswer>
+        | null
+        | undefined;
+      if (a && a.arrow instanceof Uint8Array && a.receipt instanceof Uint8Array) return [a.arrow, a.receipt];
+      return [encodeValue(a ?? null)];
+    });
     sessions.push(transport);
     const onRead = (call: ReadCall) => {
       counts.reads++;
       return options.behaviour.read(call, transport.wire);
     };
-    new RpcSession(transport, new HostileMain(options.behaviour, onRead));
+    const onAuthorize = (grant: Uint8Array) => {
+      grants.set(createHash("sha256").update(grant).digest("hex"), grant);
+    };
+    new RpcSession(transport, new HostileMain(options.behaviour, onRead, onAuthorize));
   });
   return {
     host: "127.0.0.1",
@@ -202,15 +222,22 @@ export function never<T = never>(): Promise<T> {
 class HostileMain extends RpcTarget {
   readonly #behaviour: HostileBehaviour;
   readonly #onRead: (call: ReadCall) => unknown;
-  constructor(behaviour: HostileBehaviour, onRead: (call: ReadCall) => unknown) {
+  readonly #onAuthorize: (grant: Uint8Array) => void;
+  constructor(
+    behaviour: HostileBehaviour,
+    onRead: (call: ReadCall) => unknown,
+    onAuthorize: (grant: Uint8Array) => void,
+  ) {
     super();
     this.#behaviour = behaviour;
     this.#onRead = onRead;
+    this.#onAuthorize = onAuthorize;
   }
   hello() {
     return this.#behaviour.hello();
   }
   authorize(grant: unknown) {
+    this.#onAuthorize(bytes(grant));
     return new HostileSession(bytes(grant), this.#onRead);
   }
 }
@@ -288,9 +315,11 @@ class ScriptedTransport implements RpcTransportWithCustomEncoding {
   #duplicateNextResolve = false;
   #closed = false;
   #trickle: ReturnType<typeof setInterval> | undefined;
+  readonly #direct: (payload: readonly Uint8Array[]) => Promise<readonly Uint8Array[]>;
 
-  constructor(peer: RawPeer) {
+  constructor(peer: RawPeer, direct: (payload: readonly Uint8Array[]) => Promise<readonly Uint8Array[]>) {
     this.#peer = peer;
+    this.#direct = direct;
     void peer.closed.then(() => this.stop());
     void this.#pump();
     this.wire = {
@@ -340,6 +369,10 @@ class ScriptedTransport implements RpcTransportWithCustomEncoding {
         this.#peer.sendFrameParts(encodeFrame(FrameKind.Pong));
         continue;
       }
+      if (f.kind === FrameKind.Request) {
+        void this.#answerDirect(f.segments);
+        continue;
+      }
       for (const m of f.messages) {
         const w = this.#waiter;
         if (w) {
@@ -347,6 +380,31 @@ class ScriptedTransport implements RpcTransportWithCustomEncoding {
           w.resolve(m);
         } else this.#inbox.push(m);
       }
+    }
+  }
+
+  /** Answers a direct request as a PSP link would: a Reply frame, ok or error, for its id. */
+  async #answerDirect(segments: readonly Uint8Array[]): Promise<void> {
+    const head = segments[0] ?? new Uint8Array(8);
+    const id = new DataView(head.buffer, head.byteOffset, 8).getUint32(0);
+    const reply = (status: number, payload: readonly Uint8Array[]) => {
+      if (this.#closed || this.#scripted) return; // a script that took the wire answers nothing
+      const h = new Uint8Array(8);
+      const v = new DataView(h.buffer);
+      v.setUint32(0, id);
+      v.setUint32(4, status);
+      this.#peer.sendFrameParts(encodeFrame(FrameKind.Reply, [h, ...payload]));
+    };
+    try {
+      reply(0, await this.#direct(segments.slice(1)));
+    } catch (e) {
+      const code = (e as { code?: unknown }).code;
+      reply(1, [
+        encodeValue({
+          code: typeof code === "string" && /^[A-Z]+_ERR_[A-Z0-9_]+$/.test(code) ? code : "PSP_ERR_INTERNAL",
+          message: e instanceof Error ? e.message.slice(0, 200) : "error",
+        }),
+      ]);
     }
   }
 

@@ -47,6 +47,7 @@ import type { ReadAnswer, ToteboxRemote } from "@os-orchestration/totebox";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse, stringify } from "yaml";
+import { encodeFrame, FrameKind } from "../../psp/src/frame-codec.ts";
 import {
   buildEstate,
   ESTATE_AS_OF,
@@ -119,6 +120,14 @@ let proxied: string;
 /** Key of a real Totebox, read from its own identity folder (what pairing told the console). */
 const keyOf = (id: string) => keys.get(id)?.publicKey;
 
+/** The 8-byte head of a direct request or reply: the id, then the method or status (u32 BE). */
+function directHead(id: number, word: number): Uint8Array {
+  const h = new Uint8Array(8);
+  new DataView(h.buffer).setUint32(0, id);
+  new DataView(h.buffer).setUint32(4, word);
+  return h;
+}
+
 const CASES: readonly HostileCase[] = [
   {
     id: "evil-push",
@@ -138,6 +147,26 @@ const CASES: readonly HostileCase[] = [
     read: onFirstRead((wire) => {
       wire.takeOver();
       wire.sendMessages([["pull", 1]]);
+    }),
+  },
+  {
+    id: "evil-request",
+    rule: "sends a direct request toward the aggregator",
+    code: "PSP_ERR_DIODE",
+    reason: /a subject never calls/,
+    read: onFirstRead((wire) => {
+      wire.takeOver();
+      for (const p of encodeFrame(FrameKind.Request, [directHead(1, 1)])) wire.sendRaw(p);
+    }),
+  },
+  {
+    id: "evil-reply",
+    rule: "sends a direct reply to a request never made",
+    code: "PSP_ERR_DIODE",
+    reason: /never asked/,
+    read: onFirstRead((wire) => {
+      wire.takeOver();
+      for (const p of encodeFrame(FrameKind.Reply, [directHead(4242, 0), ONE_ROW()])) wire.sendRaw(p);
     }),
   },
   {

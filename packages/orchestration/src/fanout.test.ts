@@ -13,6 +13,7 @@ import {
   type Clock,
   createIdentity,
   decodeUnverified,
+  FrameKind,
   type Identity,
   issueGrant,
   ManualClock,
@@ -148,6 +149,39 @@ describe("fan-out over a long-lived link", () => {
     const after = tb.auditLog.entries(0, tb.auditLog.size()).map((r) => r.entry);
     expect(after.filter((e) => e.action === "authorize")).toHaveLength(3);
     conn.close();
+  });
+});
+
+describe("reads after a link's first answer go as direct requests", () => {
+  it("one Request frame per read and no capnweb frame per fan-out; the Totebox audits each read", async () => {
+    const { server, tb } = estate;
+    const conn = await connect();
+    try {
+      const session = conn.aggregator.authorize(grantTo(conn.hello, ["position", "occupancy"]));
+      const first = await session.viewport("portfolio", { params: { as_of: "2026-10-31" } });
+      expect(first.outcomes[0]!.status).toBe("ok");
+      const link = server.pool.linkOf("tb-1")!;
+      const out: number[] = [];
+      const onFrame = (kind: number) => out.push(kind);
+      link.on("frame-out", onFrame);
+      tb.auditLog.flush();
+      const from = tb.auditLog.size();
+      for (let i = 0; i < 3; i++) {
+        const r = await session.viewport("portfolio", { params: { as_of: "2026-10-31" } });
+        expect(r.outcomes[0]!.status, `fan-out ${i}: ${r.outcomes[0]!.code}`).toBe("ok");
+      }
+      link.off("frame-out", onFrame);
+      // A portfolio reads two views: two direct requests per fan-out, nothing else (releases of
+      // the first fan-out's calls may ride out once, in a Messages frame of their own).
+      expect(out.filter((k) => k === FrameKind.Request)).toHaveLength(6);
+      expect(out.filter((k) => k === FrameKind.Messages).length).toBeLessThanOrEqual(1);
+      tb.auditLog.flush();
+      const reads = tb.auditLog.entries(from, tb.auditLog.size() - from).map((r) => r.entry);
+      expect(reads.filter((e) => e.action === "read" && e.outcome === "ok")).toHaveLength(6);
+      releaseStub(session);
+    } finally {
+      conn.close();
+    }
   });
 });
 
@@ -414,5 +448,104 @@ describe("capabilities signed per dispatch slice", () => {
     expect(result.outcomes.map((o) => o.totebox)).toEqual(targets(600).map((t) => t.id));
     expect(result.outcomes.slice(256).every((o) => o.code === "ORCH_ERR_CANCELLED")).toBe(true);
     expect(result.error?.code).toBe("ORCH_ERR_CANCELLED");
+  });
+});
+
+describe("a direct read naming a session the Totebox no longer holds", () => {
+  const T0 = Date.UTC(2030, 0, 1);
+  it("falls back once to capnweb with the same capability, after dropping the cached session", async () => {
+    const [agg, op] = await Promise.all([
+      createIdentity({ name: "agg-f" }),
+      createIdentity({ name: "op-f" }),
+    ]);
+    const clock = new ManualClock(T0);
+    const grant = issueGrant({
+      operator: "op",
+      aggregatorId: agg.fingerprint,
+      aggregatorKey: agg.publicKey,
+      tenant: "t1",
+      toteboxIds: ["tb-0"],
+      views: ["position"],
+      actions: ["read"],
+      lifetimeSeconds: 600,
+      signer: op.privateKey,
+      clock,
+    });
+    const direct: Uint8Array[] = [];
+    const viaCapnweb: Uint8Array[] = [];
+    const ended: boolean[] = [];
+    let handles = 0;
+    const session = {
+      read(cap: Uint8Array) {
+        viaCapnweb.push(cap);
+        return Promise.reject(Object.assign(new Error("refused"), { code: "TOTEBOX_ERR_POLICY_DENIED" }));
+      },
+    };
+    const link = {
+      request(_method: number, payload: Uint8Array[]) {
+        direct.push(payload[0]!);
+        return Promise.reject(
+          Object.assign(new Error("no session"), { code: "TOTEBOX_ERR_SESSION_UNKNOWN" }),
+        );
+      },
+    };
+    const lease = {
+      link,
+      // The first handle is a session the pool believes authorized; the second a fresh one.
+      session: () => {
+        const authorized = handles++ === 0;
+        return { stub: session, authorized, confirm() {}, end: (forget: boolean) => ended.push(forget) };
+      },
+      release() {},
+    };
+    const pool = { acquire: async () => lease, health: () => undefined, cut() {} } as unknown as LinkPool;
+    const f = new FanOut(
+      {
+        kind: "read",
+        name: "position",
+        params: {},
+        targets: [
+          {
+            id: "tb-0",
+            name: "tb-0",
+            host: "127.0.0.1",
+            port: 1,
+            fingerprint: "00".repeat(32),
+            tags: { region: "west" },
+            state: "active",
+            tenants: ["t1"],
+            line: 1,
+          },
+        ],
+        reads: [{ view: "position", as: "position", params: {} }],
+        command: undefined,
+        viewport: undefined,
+        mode: "warn",
+        toteboxTimeoutMs: 60_000,
+        deadlineMs: 60_000,
+        grant,
+        grantExpiresAt: T0 + 600_000,
+        tenant: "t1",
+        operator: "op",
+        keepAnswers: false,
+      },
+      {
+        pool,
+        signer: agg.privateKey,
+        clock,
+        scheduler: new ManualScheduler(T0),
+        limits: DEFAULT_ORCH_LIMITS,
+        logger: pino({ level: "silent" }),
+      },
+    );
+    f.start();
+    const result = await f.done;
+    expect(direct).toHaveLength(1);
+    expect(viaCapnweb).toHaveLength(1);
+    expect(Buffer.from(viaCapnweb[0]!).equals(Buffer.from(direct[0]!))).toBe(true);
+    expect(handles).toBe(2);
+    // The stale session is forgotten at once; the fresh one, refused, is forgotten when settled.
+    expect(ended).toEqual([true, true]);
+    expect(result.outcomes[0]).toMatchObject({ status: "denied", code: "TOTEBOX_ERR_POLICY_DENIED" });
   });
 });

@@ -6,7 +6,11 @@ import {
   type Clock,
   type ColumnSpec,
   type DecodedResult,
+  DIRECT_READ_METHOD,
+  decodeDirectReadReply,
   decodeResult,
+  directReadPayload,
+  encodeDirectReadBody,
   isPspError,
   issueCallCapabilityBatch,
   requestHash,
@@ -177,6 +181,44 @@ export interface FanOutContext {
   readonly receipts?: ReceiptSampler;
 }
 
+/**
+ * One read's reply, before its checks: the Arrow stream and the receipt, and the suppressed-group
+ * count a capnweb answer states besides its receipt (a direct reply states nothing besides it).
+ */
+interface ReadReply {
+  readonly arrow: Uint8Array;
+  readonly receipt: Uint8Array;
+  readonly suppressedGroups?: number | undefined;
+}
+
+/** A capnweb read answer, shape-checked: it must be a read answer from this Totebox for this view. */
+function capnwebReply(reply: unknown, r: ReadSpec, toteboxId: string): ReadReply {
+  const a = reply as Partial<ReadAnswer> | null;
+  if (
+    typeof a !== "object" ||
+    a === null ||
+    a.totebox !== toteboxId ||
+    a.view !== r.view ||
+    !(a.arrow instanceof Uint8Array) ||
+    !(a.receipt instanceof Uint8Array) ||
+    typeof a.watermark !== "string" ||
+    !Number.isSafeInteger(a.rowCount) ||
+    !Number.isSafeInteger(a.suppressedGroups)
+  ) {
+    throw new OrchError("ORCH_ERR_TOTEBOX_ANSWER", "answer is not a read answer for this request");
+  }
+  return { arrow: a.arrow, receipt: a.receipt, suppressedGroups: a.suppressedGroups };
+}
+
+/** A direct read's reply payload: exactly an Arrow stream and a receipt. */
+function directReply(payload: unknown): ReadReply {
+  try {
+    return decodeDirectReadReply(payload as Uint8Array[]);
+  } catch {
+    throw new OrchError("ORCH_ERR_TOTEBOX_ANSWER", "answer is not a read answer for this request");
+  }
+}
+
 interface Pending {
   readonly entry: ToteboxEntry;
   readonly started: number;
@@ -197,6 +239,8 @@ export class FanOut {
   readonly #ctx: FanOutContext;
   /** Digest of the grant: which cached Totebox session on a link this fan-out may use. */
   readonly #grantKey: string;
+  /** SHA-256 of the grant: what a direct read names its session by (psp direct-read.ts). */
+  readonly #grantHash: Uint8Array;
   readonly #events: ProgressEvent[] = [];
   readonly #outcomes = new Map<string, ToteboxOutcome>();
   readonly #pending = new Map<string, Pending>();
@@ -212,7 +256,8 @@ export class FanOut {
   constructor(plan: FanOutPlan, ctx: FanOutContext) {
     this.id = randomBytes(8).toString("hex");
     this.plan = plan;
-    this.#grantKey = createHash("sha256").update(plan.grant).digest("base64");
+    this.#grantHash = createHash("sha256").update(plan.grant).digest();
+    this.#grantKey = Buffer.from(this.#grantHash).toString("base64");
     this.#ctx = ctx;
     this.startedAt = ctx.clock.now();
     this.done = new Promise((r) => {
@@ -396,23 +441,40 @@ export class FanOut {
         const checked = checkCommandReply(reply, p.entry.id, c, p.ctis[0]!, lease);
         this.#settle(p, "ok", null, "", [], checked);
       } else {
-        // Every read of this Totebox in the same microtask: one frame out, one round trip. The
-        // session's own read(capability, view, …) rather than view(name).read(…): one call per
-        // read instead of two, and no view stub for the Totebox to hold and us to release (a
-        // pushed call, its release and a view object fewer per Totebox per query on both sides).
-        const replies = await Promise.all(
-          plan.reads.map(
-            (r, i) => session.read(p.caps[i]!, r.view, { ...r.params }, r.row) as Promise<unknown>,
-          ),
-        );
+        let raw: unknown[];
+        let direct = handle.authorized;
+        if (direct) {
+          try {
+            raw = await this.#readDirect(p, lease);
+          } catch (e) {
+            if (p.settled || errorInfo(e).code !== "TOTEBOX_ERR_SESSION_UNKNOWN") throw e;
+            // The Totebox does not hold the session: ours keeps it while we hold it, so this is
+            // a Totebox that dropped it on its own. Authorize again, once, over capnweb. The
+            // capabilities are still unused: a read naming no session is refused before any check.
+            handle.end(true);
+            const again = lease.session(plan.grant, this.#grantKey, plan.grantExpiresAt);
+            p.sessionHandle = again;
+            p.session = again.stub;
+            direct = false;
+            raw = await this.#readCapnweb(p, again.stub);
+            again.confirm();
+          }
+        } else {
+          raw = await this.#readCapnweb(p, session);
+          // Answered: the Totebox authorized the session and holds it. Later reads on it go direct.
+          handle.confirm();
+        }
         if (p.settled) return;
         checking = true;
+        const replies = raw.map((reply, i) =>
+          direct ? directReply(reply) : capnwebReply(reply, plan.reads[i]!, p.entry.id),
+        );
         const answers: PassedAnswer[] = [];
         const decoded = new Map<string, DecodedResult>();
         let suppressed = 0;
         let rows = 0;
         plan.reads.forEach((r, i) => {
-          const { answer, result } = this.#checkRead(replies[i], r, p.ctis[i]!, p.entry.id, lease);
+          const { answer, result } = this.#checkRead(replies[i]!, r, p.ctis[i]!, p.entry.id, lease);
           answers.push(answer);
           decoded.set(r.as, result);
           suppressed += answer.suppressedGroups;
@@ -447,27 +509,57 @@ export class FanOut {
     }
   }
 
+  /**
+   * Every read of this Totebox as capnweb calls on the session stub, in the same microtask: one
+   * frame out, one round trip (pipelined behind `authorize` on a new session). The session's own
+   * read(capability, view, …) rather than view(name).read(…): one call per read instead of two,
+   * and no view stub for the Totebox to hold and us to release.
+   */
+  async #readCapnweb(p: Pending, session: ToteboxSessionRemote): Promise<unknown[]> {
+    return Promise.all(
+      this.plan.reads.map(
+        (r, i) => session.read(p.caps[i]!, r.view, { ...r.params }, r.row) as Promise<unknown>,
+      ),
+    );
+  }
+
+  /**
+   * Every read of this Totebox as direct reads (psp direct-read.ts) under the session the link
+   * already authorized: one frame per read, no capnweb objects on either side. The reply is the
+   * Arrow stream and the receipt alone; everything else is a claim of the receipt.
+   */
+  #readDirect(p: Pending, lease: LinkLease): Promise<unknown[]> {
+    const link = lease.link;
+    return Promise.all(
+      this.plan.reads.map((r, i) =>
+        link.request(DIRECT_READ_METHOD, directReadPayload(p.caps[i]!, this.#directBodyOf(r))),
+      ),
+    );
+  }
+
+  /** The shared segment of this fan-out's direct reads: the same bytes to every Totebox. */
+  readonly #directBodies = new Map<ReadSpec, Uint8Array>();
+  #directBodyOf(r: ReadSpec): Uint8Array {
+    let b = this.#directBodies.get(r);
+    if (!b) {
+      b = encodeDirectReadBody({
+        grantHash: this.#grantHash,
+        view: r.view,
+        params: r.params,
+        row: r.row ?? null,
+      });
+      this.#directBodies.set(r, b);
+    }
+    return b;
+  }
+
   #checkRead(
-    reply: unknown,
+    a: ReadReply,
     r: ReadSpec,
     capabilityId: Uint8Array,
     toteboxId: string,
     lease: LinkLease,
   ): { answer: PassedAnswer; result: DecodedResult } {
-    const a = reply as Partial<ReadAnswer> | null;
-    if (
-      typeof a !== "object" ||
-      a === null ||
-      a.totebox !== toteboxId ||
-      a.view !== r.view ||
-      !(a.arrow instanceof Uint8Array) ||
-      !(a.receipt instanceof Uint8Array) ||
-      typeof a.watermark !== "string" ||
-      !Number.isSafeInteger(a.rowCount) ||
-      !Number.isSafeInteger(a.suppressedGroups)
-    ) {
-      throw new OrchError("ORCH_ERR_TOTEBOX_ANSWER", "answer is not a read answer for this request");
-    }
     if (a.arrow.byteLength > this.#ctx.limits.maxAnswerBytes) {
       throw new OrchError("ORCH_ERR_TOTEBOX_ANSWER", "answer is larger than the limit", {
         limit: this.#ctx.limits.maxAnswerBytes,
@@ -495,7 +587,10 @@ export class FanOut {
     } catch (e) {
       throw new OrchError("ORCH_ERR_TOTEBOX_ANSWER", `unreadable result: ${errorInfo(e).code}`);
     }
-    if (result.rowCount !== claims.rowCount || claims.suppressedGroups !== a.suppressedGroups) {
+    if (
+      result.rowCount !== claims.rowCount ||
+      (a.suppressedGroups !== undefined && claims.suppressedGroups !== a.suppressedGroups)
+    ) {
       throw new OrchError("ORCH_ERR_TOTEBOX_ANSWER", "row counts disagree with the receipt");
     }
     if (result.rowCount > this.#ctx.limits.maxRowsPerTotebox) {

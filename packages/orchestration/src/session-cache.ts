@@ -17,6 +17,14 @@
 export interface SessionHandle<S> {
   readonly stub: S;
   /**
+   * Whether a call on this session has already succeeded, which proves the Totebox authorized it
+   * and still holds it: later reads may then go as direct reads (psp direct-read.ts) naming the
+   * grant, instead of capnweb calls on the stub.
+   */
+  readonly authorized: boolean;
+  /** A call on the session succeeded: mark it authorized for every holder. */
+  confirm(): void;
+  /**
    * The holder is done with the session. `forget`: what happened may concern the session itself
    * (the Totebox refused or failed the call), so no later fan-out reuses it.
    */
@@ -29,6 +37,7 @@ interface Entry<S> {
   readonly expiresAt: number;
   users: number;
   cached: boolean;
+  authorized: boolean;
 }
 
 export class SessionCache<S> {
@@ -71,7 +80,13 @@ export class SessionCache<S> {
     } else {
       // A grant already past its end (the aggregator accepts it within its clock skew) is not
       // cached: every later acquire would only drop it again.
-      entry = { stub: open(), expiresAt, users: 0, cached: this.#max > 0 && expiresAt > this.#now() };
+      entry = {
+        stub: open(),
+        expiresAt,
+        users: 0,
+        cached: this.#max > 0 && expiresAt > this.#now(),
+        authorized: false,
+      };
       if (entry.cached) {
         this.#entries.set(key, entry);
         for (const [k, old] of this.#entries) {
@@ -85,6 +100,12 @@ export class SessionCache<S> {
     let ended = false;
     return {
       stub: e.stub,
+      get authorized() {
+        return e.authorized;
+      },
+      confirm: () => {
+        e.authorized = true;
+      },
       end: (forget) => {
         if (ended) return;
         ended = true;

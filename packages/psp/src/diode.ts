@@ -83,6 +83,14 @@ export class DiodeGuard {
   // announced in an earlier answer (capnweb resolves those without a pull).
   readonly #expectedAnswers = new Set<number>();
 
+  // Direct requests (link.ts `request`, FrameKind.Request / Reply), outside capnweb. Subject: the
+  // ids received and not yet answered (they count as calls in flight with the pushes), and the
+  // last id seen (ids strictly increase, so an id is never answered twice). Commander: the ids
+  // sent and not yet answered, the only replies it accepts.
+  readonly #directIn = new Set<number>();
+  #lastDirectIn = 0;
+  readonly #directOut = new Set<number>();
+
   constructor(
     role: PspRole,
     limits: Pick<PspLimits, "maxCallsInFlight" | "maxPipelineDepth" | "maxMessageDepth">,
@@ -91,9 +99,48 @@ export class DiodeGuard {
     this.#limits = limits;
   }
 
-  /** Calls currently open on this link (subject side). */
+  /** Calls currently open on this link (subject side): capnweb pushes and direct requests. */
   get callsInFlight(): number {
-    return this.#livePushes.size;
+    return this.#livePushes.size + this.#directIn.size;
+  }
+
+  /** A direct request arrived (subject side; at a commander it breaks the Diode). */
+  requestIn(id: number): void {
+    if (this.role === "commander") throw violation("peer", "a subject never calls", "request");
+    if (id <= this.#lastDirectIn) throw malformed("direct request ids must strictly increase");
+    this.#checkCapacity();
+    this.#lastDirectIn = id;
+    this.#directIn.add(id);
+  }
+
+  /** We are about to answer a direct request (subject side). */
+  replyOut(id: number): void {
+    if (this.role === "commander") throw violation("self", "a commander never answers", "reply");
+    if (!this.#directIn.delete(id)) throw violation("self", "reply to a request never received", "reply");
+  }
+
+  /** We are about to send a direct request (commander side). */
+  requestOut(id: number): void {
+    if (this.role === "subject") throw violation("self", "a subject never calls", "request");
+    this.#directOut.add(id);
+  }
+
+  /** A reply arrived (commander side; at a subject it breaks the Diode). */
+  replyIn(id: number): void {
+    if (this.role === "subject") {
+      throw violation("peer", "a commander never answers: the subject asked it nothing", "reply");
+    }
+    if (!this.#directOut.delete(id)) {
+      throw violation("peer", "answer to something that was never asked", "reply");
+    }
+  }
+
+  #checkCapacity(): void {
+    if (this.callsInFlight >= this.#limits.maxCallsInFlight) {
+      throw new PspError("PSP_ERR_CALLS_IN_FLIGHT", "too many calls in flight on this link", {
+        limit: this.#limits.maxCallsInFlight,
+      });
+    }
   }
 
   /** Checks one message from the peer. Throws PspError; the link owner aborts on any throw. */
@@ -162,11 +209,7 @@ export class DiodeGuard {
             limit: this.#limits.maxPipelineDepth,
           });
         }
-        if (this.#livePushes.size >= this.#limits.maxCallsInFlight) {
-          throw new PspError("PSP_ERR_CALLS_IN_FLIGHT", "too many calls in flight on this link", {
-            limit: this.#limits.maxCallsInFlight,
-          });
-        }
+        this.#checkCapacity();
         this.#livePushes.set(this.#nextPeerPushId++, depth);
         return;
       }

@@ -26,6 +26,7 @@ export type PspErrorCode =
   | "PSP_ERR_CALLS_IN_FLIGHT"
   | "PSP_ERR_PIPELINE_DEPTH"
   | "PSP_ERR_MESSAGE_MALFORMED"
+  | "PSP_ERR_METHOD_UNKNOWN"
   // the Diode
   | "PSP_ERR_DIODE"
   // capabilities

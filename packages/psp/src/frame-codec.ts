@@ -29,6 +29,18 @@ export const FrameKind = {
   Ping: 2,
   /** Subject → commander answer to a Ping. No segments. */
   Pong: 3,
+  /**
+   * Commander → subject direct request (link.ts, `request`): segment 0 is 8 bytes, the request id
+   * (u32 BE, strictly increasing per link) and the method (u32 BE); segments 1..n are the
+   * method's payload, opaque to the link.
+   */
+  Request: 4,
+  /**
+   * Subject → commander reply to one direct request: segment 0 is 8 bytes, the request id and
+   * the status (u32 BE: 0 ok, 1 error); then the payload, or for an error one CBOR segment
+   * `{code, message, detail?}`.
+   */
+  Reply: 5,
 } as const;
 export type FrameKind = (typeof FrameKind)[keyof typeof FrameKind];
 
@@ -177,10 +189,11 @@ export class FrameDecoder {
         limit: this.#limits.maxSegments,
       });
     }
-    if (kind !== FrameKind.Messages && (segCount !== 0 || bodyLength !== 0)) {
+    const control = kind === FrameKind.Ping || kind === FrameKind.Pong;
+    if (control && (segCount !== 0 || bodyLength !== 0)) {
       this.#fail("PSP_ERR_FRAME_MALFORMED", "control frames carry no body");
     }
-    if (kind === FrameKind.Messages && segCount === 0) {
+    if (!control && segCount === 0) {
       this.#fail("PSP_ERR_FRAME_MALFORMED", "message frame without segments");
     }
     // A fresh ArrayBuffer per body: offset 0, so 8-aligned segment offsets are 8-aligned in memory.

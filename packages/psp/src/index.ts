@@ -30,8 +30,21 @@ export {
 } from "./capability.ts";
 export { type Clock, ManualClock, systemClock } from "./clock.ts";
 export type { PspRole } from "./diode.ts";
+export {
+  DIRECT_READ_LIMITS,
+  DIRECT_READ_METHOD,
+  type DirectReadBody,
+  type DirectReadReply,
+  type DirectReadRequest,
+  decodeDirectReadReply,
+  decodeDirectReadRequest,
+  directReadPayload,
+  encodeDirectReadBody,
+  encodeDirectReadReply,
+} from "./direct-read.ts";
 export { type Endpoint, type EndpointParse, isValidHost, parseEndpoint } from "./endpoint.ts";
 export { isPspError, PspError, type PspErrorCode } from "./errors.ts";
+export { FrameKind } from "./frame-codec.ts";
 export {
   certFingerprint,
   createIdentity,
@@ -47,7 +60,7 @@ export {
   saveIdentity,
 } from "./identity.ts";
 export { DEFAULT_PSP_LIMITS, type PspLimits, resolveLimits } from "./limits.ts";
-export { type LinkStats, type PeerInfo, PspLink, toPspError } from "./link.ts";
+export { type DirectRequestHandler, type LinkStats, type PeerInfo, PspLink, toPspError } from "./link.ts";
 export {
   consistencyProof,
   inclusionProof,

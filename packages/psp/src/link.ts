@@ -6,7 +6,14 @@ import { DiodeGuard, type PspRole } from "./diode.ts";
 import { isPspError, PspError } from "./errors.ts";
 import { encodeFrame, type Frame, FrameDecoder, FrameKind, frameByteLength } from "./frame-codec.ts";
 import { type PspLimits, resolveLimits } from "./limits.ts";
-import { decodeMessages, encodeMessages, measureAttachments } from "./message-codec.ts";
+import {
+  decodeMessages,
+  decodeValue,
+  encodeMessages,
+  encodeValue,
+  measureAttachments,
+} from "./message-codec.ts";
+import { sanitizeOutgoingError } from "./rpc.ts";
 import { type Scheduler, systemScheduler, type TimerHandle } from "./scheduler.ts";
 
 /** Who is on the other end, as established by the TLS pin check. */
@@ -37,6 +44,26 @@ export interface PspLinkOptions {
   limits?: Partial<PspLimits>;
   scheduler?: Scheduler;
 }
+
+/**
+ * The subject's handler of direct requests (`PspLink.request`): given the method and the payload
+ * segments (views into the received frame: copy what outlives the call), returns the reply's
+ * payload segments. A throw becomes an error reply, sanitized like any error leaving a process
+ * (rpc.ts): only a stable code, the message and a flat detail cross the link.
+ */
+export type DirectRequestHandler = (
+  method: number,
+  payload: readonly Uint8Array[],
+) => Promise<readonly Uint8Array[]>;
+
+/** Status word of a Reply frame's header. */
+const REPLY_OK = 0;
+const REPLY_ERROR = 1;
+/** Request and Reply frames lead with 8 bytes: the id, then the method or the status (u32 BE). */
+const DIRECT_HEAD_BYTES = 8;
+/** Longest message and detail text an error reply may carry, in UTF-16 units. */
+const MAX_REMOTE_ERROR_TEXT = 1024;
+const REMOTE_CODE = /^[A-Z]+_ERR_[A-Z0-9_]+$/;
 
 export interface LinkEvents {
   /** A complete frame arrived (after limit checks, before message decoding). */
@@ -91,6 +118,14 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
   #pingTimer: TimerHandle | undefined;
   #pingOutstanding = false;
   #lastFrameInAt: number;
+  /** Commander: direct requests sent and not yet answered, by id. */
+  readonly #requests = new Map<
+    number,
+    { resolve: (p: Uint8Array[]) => void; reject: (e: unknown) => void }
+  >();
+  #nextRequestId = 1;
+  /** Subject: who answers direct requests (none: each is refused with PSP_ERR_METHOD_UNKNOWN). */
+  #directHandler: DirectRequestHandler | undefined;
 
   constructor(options: PspLinkOptions) {
     super();
@@ -166,6 +201,144 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
     this.close(isPspError(reason) ? toPspError(reason) : undefined);
   }
 
+  // ---- direct requests ----------------------------------------------------------------------
+  //
+  // One call and its answer in one frame each, outside capnweb: for the call a fan-out makes to
+  // every Totebox on every query, where capnweb's general machinery (its import and export tables,
+  // promise objects, message trees walked three times) cost more hub CPU than the TLS link itself.
+  // Pipelining, returned objects and everything else stay with capnweb. The Diode holds the same:
+  // only the commander requests, only the subject replies, each reply answers one open request,
+  // and open requests count as calls in flight at the subject.
+
+  /**
+   * Commander: sends a direct request and resolves with the reply's payload segments (views into
+   * the received frame, 8-byte aligned). An error reply rejects with an Error whose `code`,
+   * `message` and `detail` are the subject's, as a capnweb call's would; a closed link rejects
+   * with the close error.
+   */
+  request(method: number, payload: readonly Uint8Array[]): Promise<Uint8Array[]> {
+    if (this.#closed) {
+      return Promise.reject(this.#closed.error ?? new PspError("PSP_ERR_LINK_CLOSED", "link closed"));
+    }
+    if (!Number.isInteger(method) || method < 0 || method > 0xffff_ffff) {
+      return Promise.reject(new RangeError("method must be a u32"));
+    }
+    const id = this.#nextRequestId++;
+    if (id > 0xffff_ffff) {
+      // Four billion requests on one link: the ids would wrap and could no longer increase.
+      this.close(new PspError("PSP_ERR_LINK_CLOSED", "direct request ids exhausted; reconnect"));
+      return Promise.reject(this.#closed!.error);
+    }
+    try {
+      this.#guard.requestOut(id);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    // Messages capnweb queued before this request leave before it (their releases lower the
+    // subject's count of calls in flight before this request counts).
+    if (this.#outbox.length > 0) this.#flush(true);
+    const head = new Uint8Array(DIRECT_HEAD_BYTES);
+    const v = new DataView(head.buffer);
+    v.setUint32(0, id);
+    v.setUint32(4, method);
+    return new Promise<Uint8Array[]>((resolve, reject) => {
+      this.#requests.set(id, { resolve, reject });
+      this.#write(encodeFrame(FrameKind.Request, [head, ...payload]), FrameKind.Request, 1);
+    });
+  }
+
+  /** Subject: answers direct requests with `handler` (replacing any handler before). */
+  serveRequests(handler: DirectRequestHandler): void {
+    if (this.role !== "subject") throw new RangeError("only a subject serves direct requests");
+    this.#directHandler = handler;
+  }
+
+  #onRequest(segments: readonly Uint8Array[]): void {
+    const head = segments[0]!;
+    if (head.byteLength !== DIRECT_HEAD_BYTES) {
+      throw new PspError("PSP_ERR_MESSAGE_MALFORMED", "direct request header must be 8 bytes");
+    }
+    const v = new DataView(head.buffer, head.byteOffset, DIRECT_HEAD_BYTES);
+    const id = v.getUint32(0);
+    const method = v.getUint32(4);
+    this.#guard.requestIn(id); // the Diode (a commander is never asked) and calls in flight
+    this.stats.messagesIn++;
+    const handler = this.#directHandler;
+    let answer: Promise<readonly Uint8Array[]>;
+    try {
+      // A handler that throws instead of rejecting fails this request only, never the link.
+      answer = handler
+        ? handler(method, segments.slice(1))
+        : Promise.reject(new PspError("PSP_ERR_METHOD_UNKNOWN", "this link serves no direct requests"));
+    } catch (e) {
+      answer = Promise.reject(e);
+    }
+    answer.then(
+      (payload) => this.#reply(id, REPLY_OK, payload),
+      (e: unknown) => this.#replyError(id, e),
+    );
+  }
+
+  #replyError(id: number, e: unknown): void {
+    const safe = sanitizeOutgoingError(e instanceof Error ? e : new Error(String(e))) as Error & {
+      code: string;
+      detail?: unknown;
+    };
+    const body: Record<string, unknown> = { code: safe.code, message: safe.message };
+    if (safe.detail !== undefined) body.detail = safe.detail;
+    this.#reply(id, REPLY_ERROR, [encodeValue(body)]);
+  }
+
+  #reply(id: number, status: number, payload: readonly Uint8Array[]): void {
+    if (this.#closed) return;
+    if (status === REPLY_OK && payload.length + 1 > this.limits.maxSegments) {
+      this.#replyError(id, new PspError("PSP_ERR_INTERNAL", "reply has too many segments"));
+      return;
+    }
+    try {
+      this.#guard.replyOut(id);
+    } catch (e) {
+      this.close(toPspError(e));
+      return;
+    }
+    const head = new Uint8Array(DIRECT_HEAD_BYTES);
+    const v = new DataView(head.buffer);
+    v.setUint32(0, id);
+    v.setUint32(4, status);
+    this.#write(encodeFrame(FrameKind.Reply, [head, ...payload]), FrameKind.Reply, 1);
+  }
+
+  #onReply(segments: readonly Uint8Array[]): void {
+    const head = segments[0]!;
+    if (head.byteLength !== DIRECT_HEAD_BYTES) {
+      throw new PspError("PSP_ERR_MESSAGE_MALFORMED", "direct reply header must be 8 bytes");
+    }
+    const v = new DataView(head.buffer, head.byteOffset, DIRECT_HEAD_BYTES);
+    const id = v.getUint32(0);
+    const status = v.getUint32(4);
+    this.#guard.replyIn(id); // the Diode: a subject answers only what it was asked
+    this.stats.messagesIn++;
+    const pending = this.#requests.get(id)!;
+    this.#requests.delete(id);
+    if (status === REPLY_OK) {
+      pending.resolve(segments.slice(1));
+      return;
+    }
+    if (status !== REPLY_ERROR || segments.length !== 2) {
+      const err = new PspError("PSP_ERR_MESSAGE_MALFORMED", "direct reply has an unknown status or layout");
+      pending.reject(err);
+      throw err;
+    }
+    let remote: Error;
+    try {
+      remote = remoteError(decodeValue(segments[1]!, 4));
+    } catch (e) {
+      pending.reject(e);
+      throw e;
+    }
+    pending.reject(remote);
+  }
+
   // ---- lifecycle --------------------------------------------------------------------------
 
   /** Closes the link. Idempotent; the first error wins. */
@@ -183,6 +356,13 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
     const w = this.#waiter;
     this.#waiter = undefined;
     w?.reject(error ?? new PspError("PSP_ERR_LINK_CLOSED", "link closed", { peer: this.peer.label }));
+    if (this.#requests.size > 0) {
+      const pending = [...this.#requests.values()];
+      this.#requests.clear();
+      for (const r of pending) {
+        r.reject(error ?? new PspError("PSP_ERR_LINK_CLOSED", "link closed", { peer: this.peer.label }));
+      }
+    }
     this.emit("close", error);
   }
 
@@ -309,6 +489,12 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
         if (!this.#pingOutstanding) throw diode("pong without a ping");
         this.#pingOutstanding = false;
         return;
+      case FrameKind.Request:
+        this.#onRequest(frame.segments);
+        return;
+      case FrameKind.Reply:
+        this.#onReply(frame.segments);
+        return;
       case FrameKind.Messages: {
         const messages = decodeMessages(frame.segments, this.limits);
         // Check the whole batch before capnweb sees any of it.
@@ -412,6 +598,46 @@ function onlyReleases(outbox: readonly unknown[]): boolean {
 
 function diode(rule: string): PspError {
   return new PspError("PSP_ERR_DIODE", `Diode violation by peer: ${rule}`, { offender: "peer", rule });
+}
+
+/**
+ * A subject's error reply, as the caller sees it: an Error named PspRemoteError with the subject's
+ * code, message and flat detail (the same shape a capnweb call's error takes). Anything else the
+ * subject sends as an error is malformed.
+ */
+function remoteError(body: unknown): Error {
+  const bad = () =>
+    new PspError("PSP_ERR_MESSAGE_MALFORMED", "direct reply error must be {code, message, detail?}");
+  if (body === null || typeof body !== "object" || Array.isArray(body)) throw bad();
+  const { code, message, detail, ...rest } = body as Record<string, unknown>;
+  if (Object.keys(rest).length > 0) throw bad();
+  if (typeof code !== "string" || code.length > 64 || !REMOTE_CODE.test(code)) throw bad();
+  if (typeof message !== "string" || message.length > MAX_REMOTE_ERROR_TEXT) throw bad();
+  const flat: Record<string, string | number | boolean> = {};
+  if (detail !== undefined) {
+    if (detail === null || typeof detail !== "object" || Array.isArray(detail)) throw bad();
+    const entries = Object.entries(detail as Record<string, unknown>);
+    if (entries.length > 32) throw bad();
+    for (const [k, x] of entries) {
+      if (
+        typeof x === "string"
+          ? x.length > MAX_REMOTE_ERROR_TEXT
+          : typeof x !== "number" && typeof x !== "boolean"
+      ) {
+        throw bad();
+      }
+      flat[k] = x as string | number | boolean;
+    }
+  }
+  const out = new Error(message) as Error & {
+    code: string;
+    detail: Record<string, string | number | boolean>;
+  };
+  out.name = "PspRemoteError";
+  out.code = code;
+  out.detail = flat;
+  out.stack = "";
+  return out;
 }
 
 export function toPspError(e: unknown): PspError {

@@ -202,3 +202,25 @@ function walkNode(node: unknown, depth: number, w: DecodeWalk): unknown {
   for (const k of Object.keys(obj)) obj[k] = walkNode(obj[k], depth + 1, w);
   return node;
 }
+
+/**
+ * One CBOR value outside a Messages frame (a direct reply's error, a direct read's request body),
+ * with the same strict walk as messages and no attachments: a tag 40100 placeholder has no
+ * segment to resolve against and is refused.
+ */
+export function decodeValue(bytes: Uint8Array, maxDepth: number): unknown {
+  let decoded: unknown;
+  try {
+    decoded = codec.decode(bytes);
+  } catch (cause) {
+    throw new PspError("PSP_ERR_MESSAGE_MALFORMED", "value is not valid CBOR", {}, { cause });
+  }
+  return walkNode(decoded, 0, { segments: NO_SEGMENTS, used: new Set<number>(), maxDepth });
+}
+
+const NO_SEGMENTS: readonly Uint8Array[] = [new Uint8Array(0)];
+
+/** Encodes one plain value (no attachments lifted): the inverse of decodeValue. */
+export function encodeValue(value: unknown): Uint8Array {
+  return codec.encode(value);
+}

@@ -14,8 +14,8 @@ export interface RawPeer {
   sendMessages(messages: unknown[]): void;
   sendFrameParts(parts: Uint8Array[]): void;
   sendRaw(bytes: Uint8Array): void;
-  /** Resolves with the next decoded batch of messages (or control frame kind). */
-  nextFrame(): Promise<{ kind: number; messages: unknown[] }>;
+  /** Resolves with the next frame: its kind, its decoded messages (Messages frames), its segments. */
+  nextFrame(): Promise<{ kind: number; messages: unknown[]; segments: readonly Uint8Array[] }>;
   /** Resolves when the other side closes the connection. */
   closed: Promise<void>;
 }
@@ -53,6 +53,7 @@ function wrap(socket: tls.TLSSocket): RawPeer {
       const toResult = (f: Frame) => ({
         kind: f.kind,
         messages: f.kind === FrameKind.Messages ? decodeMessages(f.segments, DEFAULT_PSP_LIMITS) : [],
+        segments: f.segments,
       });
       const f = queue.shift();
       if (f) return Promise.resolve(toResult(f));

@@ -49,6 +49,7 @@ export type ToteboxErrorCode =
   // the running Totebox (archive.ts, server.ts, subject.ts, commands.ts, peers.ts)
   | "TOTEBOX_ERR_ARCHIVE"
   | "TOTEBOX_ERR_SUSPENDED"
+  | "TOTEBOX_ERR_SESSION_UNKNOWN"
   | "TOTEBOX_ERR_POLICY_DENIED"
   | "TOTEBOX_ERR_COMMAND_UNKNOWN"
   | "TOTEBOX_ERR_COMMAND_ARGS"

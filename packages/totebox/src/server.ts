@@ -32,7 +32,7 @@ import { type PeerRecord, PeerRegistry, trustPeer } from "./peers.ts";
 import { type Policy, PolicyStore } from "./policy.ts";
 import { type LifecycleState, readState } from "./runtime-schema.ts";
 import type { Db } from "./schema.ts";
-import { ReadCancellations, ToteboxMain } from "./subject.ts";
+import { directReadHandler, ReadCancellations, ToteboxMain } from "./subject.ts";
 import {
   createInProcessViewRunner,
   createPooledViewRunner,
@@ -434,6 +434,9 @@ export class ToteboxServer implements ToteboxRuntime {
         this.log.info({ peer: link.peer.label, code: err.code }, "link closed");
     });
     serveSubject(link, new ToteboxMain(this, link, pairingOnly));
+    // Direct reads (psp direct-read.ts) only under sessions authorized on this link: a
+    // pairing-only link authorizes none, so every direct read there is refused.
+    link.serveRequests(directReadHandler(link));
   }
 
   #armRefresh(ms: number): void {

@@ -1,7 +1,11 @@
 import {
   CAPABILITY_LIMITS,
   type CanonicalValue,
+  DIRECT_READ_METHOD,
+  type DirectRequestHandler,
+  decodeDirectReadRequest,
   decodeUnverified,
+  encodeDirectReadReply,
   encodeResult,
   isPspError,
   PspError,
@@ -264,12 +268,55 @@ export class ToteboxMain extends RpcTarget {
         );
       }
       await audit("ok", verified);
-      return new ToteboxSession(rt, this.#link, verified);
+      const session = new ToteboxSession(rt, this.#link, verified);
+      openSessions(this.#link).set(hex(verified.hash), session);
+      return session;
     } catch (e) {
       await audit(codeOf(e));
       throw e;
     }
   }
+}
+
+/**
+ * The sessions authorized on each link and still held by its commander, by the hex SHA-256 of
+ * their grant: what a direct read names (psp direct-read.ts). A session is added when `authorize`
+ * succeeds and leaves when the commander releases it (capnweb then disposes it); the map goes with
+ * the link. Its size is bounded by the link's calls in flight: each held session is a live push.
+ */
+const sessionsByLink = new WeakMap<PspLink, Map<string, ToteboxSession>>();
+
+function openSessions(link: PspLink): Map<string, ToteboxSession> {
+  let m = sessionsByLink.get(link);
+  if (!m) {
+    m = new Map();
+    sessionsByLink.set(link, m);
+  }
+  return m;
+}
+
+/**
+ * Serves direct reads on `link` (PspLink.serveRequests): a read under a session this link's
+ * commander authorized and still holds, named by its grant's hash, answered by that session's
+ * own `read`, so every check of a capnweb read applies unchanged. A read naming no such session is
+ * refused with TOTEBOX_ERR_SESSION_UNKNOWN (the commander authorizes again); the link stays up.
+ */
+export function directReadHandler(link: PspLink): DirectRequestHandler {
+  return async (method, payload) => {
+    if (method !== DIRECT_READ_METHOD) {
+      throw new PspError("PSP_ERR_METHOD_UNKNOWN", "unknown direct request method", { method });
+    }
+    const req = decodeDirectReadRequest(payload);
+    const session = sessionsByLink.get(link)?.get(hex(req.grantHash));
+    if (!session) {
+      throw new ToteboxError(
+        "TOTEBOX_ERR_SESSION_UNKNOWN",
+        "no session under this grant is open on this link: authorize first",
+      );
+    }
+    const answer = await session.read(req.capability, req.view, req.params, req.row ?? undefined);
+    return encodeDirectReadReply(answer);
+  };
 }
 
 export class ToteboxSession extends RpcTarget {
@@ -282,6 +329,14 @@ export class ToteboxSession extends RpcTarget {
     this.#rt = rt;
     this.#link = link;
     this.#grant = grant;
+  }
+
+  /** capnweb calls this once the commander has released every reference to the session. */
+  [Symbol.dispose](): void {
+    const m = sessionsByLink.get(this.#link);
+    const key = hex(this.#grant.hash);
+    // Only this session's own entry: a later authorize under the same grant may have replaced it.
+    if (m?.get(key) === this) m.delete(key);
   }
 
   /** A handle on one view, for the pipelined chain authorize(grant).view(name).read(cap). */

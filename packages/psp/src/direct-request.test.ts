@@ -1,0 +1,347 @@
+import { RpcTarget } from "capnweb";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { PspError } from "./errors.ts";
+import { encodeFrame, FrameKind } from "./frame-codec.ts";
+import { createIdentity, type Identity } from "./identity.ts";
+import type { PspLimits } from "./limits.ts";
+import type { DirectRequestHandler, PspLink } from "./link.ts";
+import { encodeValue } from "./message-codec.ts";
+import { openCommander, serveSubject } from "./rpc.ts";
+import { type RawPeer, rawConnect, rawListen } from "./test-peers.ts";
+import { connectPsp, listenPsp, type PspServer } from "./tls.ts";
+
+/**
+ * Direct requests (link.ts `request` / `serveRequests`, FrameKind.Request / Reply): one call and
+ * its answer outside capnweb, fenced by the same Diode. Real TLS links on loopback; hostile peers
+ * are scripted raw peers that send exactly the frames an attacker would.
+ */
+
+class Api extends RpcTarget {
+  echo(x: unknown) {
+    return x;
+  }
+  hang() {
+    return new Promise(() => {});
+  }
+}
+interface ApiT {
+  echo(x: unknown): Promise<unknown>;
+  hang(): Promise<void>;
+}
+
+let subjectId: Identity;
+let commanderId: Identity;
+beforeAll(async () => {
+  [subjectId, commanderId] = await Promise.all([
+    createIdentity({ name: "s" }),
+    createIdentity({ name: "c" }),
+  ]);
+});
+
+const closedWith = (link: PspLink) =>
+  new Promise<PspError | undefined>((resolve) => {
+    if (link.closed) resolve(link.closeError);
+    else link.once("close", resolve);
+  });
+
+/** A request's rejection, as the caller sees it. */
+async function rejectionOf(p: Promise<unknown>): Promise<Error & { code?: string; detail?: unknown }> {
+  try {
+    await p;
+  } catch (e) {
+    return e as Error & { code?: string };
+  }
+  throw new Error("expected the request to be refused");
+}
+
+/** A subject server whose links serve `handler` (none: no handler registered). */
+async function subjectServer(handler: DirectRequestHandler | undefined, limits: Partial<PspLimits> = {}) {
+  const links: PspLink[] = [];
+  const server = await listenPsp({
+    identity: subjectId,
+    role: "subject",
+    limits,
+    authorize: () => ({ ok: true, label: "c" }),
+    onLink: (l) => {
+      links.push(l);
+      serveSubject(l, new Api());
+      if (handler) l.serveRequests(handler);
+    },
+  });
+  const connect = () =>
+    connectPsp({
+      identity: commanderId,
+      role: "commander",
+      host: "127.0.0.1",
+      port: server.address.port,
+      expect: subjectId.fingerprint,
+    });
+  return { server, links, connect };
+}
+
+function head(id: number, word: number): Uint8Array {
+  const h = new Uint8Array(8);
+  const v = new DataView(h.buffer);
+  v.setUint32(0, id);
+  v.setUint32(4, word);
+  return h;
+}
+
+describe("direct requests between an honest commander and subject", () => {
+  let servers: PspServer[] = [];
+  afterAll(async () => {
+    await Promise.all(servers.map((s) => s.close()));
+    servers = [];
+  });
+
+  it("carry a method and payload down and the reply's segments back, 8-byte aligned", async () => {
+    const seen: Array<{ method: number; payload: number[][] }> = [];
+    const s = await subjectServer(async (method, payload) => {
+      seen.push({ method, payload: payload.map((p) => [...p]) });
+      return [new Uint8Array([1, 2, 3]), new Uint8Array(1000).fill(7), new Uint8Array(0)];
+    });
+    servers.push(s.server);
+    const link = await s.connect();
+    const reply = await link.request(42, [new Uint8Array([9, 8]), new Uint8Array([5])]);
+    expect(seen).toEqual([{ method: 42, payload: [[9, 8], [5]] }]);
+    expect(reply.map((r) => r.byteLength)).toEqual([3, 1000, 0]);
+    expect([...reply[0]!]).toEqual([1, 2, 3]);
+    expect(reply[1]!.every((b) => b === 7)).toBe(true);
+    for (const r of reply) expect(r.byteOffset % 8).toBe(0);
+    expect(link.stats.messagesOut).toBeGreaterThanOrEqual(1);
+    link.close();
+  });
+
+  it("an error reply carries only the code, message and flat detail; the link stays up", async () => {
+    let n = 0;
+    const s = await subjectServer(async () => {
+      n++;
+      if (n === 1) {
+        const e = new PspError("PSP_ERR_CAP_EXPIRED", "capability expired", { limit: 3 });
+        throw e;
+      }
+      if (n === 2) throw new Error("SELECT secret FROM accounts failed at /srv/archive.db");
+      if (n === 3) {
+        // A handler that throws instead of rejecting.
+        return (() => {
+          throw new Error("sync boom");
+        })();
+      }
+      return [new Uint8Array([n])];
+    });
+    servers.push(s.server);
+    const link = await s.connect();
+    const e1 = await rejectionOf(link.request(1, []));
+    expect(e1.name).toBe("PspRemoteError");
+    expect(e1.code).toBe("PSP_ERR_CAP_EXPIRED");
+    expect(e1.message).toBe("capability expired");
+    expect(e1.detail).toEqual({ limit: 3 });
+    const e2 = await rejectionOf(link.request(1, []));
+    expect(e2.code).toBe("PSP_ERR_INTERNAL");
+    expect(e2.message).toBe("internal error");
+    expect(JSON.stringify(e2)).not.toContain("secret");
+    const e3 = await rejectionOf(link.request(1, []));
+    expect(e3.code).toBe("PSP_ERR_INTERNAL");
+    const ok = await link.request(1, []);
+    expect([...ok[0]!]).toEqual([4]);
+    expect(link.closed).toBe(false);
+    link.close();
+  });
+
+  it("a subject serving no direct requests refuses each with PSP_ERR_METHOD_UNKNOWN and keeps the link", async () => {
+    const s = await subjectServer(undefined);
+    servers.push(s.server);
+    const link = await s.connect();
+    const e = await rejectionOf(link.request(7, [new Uint8Array([1])]));
+    expect(e.code).toBe("PSP_ERR_METHOD_UNKNOWN");
+    const api = openCommander<ApiT>(link);
+    expect(await api.echo("still up")).toBe("still up");
+    link.close();
+  });
+
+  it("requests open at the subject count as calls in flight, together with capnweb calls", async () => {
+    const never: DirectRequestHandler = () => new Promise(() => {});
+    const s = await subjectServer(never, { maxCallsInFlight: 3 });
+    servers.push(s.server);
+    const link = await s.connect();
+    const api = openCommander<ApiT>(link);
+    void api.hang().catch(() => {});
+    const pending = [link.request(1, []), link.request(1, [])];
+    for (const p of pending) p.catch(() => {});
+    // Three open: one capnweb call and two direct requests. The fourth is one too many.
+    const fourth = link.request(1, []);
+    fourth.catch(() => {});
+    // The subject cuts the link and says why in its own log; the commander sees it close.
+    await closedWith(link);
+    expect((await closedWith(s.links[0]!))?.code).toBe("PSP_ERR_CALLS_IN_FLIGHT");
+    // Every pending request fails with the close, none is left hanging.
+    for (const p of [...pending, fourth]) expect((await rejectionOf(p)).code).toBe("PSP_ERR_LINK_CLOSED");
+  });
+
+  it("answered requests stop counting: many more requests than the limit, in turn, all succeed", async () => {
+    const s = await subjectServer(async (_m, payload) => [payload[0]!], { maxCallsInFlight: 2 });
+    servers.push(s.server);
+    const link = await s.connect();
+    for (let i = 0; i < 20; i++) {
+      const r = await link.request(1, [new Uint8Array([i])]);
+      expect(r[0]![0]).toBe(i);
+    }
+    expect(s.links[0]!.callsInFlight).toBe(0);
+    link.close();
+  });
+
+  it("a request never overtakes capnweb messages queued before it", async () => {
+    const frames: number[] = [];
+    const server = await rawListen(subjectId, (peer) => {
+      void (async () => {
+        for (;;) {
+          const f = await peer.nextFrame();
+          frames.push(f.kind);
+          if (f.kind === FrameKind.Request) break;
+        }
+      })();
+    });
+    const link = await connectPsp({
+      identity: commanderId,
+      role: "commander",
+      host: "127.0.0.1",
+      port: server.port,
+      expect: subjectId.fingerprint,
+    });
+    const api = openCommander<ApiT>(link);
+    void api.echo(1).catch(() => {}); // queued in the outbox until the end of this turn
+    void link.request(1, []).catch(() => {});
+    await new Promise<void>((r) => {
+      const poll = () => (frames.length >= 2 ? r() : setImmediate(poll));
+      poll();
+    });
+    expect(frames).toEqual([FrameKind.Messages, FrameKind.Request]);
+    link.close();
+    await server.close();
+  });
+
+  it("a request on a closed link is refused with the close error; pending ones fail when the link closes", async () => {
+    const s = await subjectServer(() => new Promise(() => {}));
+    servers.push(s.server);
+    const link = await s.connect();
+    const pending = link.request(1, []);
+    pending.catch(() => {});
+    link.close();
+    expect((await rejectionOf(pending)).code).toBe("PSP_ERR_LINK_CLOSED");
+    expect((await rejectionOf(link.request(1, []))).code).toBe("PSP_ERR_LINK_CLOSED");
+  });
+
+  it("a subject cannot send requests, and a commander cannot serve them", async () => {
+    const s = await subjectServer(async () => []);
+    servers.push(s.server);
+    const link = await s.connect();
+    expect(() => link.serveRequests(async () => [])).toThrow(RangeError);
+    await link.request(1, []); // the subject's link now exists
+    const subjectLink = s.links[0]!;
+    const e = await rejectionOf(subjectLink.request(1, []));
+    expect((e as PspError).code).toBe("PSP_ERR_DIODE");
+    link.close();
+  });
+});
+
+describe("Diode: a hostile subject's direct frames are refused and cut its link", () => {
+  const hostileSubject = async (script: (peer: RawPeer) => void | Promise<void>) => {
+    const server = await rawListen(subjectId, (peer) => void script(peer));
+    const link = await connectPsp({
+      identity: commanderId,
+      role: "commander",
+      host: "127.0.0.1",
+      port: server.port,
+      expect: subjectId.fingerprint,
+    });
+    const violations: PspError[] = [];
+    link.on("violation", (e) => violations.push(e));
+    return { link, violations, close: () => server.close() };
+  };
+
+  it("a subject that sends a request up (tries to call its commander) is cut with PSP_ERR_DIODE", async () => {
+    const h = await hostileSubject((peer) =>
+      peer.sendFrameParts(encodeFrame(FrameKind.Request, [head(1, 1)])),
+    );
+    expect((await closedWith(h.link))?.code).toBe("PSP_ERR_DIODE");
+    expect(h.violations).toHaveLength(1);
+    await h.close();
+  });
+
+  it.each([
+    ["answers a request never made", (_id: number) => [head(99, 0)]],
+    ["answers with a header that is not 8 bytes", (id: number) => [head(id, 0).subarray(0, 4)]],
+    ["answers with an unknown status", (id: number) => [head(id, 2)]],
+    ["answers an error without a body", (id: number) => [head(id, 1)]],
+    [
+      "answers an error whose code is not a code",
+      (id: number) => [head(id, 1), encodeValue({ code: "x; DROP", message: "m" })],
+    ],
+    [
+      "answers an error with extra fields",
+      (id: number) => [head(id, 1), encodeValue({ code: "PSP_ERR_INTERNAL", message: "m", stack: "at x" })],
+    ],
+    [
+      "answers an error with nested detail",
+      (id: number) => [
+        head(id, 1),
+        encodeValue({ code: "PSP_ERR_INTERNAL", message: "m", detail: { a: { b: 1 } } }),
+      ],
+    ],
+    [
+      "answers an error with a huge message",
+      (id: number) => [head(id, 1), encodeValue({ code: "PSP_ERR_INTERNAL", message: "m".repeat(5000) })],
+    ],
+    ["answers an error that is not CBOR", (id: number) => [head(id, 1), new Uint8Array([0xff, 0xff])]],
+  ])("a subject that %s is cut, and the request fails with the reason", async (_name, reply) => {
+    const h = await hostileSubject(async (peer) => {
+      const f = await peer.nextFrame();
+      const id = new DataView(f.segments[0]!.buffer, f.segments[0]!.byteOffset, 8).getUint32(0);
+      peer.sendFrameParts(encodeFrame(FrameKind.Reply, reply(id)));
+    });
+    const p = h.link.request(1, []);
+    p.catch(() => {});
+    const err = await closedWith(h.link);
+    expect(["PSP_ERR_DIODE", "PSP_ERR_MESSAGE_MALFORMED"]).toContain(err?.code);
+    expect((await rejectionOf(p)).code).toBe(err?.code);
+    await h.close();
+  });
+
+  it("a subject that answers the same request twice is cut at the second answer", async () => {
+    const h = await hostileSubject(async (peer) => {
+      const f = await peer.nextFrame();
+      const id = new DataView(f.segments[0]!.buffer, f.segments[0]!.byteOffset, 8).getUint32(0);
+      peer.sendFrameParts(encodeFrame(FrameKind.Reply, [head(id, 0), new Uint8Array([1])]));
+      peer.sendFrameParts(encodeFrame(FrameKind.Reply, [head(id, 0), new Uint8Array([2])]));
+    });
+    const r = await h.link.request(1, []);
+    expect([...r[0]!]).toEqual([1]);
+    expect((await closedWith(h.link))?.code).toBe("PSP_ERR_DIODE");
+    await h.close();
+  });
+});
+
+describe("a hostile commander's direct frames close its own link only", () => {
+  it.each([
+    ["reuses a request id", [head(5, 1), head(5, 1)], "PSP_ERR_MESSAGE_MALFORMED"],
+    ["sends ids that go down", [head(5, 1), head(4, 1)], "PSP_ERR_MESSAGE_MALFORMED"],
+    ["sends a request header that is not 8 bytes", [head(1, 1).subarray(0, 6)], "PSP_ERR_MESSAGE_MALFORMED"],
+    ["answers the subject (sends a reply down)", [head(1, 0)], "PSP_ERR_DIODE"],
+  ])("a commander that %s is cut; a neighbour keeps working", async (name, heads, code) => {
+    const s = await subjectServer(() => new Promise(() => {}));
+    try {
+      const neighbour = await s.connect();
+      const peer = await rawConnect(commanderId, s.server.address.port);
+      const kind = name.startsWith("answers") ? FrameKind.Reply : FrameKind.Request;
+      for (const h of heads) peer.sendFrameParts(encodeFrame(kind, [h]));
+      await peer.closed;
+      const cut = s.links.find((l) => l.closed);
+      expect(cut?.closeError?.code).toBe(code);
+      const api = openCommander<ApiT>(neighbour);
+      expect(await api.echo("fine")).toBe("fine");
+      neighbour.close();
+    } finally {
+      await s.server.close();
+    }
+  });
+});

@@ -1,0 +1,256 @@
+import { createHash } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import {
+  connectPsp,
+  createIdentity,
+  DIRECT_READ_METHOD,
+  decodeDirectReadReply,
+  decodeResult,
+  decodeUnverified,
+  directReadPayload,
+  encodeDirectReadBody,
+  type Identity,
+  issueCallCapability,
+  issueGrant,
+  ManualClock,
+  openCommander,
+  type PspLink,
+  releaseStub,
+  requestHash,
+  verifyReceipt,
+} from "@os-orchestration/psp";
+import pino from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { initArchive, openArchive } from "./archive.ts";
+import { trustPeer } from "./peers.ts";
+import type { ToteboxRemote } from "./remote-api.ts";
+import { ToteboxServer } from "./server.ts";
+
+/**
+ * Direct reads (psp direct-read.ts) at a real Totebox over real TLS: served only under a session
+ * this link authorized and still holds, with every check of a capnweb read, audited the same way.
+ */
+
+const NOW = Date.parse("2026-11-01T12:00:00Z");
+const PARAMS = { as_of: "2026-10-31" };
+
+const refusal = (p: Promise<unknown>) =>
+  p.then(
+    () => {
+      throw new Error("expected a refusal");
+    },
+    (e: unknown) => e as { code?: string; message?: string },
+  );
+
+describe("direct reads at a real Totebox", () => {
+  let root: string;
+  let server: ToteboxServer;
+  let agg: Identity;
+  let op: Identity;
+  const clock = new ManualClock(NOW);
+  const links: PspLink[] = [];
+
+  beforeAll(async () => {
+    root = mkdtempSync(join(tmpdir(), "tb-direct-"));
+    const dir = join(root, "archive");
+    await initArchive({ dir, id: "tb-1", kind: "property", name: "Quay House", tags: { region: "west" } });
+    [agg, op] = await Promise.all([createIdentity({ name: "agg" }), createIdentity({ name: "op" })]);
+    const a = await openArchive(dir);
+    trustPeer(a.db, {
+      kind: "aggregator",
+      label: "hub",
+      publicKey: agg.publicKey,
+      fingerprint: agg.fingerprint,
+      now: NOW,
+    });
+    trustPeer(a.db, {
+      kind: "operator",
+      label: "alice",
+      publicKey: op.publicKey,
+      tenants: ["acme"],
+      now: NOW,
+    });
+    a.db.close();
+    server = await ToteboxServer.start({
+      dir,
+      clock,
+      viewRunner: "in-process",
+      logger: pino({ level: "silent" }),
+    });
+  });
+  afterAll(async () => {
+    for (const l of links) l.close();
+    await server?.close();
+    rmSync(root, { recursive: true, force: true });
+  });
+
+  /** A fresh link from the aggregator; releases leave at once so a test can wait for them. */
+  const connect = async () => {
+    const link = await connectPsp({
+      identity: agg,
+      role: "commander",
+      host: "127.0.0.1",
+      port: server.address.port,
+      expect: server.identity.fingerprint,
+      limits: { releaseDelayMs: 0 },
+    });
+    links.push(link);
+    return { link, api: openCommander<ToteboxRemote>(link) };
+  };
+  const grantFor = (o: Partial<Parameters<typeof issueGrant>[0]> = {}) =>
+    issueGrant({
+      operator: "alice",
+      aggregatorId: agg.fingerprint,
+      aggregatorKey: agg.publicKey,
+      tenant: "acme",
+      toteboxIds: ["tb-1"],
+      views: ["position", "income-summary"],
+      actions: ["read"],
+      signer: op.privateKey,
+      clock,
+      ...o,
+    });
+  const capFor = (grant: Uint8Array, o: Partial<Parameters<typeof issueCallCapability>[0]> = {}) =>
+    issueCallCapability({
+      grant,
+      totebox: "tb-1",
+      view: "position",
+      action: "read",
+      clock,
+      signer: agg.privateKey,
+      ...o,
+    });
+  /** The same capability with the last byte of its signature flipped. */
+  const forged = (cap: Uint8Array) => {
+    const f = new Uint8Array(cap);
+    f[f.length - 1]! ^= 1;
+    return f;
+  };
+  const hashOf = (g: Uint8Array) => createHash("sha256").update(g).digest();
+  const body = (g: Uint8Array, view = "position", params: Record<string, string> = PARAMS) =>
+    encodeDirectReadBody({ grantHash: hashOf(g), view, params, row: null });
+  const direct = (link: PspLink, cap: Uint8Array, b: Uint8Array) =>
+    link.request(DIRECT_READ_METHOD, directReadPayload(cap, b)).then(decodeDirectReadReply);
+  const auditSince = (from: number) =>
+    server.auditLog
+      .entries(from, server.auditLog.size() - from)
+      .map((r) => r.entry)
+      .filter((e) => e.action === "read");
+
+  it("is refused before the link authorized the grant, and served after, with a receipt bound to it", async () => {
+    const { link, api } = await connect();
+    const g = grantFor();
+    const early = await refusal(direct(link, capFor(g), body(g)));
+    expect(early.code).toBe("TOTEBOX_ERR_SESSION_UNKNOWN");
+
+    const session = api.authorize(g);
+    const viaCapnweb = (await session.read(capFor(g), "position", PARAMS)) as { arrow: Uint8Array };
+    const cap = capFor(g);
+    const from = server.auditLog.size();
+    const reply = await direct(link, cap, body(g));
+    expect(reply.arrow.byteOffset % 8).toBe(0); // zero-copy Arrow at the commander
+    const claims = verifyReceipt({
+      token: reply.receipt,
+      subjectPublicKey: server.identity.publicKey,
+      expect: {
+        arrowBytes: reply.arrow,
+        capabilityId: decodeUnverified(cap).claims.cti,
+        requestHash: requestHash({ view: "position", params: PARAMS }),
+        subjectId: "tb-1",
+      },
+    });
+    const r = decodeResult(reply.arrow);
+    expect(r.rowCount).toBe(claims.rowCount);
+    expect(r.rows()).toEqual(decodeResult(viaCapnweb.arrow).rows());
+    // Audited like any read: who, which capability, the outcome.
+    const entries = auditSince(from);
+    expect(entries).toHaveLength(1);
+    expect(entries[0]).toMatchObject({
+      operator: decodeUnverified(g).claims.iss,
+      tenant: "acme",
+      target: "position",
+      outcome: "ok",
+      capability: Buffer.from(decodeUnverified(cap).claims.cti).toString("hex"),
+    });
+    releaseStub(session);
+  });
+
+  it("every check of a capnweb read applies: replay, audience, scope, grant, signer; each refusal audited", async () => {
+    const { link, api } = await connect();
+    const g = grantFor();
+    const session = api.authorize(g);
+    await session.read(capFor(g), "position", PARAMS);
+    const otherGrant = grantFor({ views: ["position"] });
+    const cap = capFor(g);
+    await direct(link, cap, body(g));
+    const cases: Array<[string, Uint8Array, Uint8Array, string]> = [
+      ["the same capability again", cap, body(g), "PSP_ERR_CAP_REPLAYED"],
+      ["a capability for another Totebox", capFor(g, { totebox: "tb-2" }), body(g), "PSP_ERR_CAP_AUDIENCE"],
+      ["a capability for another view", capFor(g, { view: "income-summary" }), body(g), "PSP_ERR_CAP_SCOPE"],
+      ["a capability under another grant", capFor(otherGrant), body(g), "PSP_ERR_CAP_GRANT_MISMATCH"],
+      ["a capability with a forged signature", forged(capFor(g)), body(g), "PSP_ERR_CAP_SIGNATURE"],
+      [
+        "a view the grant does not name",
+        capFor(g, { view: "ledger" }),
+        body(g, "ledger"),
+        "PSP_ERR_CAP_SCOPE",
+      ],
+    ];
+    for (const [what, c, b, code] of cases) {
+      const from = server.auditLog.size();
+      const e = await refusal(direct(link, c, b));
+      expect({ what, code: e.code }).toEqual({ what, code });
+      expect(auditSince(from).map((x) => x.outcome)).toEqual([code]);
+    }
+    expect(link.closed).toBe(false);
+    releaseStub(session);
+  });
+
+  it("a session the commander released, or one authorized on another link, serves no direct read", async () => {
+    const a = await connect();
+    const b = await connect();
+    const g = grantFor();
+    const session = a.api.authorize(g);
+    await session.read(capFor(g), "position", PARAMS);
+    // Held on link a only.
+    expect((await refusal(direct(b.link, capFor(g), body(g)))).code).toBe("TOTEBOX_ERR_SESSION_UNKNOWN");
+    await direct(a.link, capFor(g), body(g));
+    // Released: the release leaves before hello's call, and frames are handled in order.
+    releaseStub(session);
+    await a.api.hello();
+    expect((await refusal(direct(a.link, capFor(g), body(g)))).code).toBe("TOTEBOX_ERR_SESSION_UNKNOWN");
+    // Authorized again: served again.
+    const again = a.api.authorize(g);
+    await again.read(capFor(g), "position", PARAMS);
+    await direct(a.link, capFor(g), body(g));
+    releaseStub(again);
+  });
+
+  it("a malformed request or an unknown method is refused with a code; the link keeps serving", async () => {
+    const { link, api } = await connect();
+    const g = grantFor();
+    const session = api.authorize(g);
+    await session.read(capFor(g), "position", PARAMS);
+    const short = encodeDirectReadBody({
+      grantHash: hashOf(g).subarray(0, 31),
+      view: "position",
+      params: PARAMS,
+      row: null,
+    });
+    expect((await refusal(direct(link, capFor(g), short))).code).toBe("PSP_ERR_MESSAGE_MALFORMED");
+    expect((await refusal(link.request(DIRECT_READ_METHOD, [capFor(g)]))).code).toBe(
+      "PSP_ERR_MESSAGE_MALFORMED",
+    );
+    expect((await refusal(link.request(DIRECT_READ_METHOD, [new Uint8Array(0), body(g)]))).code).toBe(
+      "PSP_ERR_MESSAGE_MALFORMED",
+    );
+    expect((await refusal(link.request(99, directReadPayload(capFor(g), body(g))))).code).toBe(
+      "PSP_ERR_METHOD_UNKNOWN",
+    );
+    const reply = await direct(link, capFor(g), body(g));
+    expect(reply.receipt.byteLength).toBeGreaterThan(0);
+    releaseStub(session);
+  });
+});
