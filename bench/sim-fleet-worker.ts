@@ -365,6 +365,7 @@ export class SimTotebox {
   hello(): ToteboxHello {
     return {
       protocol: "psp/1",
+      directMethods: [DIRECT_READ_METHOD], // as the real Totebox: it serves direct reads
       id: this.id,
       name: `Simulated ${this.id}`,
       kind: this.tags.kind ?? "property",
@@ -540,7 +541,10 @@ export class SimToteboxMain extends RpcTarget {
   }
 }
 
-/** As the real Totebox (packages/totebox/src/subject.ts): sessions held on each link, by grant hash. */
+/**
+ * As the real Totebox (packages/totebox/src/subject.ts): sessions held on each link, by grant
+ * hash; one per grant here, since the bench authorizes each grant once per link.
+ */
 const simSessionsByLink = new WeakMap<PspLink, Map<string, SimSession>>();
 
 function simSessions(link: PspLink): Map<string, SimSession> {

@@ -71,6 +71,8 @@ export interface HostileTotebox {
   readonly connections: number;
   /** Reads received so far, over all connections. */
   readonly reads: number;
+  /** Of those, the reads that came as direct reads (psp.md §3.1). */
+  readonly directReads: number;
   close(): Promise<void>;
 }
 
@@ -79,7 +81,7 @@ export async function startHostileTotebox(options: {
   identity: Identity;
   behaviour: HostileBehaviour;
 }): Promise<HostileTotebox> {
-  const counts = { connections: 0, reads: 0 };
+  const counts = { connections: 0, reads: 0, directReads: 0 };
   const sessions: ScriptedTransport[] = [];
   const server = await rawListen(options.identity, (peer) => {
     counts.connections++;
@@ -90,6 +92,7 @@ export async function startHostileTotebox(options: {
       // answer leaves as the direct reply's two segments; anything else a behaviour returns
       // leaves as one CBOR segment, which the aggregator must refuse as it refuses it in capnweb.
       const req = decodeDirectReadRequest(payload);
+      counts.directReads++;
       const grant = grants.get(Buffer.from(req.grantHash).toString("hex"));
       if (!grant) throw Object.assign(new Error("no session"), { code: "TOTEBOX_ERR_SESSION_UNKNOWN" });
       const a = (await onRead(readCall(grant, req.view, req.capability, req.params, req.row))) as
@@ -119,6 +122,9 @@ export async function startHostileTotebox(options: {
     get reads() {
       return counts.reads;
     },
+    get directReads() {
+      return counts.directReads;
+    },
     close: async () => {
       for (const s of sessions) s.stop();
       await server.close();
@@ -134,6 +140,9 @@ export function hostileHello(
 ): ToteboxHello {
   return {
     protocol: "psp/1",
+    // It answers direct reads (the harness serves them, startHostileTotebox): the aggregator then
+    // sends them once a link's session has answered over capnweb.
+    directMethods: [1],
     id,
     name: `Hostile ${id}`,
     kind: "property",

@@ -81,6 +81,34 @@ interface HostileCase {
   /** What the outcome's reason says (the message of the refusal). */
   readonly reason: RegExp;
   readonly read: (call: ReadCall, wire: ScriptedWire, self: Identity) => unknown;
+  /**
+   * Answers one fan-out honestly first, so its link's session is authorized and the next fan-out
+   * reads it with direct reads (psp.md §3.1): the misbehaviour is on the direct path.
+   */
+  readonly warm?: boolean;
+}
+
+/**
+ * The first fan-out (two reads: position and occupancy) gets honest-looking answers: the
+ * portfolio's declared columns, one row of nulls, a receipt that verifies. Every later read gets
+ * `then`'s answer.
+ */
+function honestThen(
+  toteboxId: string,
+  then: (call: ReadCall, self: Identity) => unknown,
+): HostileCase["read"] {
+  let reads = 0;
+  return (call, _wire, self) => {
+    if (++reads > 2) return then(call, self);
+    const columns = server.viewports.get("portfolio")!.reads.find((r) => r.view === call.view)!.columns!;
+    return signedAnswer({
+      call,
+      toteboxId,
+      arrow: encodeResult(columns, [columns.map(() => null)]),
+      rowCount: 1,
+      signer: self.privateKey,
+    });
+  };
 }
 
 /**
@@ -225,6 +253,30 @@ const CASES: readonly HostileCase[] = [
       wire.takeOver();
       wire.trickle({ prefix: messagesFrameHeader(64 * 1024), chunkBytes: 3, everyMs: 100 });
     }),
+  },
+  {
+    id: "evil-direct",
+    rule: "answers a direct read with something that is not a read answer",
+    code: "ORCH_ERR_TOTEBOX_ANSWER",
+    reason: /not a read answer/,
+    warm: true,
+    read: honestThen("evil-direct", () => ({ totebox: "evil-direct", note: "not an answer" })),
+  },
+  {
+    id: "evil-direct-garbage",
+    rule: "answers a direct read with random bytes as Arrow under a receipt that verifies",
+    code: "ORCH_ERR_TOTEBOX_ANSWER",
+    reason: /unreadable result/,
+    warm: true,
+    read: honestThen("evil-direct-garbage", (c, self) =>
+      signedAnswer({
+        call: c,
+        toteboxId: "evil-direct-garbage",
+        arrow: seededBytes(`garbage:${c.view}`, 4096),
+        rowCount: 1,
+        signer: self.privateKey,
+      }),
+    ),
   },
   {
     id: "evil-garbage",
@@ -464,11 +516,18 @@ describe("hostile Toteboxes are cut off; the real ones keep answering", () => {
     const before = await violations(c.code);
     const targets = [...realTargets, c.id];
 
+    if (c.warm) {
+      // An honest fan-out first: its answers go over capnweb and authorize the link's session.
+      const w = await portfolio(targets);
+      expect(outcomeOf(w, c.id).status).toBe("ok");
+      expect(server.pool.linkOf(c.id)).toBe(link);
+    }
     const r = await portfolio(targets);
 
     expect(r.outcomes.map((o) => o.totebox).sort()).toEqual([...targets].sort());
     expect(r.targeted).toBe(targets.length);
     expect(hostile.reads).toBeGreaterThan(0); // the fan-out did reach it
+    if (c.warm) expect(hostile.directReads).toBe(2); // ...with two direct reads
     const o = outcomeOf(r, c.id);
     expect(o).toMatchObject({ status: "error", code: c.code, answers: [] });
     expect(o.reason).toMatch(c.reason);

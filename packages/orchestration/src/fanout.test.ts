@@ -153,24 +153,29 @@ describe("fan-out over a long-lived link", () => {
 });
 
 describe("reads after a link's first answer go as direct requests", () => {
+  /** From now on: the kinds of the frames the aggregator sends tb-1, and where its audit log was. */
+  const watchTb1 = () => {
+    const link = estate.server.pool.linkOf("tb-1")!;
+    const out: number[] = [];
+    const onFrame = (kind: number) => out.push(kind);
+    link.on("frame-out", onFrame);
+    estate.tb.auditLog.flush();
+    return { out, stop: () => link.off("frame-out", onFrame), from: estate.tb.auditLog.size() };
+  };
+
   it("one Request frame per read and no capnweb frame per fan-out; the Totebox audits each read", async () => {
-    const { server, tb } = estate;
+    const { tb } = estate;
     const conn = await connect();
     try {
       const session = conn.aggregator.authorize(grantTo(conn.hello, ["position", "occupancy"]));
       const first = await session.viewport("portfolio", { params: { as_of: "2026-10-31" } });
       expect(first.outcomes[0]!.status).toBe("ok");
-      const link = server.pool.linkOf("tb-1")!;
-      const out: number[] = [];
-      const onFrame = (kind: number) => out.push(kind);
-      link.on("frame-out", onFrame);
-      tb.auditLog.flush();
-      const from = tb.auditLog.size();
+      const { out, stop, from } = watchTb1();
       for (let i = 0; i < 3; i++) {
         const r = await session.viewport("portfolio", { params: { as_of: "2026-10-31" } });
         expect(r.outcomes[0]!.status, `fan-out ${i}: ${r.outcomes[0]!.code}`).toBe("ok");
       }
-      link.off("frame-out", onFrame);
+      stop();
       // A portfolio reads two views: two direct requests per fan-out, nothing else (releases of
       // the first fan-out's calls may ride out once, in a Messages frame of their own).
       expect(out.filter((k) => k === FrameKind.Request)).toHaveLength(6);
@@ -178,6 +183,33 @@ describe("reads after a link's first answer go as direct requests", () => {
       tb.auditLog.flush();
       const reads = tb.auditLog.entries(from, tb.auditLog.size() - from).map((r) => r.entry);
       expect(reads.filter((e) => e.action === "read" && e.outcome === "ok")).toHaveLength(6);
+      releaseStub(session);
+    } finally {
+      conn.close();
+    }
+  });
+
+  it("an audit proof on the same link (its own session under the same grant, then released) leaves direct reads served", async () => {
+    const { tb } = estate;
+    const conn = await connect();
+    try {
+      const session = conn.aggregator.authorize(grantTo(conn.hello, ["position", "occupancy", "audit"]));
+      const params = { params: { as_of: "2026-10-31" } };
+      expect((await session.viewport("portfolio", params)).outcomes[0]!.status).toBe("ok");
+      const { out, stop, from } = watchTb1();
+      // The aggregator authorizes the same grant again for the proof and releases that session.
+      expect(await session.audit("tb-1", { op: "checkpoint" })).toMatchObject({
+        checkpoint: expect.anything(),
+      });
+      const r = await session.viewport("portfolio", params);
+      expect(r.outcomes[0]!.status).toBe("ok");
+      stop();
+      tb.auditLog.flush();
+      const entries = tb.auditLog.entries(from, tb.auditLog.size() - from).map((e) => e.entry);
+      // One authorize, the proof's; the fan-out after it still read directly, without a fallback.
+      expect(entries.filter((e) => e.action === "authorize")).toHaveLength(1);
+      expect(entries.filter((e) => e.outcome === "TOTEBOX_ERR_SESSION_UNKNOWN")).toHaveLength(0);
+      expect(out.filter((k) => k === FrameKind.Request)).toHaveLength(2);
       releaseStub(session);
     } finally {
       conn.close();
@@ -451,9 +483,20 @@ describe("capabilities signed per dispatch slice", () => {
   });
 });
 
-describe("a direct read naming a session the Totebox no longer holds", () => {
+/**
+ * Which way each read goes (fanout.ts #ask): a pool whose link records direct requests and whose
+ * session stub records capnweb reads, both refusing or answering as the test says.
+ */
+describe("direct or capnweb, and the fallback", () => {
   const T0 = Date.UTC(2030, 0, 1);
-  it("falls back once to capnweb with the same capability, after dropping the cached session", async () => {
+  interface Script {
+    readonly views: readonly string[];
+    /** What hello announced. */
+    readonly directMethods?: readonly number[];
+    /** The direct reply for read i: "unknown" refuses it with TOTEBOX_ERR_SESSION_UNKNOWN. */
+    readonly direct: (i: number) => "unknown" | "denied";
+  }
+  async function run(script: Script) {
     const [agg, op] = await Promise.all([
       createIdentity({ name: "agg-f" }),
       createIdentity({ name: "op-f" }),
@@ -465,33 +508,37 @@ describe("a direct read naming a session the Totebox no longer holds", () => {
       aggregatorKey: agg.publicKey,
       tenant: "t1",
       toteboxIds: ["tb-0"],
-      views: ["position"],
+      views: [...script.views],
       actions: ["read"],
       lifetimeSeconds: 600,
       signer: op.privateKey,
       clock,
     });
-    const direct: Uint8Array[] = [];
-    const viaCapnweb: Uint8Array[] = [];
+    const direct: string[] = [];
+    const viaCapnweb: string[] = [];
     const ended: boolean[] = [];
     let handles = 0;
+    const hexOf = (b: Uint8Array) => Buffer.from(b).toString("hex");
+    const refuse = (code: string) => Promise.reject(Object.assign(new Error(code), { code }));
     const session = {
       read(cap: Uint8Array) {
-        viaCapnweb.push(cap);
-        return Promise.reject(Object.assign(new Error("refused"), { code: "TOTEBOX_ERR_POLICY_DENIED" }));
+        viaCapnweb.push(hexOf(cap));
+        return refuse("TOTEBOX_ERR_POLICY_DENIED");
       },
     };
     const link = {
       request(_method: number, payload: Uint8Array[]) {
-        direct.push(payload[0]!);
-        return Promise.reject(
-          Object.assign(new Error("no session"), { code: "TOTEBOX_ERR_SESSION_UNKNOWN" }),
+        const i = direct.length;
+        direct.push(hexOf(payload[0]!));
+        return refuse(
+          script.direct(i) === "unknown" ? "TOTEBOX_ERR_SESSION_UNKNOWN" : "TOTEBOX_ERR_POLICY_DENIED",
         );
       },
     };
     const lease = {
       link,
-      // The first handle is a session the pool believes authorized; the second a fresh one.
+      hello: { directMethods: script.directMethods },
+      // The first handle is a session the pool believes authorized; any later one a fresh one.
       session: () => {
         const authorized = handles++ === 0;
         return { stub: session, authorized, confirm() {}, end: (forget: boolean) => ended.push(forget) };
@@ -517,7 +564,7 @@ describe("a direct read naming a session the Totebox no longer holds", () => {
             line: 1,
           },
         ],
-        reads: [{ view: "position", as: "position", params: {} }],
+        reads: script.views.map((v) => ({ view: v, as: v, params: {} })),
         command: undefined,
         viewport: undefined,
         mode: "warn",
@@ -540,12 +587,46 @@ describe("a direct read naming a session the Totebox no longer holds", () => {
     );
     f.start();
     const result = await f.done;
-    expect(direct).toHaveLength(1);
-    expect(viaCapnweb).toHaveLength(1);
-    expect(Buffer.from(viaCapnweb[0]!).equals(Buffer.from(direct[0]!))).toBe(true);
-    expect(handles).toBe(2);
+    return { result, direct, viaCapnweb, ended, handles };
+  }
+
+  it("a session the Totebox no longer holds: authorized again once, the same capability sent over capnweb", async () => {
+    const r = await run({ views: ["position"], directMethods: [1], direct: () => "unknown" });
+    expect(r.direct).toHaveLength(1);
+    expect(r.viaCapnweb).toEqual(r.direct);
+    expect(r.handles).toBe(2);
     // The stale session is forgotten at once; the fresh one, refused, is forgotten when settled.
-    expect(ended).toEqual([true, true]);
-    expect(result.outcomes[0]).toMatchObject({ status: "denied", code: "TOTEBOX_ERR_POLICY_DENIED" });
+    expect(r.ended).toEqual([true, true]);
+    expect(r.result.outcomes[0]).toMatchObject({ status: "denied", code: "TOTEBOX_ERR_POLICY_DENIED" });
+  });
+
+  it("only the reads refused for want of a session are sent again; a read the Totebox answered is not", async () => {
+    // Read 0 reached a session (here: refused by policy, so the fan-out reports that); read 1 did not.
+    const r = await run({
+      views: ["position", "ledger"],
+      directMethods: [1],
+      direct: (i) => (i === 0 ? "denied" : "unknown"),
+    });
+    expect(r.direct).toHaveLength(2);
+    expect(r.viaCapnweb).toEqual([]); // read 0's refusal is the answer: nothing is resent
+    expect(r.result.outcomes[0]).toMatchObject({ status: "denied", code: "TOTEBOX_ERR_POLICY_DENIED" });
+    const r2 = await run({
+      views: ["position", "ledger"],
+      directMethods: [1],
+      direct: () => "unknown",
+    });
+    expect(r2.viaCapnweb).toEqual(r2.direct); // both refused for want of a session: both resent, once
+  });
+
+  it("a Totebox that did not announce direct reads in hello is read over capnweb only", async () => {
+    for (const directMethods of [undefined, [], [7]]) {
+      const r = await run({
+        views: ["position"],
+        ...(directMethods ? { directMethods } : {}),
+        direct: () => "denied",
+      });
+      expect(r.direct).toEqual([]);
+      expect(r.viaCapnweb).toHaveLength(1);
+    }
   });
 });

@@ -442,23 +442,12 @@ export class FanOut {
         this.#settle(p, "ok", null, "", [], checked);
       } else {
         let raw: unknown[];
-        let direct = handle.authorized;
+        // Direct reads (psp direct-read.ts) once this link's session has answered, and only to a
+        // Totebox that announced them in hello (an older one would cut the link on the frame).
+        const direct = handle.authorized && lease.hello.directMethods?.includes(DIRECT_READ_METHOD) === true;
+        const viaDirect: boolean[] = plan.reads.map(() => direct);
         if (direct) {
-          try {
-            raw = await this.#readDirect(p, lease);
-          } catch (e) {
-            if (p.settled || errorInfo(e).code !== "TOTEBOX_ERR_SESSION_UNKNOWN") throw e;
-            // The Totebox does not hold the session: ours keeps it while we hold it, so this is
-            // a Totebox that dropped it on its own. Authorize again, once, over capnweb. The
-            // capabilities are still unused: a read naming no session is refused before any check.
-            handle.end(true);
-            const again = lease.session(plan.grant, this.#grantKey, plan.grantExpiresAt);
-            p.sessionHandle = again;
-            p.session = again.stub;
-            direct = false;
-            raw = await this.#readCapnweb(p, again.stub);
-            again.confirm();
-          }
+          raw = await this.#readDirect(p, lease, viaDirect);
         } else {
           raw = await this.#readCapnweb(p, session);
           // Answered: the Totebox authorized the session and holds it. Later reads on it go direct.
@@ -467,7 +456,7 @@ export class FanOut {
         if (p.settled) return;
         checking = true;
         const replies = raw.map((reply, i) =>
-          direct ? directReply(reply) : capnwebReply(reply, plan.reads[i]!, p.entry.id),
+          viaDirect[i] ? directReply(reply) : capnwebReply(reply, plan.reads[i]!, p.entry.id),
         );
         const answers: PassedAnswer[] = [];
         const decoded = new Map<string, DecodedResult>();
@@ -528,13 +517,43 @@ export class FanOut {
    * already authorized: one frame per read, no capnweb objects on either side. The reply is the
    * Arrow stream and the receipt alone; everything else is a claim of the receipt.
    */
-  #readDirect(p: Pending, lease: LinkLease): Promise<unknown[]> {
+  async #readDirect(p: Pending, lease: LinkLease, viaDirect: boolean[]): Promise<unknown[]> {
     const link = lease.link;
-    return Promise.all(
+    const settled = await Promise.allSettled(
       this.plan.reads.map((r, i) =>
         link.request(DIRECT_READ_METHOD, directReadPayload(p.caps[i]!, this.#directBodyOf(r))),
       ),
     );
+    const out: unknown[] = [];
+    const retry: number[] = [];
+    for (let i = 0; i < settled.length; i++) {
+      const s = settled[i]!;
+      if (s.status === "fulfilled") out[i] = s.value;
+      else if (errorInfo(s.reason).code === "TOTEBOX_ERR_SESSION_UNKNOWN") retry.push(i);
+      else throw s.reason;
+    }
+    if (retry.length === 0 || p.settled) return out;
+    // The Totebox holds no session under this grant on this link although ours is held (it
+    // restarted its session table, or is not the software we think). Authorize again, once, over
+    // capnweb, and send only the refused reads: their capabilities are unused (a read naming no
+    // session is refused before any check), the others' were consumed by their answers.
+    p.sessionHandle?.end(true);
+    const again = lease.session(this.plan.grant, this.#grantKey, this.plan.grantExpiresAt);
+    p.sessionHandle = again;
+    p.session = again.stub;
+    const stub = again.stub;
+    const answers = await Promise.all(
+      retry.map((i) => {
+        const r = this.plan.reads[i]!;
+        return stub.read(p.caps[i]!, r.view, { ...r.params }, r.row) as Promise<unknown>;
+      }),
+    );
+    again.confirm();
+    retry.forEach((i, k) => {
+      out[i] = answers[k];
+      viaDirect[i] = false;
+    });
+    return out;
   }
 
   /** The shared segment of this fan-out's direct reads: the same bytes to every Totebox. */

@@ -516,7 +516,12 @@ function isHello(v: unknown): v is ToteboxHello {
     typeof h.name === "string" &&
     typeof h.kind === "string" &&
     (h.state === "active" || h.state === "suspended") &&
-    Array.isArray(h.views)
+    Array.isArray(h.views) &&
+    // Optional (an older Totebox leaves it out); when present, a short list of u32 methods.
+    (h.directMethods === undefined ||
+      (Array.isArray(h.directMethods) &&
+        h.directMethods.length <= 16 &&
+        h.directMethods.every((m) => Number.isInteger(m) && m >= 0 && m <= 0xffff_ffff)))
   );
 }
 

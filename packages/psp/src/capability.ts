@@ -200,6 +200,21 @@ export function keyIdOf(publicKey: KeyObject): string {
   return id;
 }
 
+const keyIdBytesCache = new WeakMap<KeyObject, Uint8Array>();
+
+/**
+ * The key id as its 32 raw bytes, cached per key: what a kid header is compared with, once per
+ * receipt at the aggregator (comparing hex strings cost a hex encoding per answer).
+ */
+export function keyIdBytesOf(publicKey: KeyObject): Uint8Array {
+  let id = keyIdBytesCache.get(publicKey);
+  if (id === undefined) {
+    id = Buffer.from(keyIdOf(publicKey), "hex");
+    keyIdBytesCache.set(publicKey, id);
+  }
+  return id;
+}
+
 // One-shot hashing (crypto.hash): no Hash object per call; the same digests as createHash.
 
 /** Key id of a raw 32-byte Ed25519 public key. */

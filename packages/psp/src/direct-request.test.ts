@@ -148,6 +148,34 @@ describe("direct requests between an honest commander and subject", () => {
     link.close();
   });
 
+  it("an honest subject's long error (an enum's whole list, say) is cut to the bounds, never costing its link", async () => {
+    const s = await subjectServer(async () => {
+      throw new PspError("PSP_ERR_CAP_SCOPE", `must be one of: ${"value, ".repeat(500)}`, {
+        reason: "r".repeat(5000),
+      });
+    });
+    servers.push(s.server);
+    const link = await s.connect();
+    const e = await rejectionOf(link.request(1, []));
+    expect(e.code).toBe("PSP_ERR_CAP_SCOPE");
+    expect(e.message).toHaveLength(1024);
+    expect((e.detail as Record<string, string>).reason).toHaveLength(1024);
+    expect(link.closed).toBe(false);
+    link.close();
+  });
+
+  it("an answer larger than the frame limit is refused as that request's error; the link serves on", async () => {
+    const s = await subjectServer(async (_m, payload) => [new Uint8Array(payload[0]![0]! * 1024)], {
+      maxFrameBytes: 16 * 1024,
+    });
+    servers.push(s.server);
+    const link = await s.connect();
+    expect((await rejectionOf(link.request(1, [new Uint8Array([32])]))).code).toBe("PSP_ERR_FRAME_TOO_LARGE");
+    expect((await link.request(1, [new Uint8Array([4])]))[0]!.byteLength).toBe(4096);
+    expect(s.links[0]!.closed).toBe(false);
+    link.close();
+  });
+
   it("a subject serving no direct requests refuses each with PSP_ERR_METHOD_UNKNOWN and keeps the link", async () => {
     const s = await subjectServer(undefined);
     servers.push(s.server);
@@ -269,17 +297,23 @@ describe("Diode: a hostile subject's direct frames are refused and cut its link"
   });
 
   it.each([
-    ["answers a request never made", (_id: number) => [head(99, 0)]],
-    ["answers with a header that is not 8 bytes", (id: number) => [head(id, 0).subarray(0, 4)]],
-    ["answers with an unknown status", (id: number) => [head(id, 2)]],
-    ["answers an error without a body", (id: number) => [head(id, 1)]],
+    ["answers a request never made", (_id: number) => [head(99, 0)], "PSP_ERR_DIODE"],
+    [
+      "answers with a header that is not 8 bytes",
+      (id: number) => [head(id, 0).subarray(0, 4)],
+      "PSP_ERR_MESSAGE_MALFORMED",
+    ],
+    ["answers with an unknown status", (id: number) => [head(id, 2)], "PSP_ERR_MESSAGE_MALFORMED"],
+    ["answers an error without a body", (id: number) => [head(id, 1)], "PSP_ERR_MESSAGE_MALFORMED"],
     [
       "answers an error whose code is not a code",
       (id: number) => [head(id, 1), encodeValue({ code: "x; DROP", message: "m" })],
+      "PSP_ERR_MESSAGE_MALFORMED",
     ],
     [
       "answers an error with extra fields",
       (id: number) => [head(id, 1), encodeValue({ code: "PSP_ERR_INTERNAL", message: "m", stack: "at x" })],
+      "PSP_ERR_MESSAGE_MALFORMED",
     ],
     [
       "answers an error with nested detail",
@@ -287,13 +321,19 @@ describe("Diode: a hostile subject's direct frames are refused and cut its link"
         head(id, 1),
         encodeValue({ code: "PSP_ERR_INTERNAL", message: "m", detail: { a: { b: 1 } } }),
       ],
+      "PSP_ERR_MESSAGE_MALFORMED",
     ],
     [
-      "answers an error with a huge message",
-      (id: number) => [head(id, 1), encodeValue({ code: "PSP_ERR_INTERNAL", message: "m".repeat(5000) })],
+      "answers an error whose code is too long",
+      (id: number) => [head(id, 1), encodeValue({ code: `PSP_ERR_${"X".repeat(60)}`, message: "m" })],
+      "PSP_ERR_MESSAGE_MALFORMED",
     ],
-    ["answers an error that is not CBOR", (id: number) => [head(id, 1), new Uint8Array([0xff, 0xff])]],
-  ])("a subject that %s is cut, and the request fails with the reason", async (_name, reply) => {
+    [
+      "answers an error that is not CBOR",
+      (id: number) => [head(id, 1), new Uint8Array([0xff, 0xff])],
+      "PSP_ERR_MESSAGE_MALFORMED",
+    ],
+  ])("a subject that %s is cut, and the request fails with the reason", async (_name, reply, code) => {
     const h = await hostileSubject(async (peer) => {
       const f = await peer.nextFrame();
       const id = new DataView(f.segments[0]!.buffer, f.segments[0]!.byteOffset, 8).getUint32(0);
@@ -302,8 +342,44 @@ describe("Diode: a hostile subject's direct frames are refused and cut its link"
     const p = h.link.request(1, []);
     p.catch(() => {});
     const err = await closedWith(h.link);
-    expect(["PSP_ERR_DIODE", "PSP_ERR_MESSAGE_MALFORMED"]).toContain(err?.code);
-    expect((await rejectionOf(p)).code).toBe(err?.code);
+    expect(err?.code).toBe(code);
+    expect(h.violations).toHaveLength(code === "PSP_ERR_DIODE" ? 1 : 0);
+    expect((await rejectionOf(p)).code).toBe(code);
+    await h.close();
+  });
+
+  it("a Request with a broken head from a subject is still a Diode violation", async () => {
+    const h = await hostileSubject((peer) =>
+      peer.sendFrameParts(encodeFrame(FrameKind.Request, [head(1, 1).subarray(0, 3)])),
+    );
+    expect((await closedWith(h.link))?.code).toBe("PSP_ERR_DIODE");
+    expect(h.violations).toHaveLength(1);
+    await h.close();
+  });
+
+  it("an error reply with text past the bounds is cut to size, not refused: the link stays up", async () => {
+    const h = await hostileSubject(async (peer) => {
+      for (;;) {
+        const f = await peer.nextFrame();
+        if (f.kind !== FrameKind.Request) continue;
+        const id = new DataView(f.segments[0]!.buffer, f.segments[0]!.byteOffset, 8).getUint32(0);
+        const detail = Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`k${i}`, "v".repeat(3000)]));
+        peer.sendFrameParts(
+          encodeFrame(FrameKind.Reply, [
+            head(id, 1),
+            encodeValue({ code: "TOTEBOX_ERR_PARAM", message: "m".repeat(5000), detail }),
+          ]),
+        );
+      }
+    });
+    const e = await rejectionOf(h.link.request(1, []));
+    expect(e.code).toBe("TOTEBOX_ERR_PARAM");
+    expect(e.message).toHaveLength(1024);
+    const d = e.detail as Record<string, string>;
+    expect(Object.keys(d)).toHaveLength(32);
+    expect(d.k0).toHaveLength(1024);
+    expect(h.link.closed).toBe(false);
+    h.link.close();
     await h.close();
   });
 
@@ -326,7 +402,9 @@ describe("a hostile commander's direct frames close its own link only", () => {
     ["reuses a request id", [head(5, 1), head(5, 1)], "PSP_ERR_MESSAGE_MALFORMED"],
     ["sends ids that go down", [head(5, 1), head(4, 1)], "PSP_ERR_MESSAGE_MALFORMED"],
     ["sends a request header that is not 8 bytes", [head(1, 1).subarray(0, 6)], "PSP_ERR_MESSAGE_MALFORMED"],
+    ["sends request id 0 (ids start at 1)", [head(0, 1)], "PSP_ERR_MESSAGE_MALFORMED"],
     ["answers the subject (sends a reply down)", [head(1, 0)], "PSP_ERR_DIODE"],
+    ["answers the subject with a broken head", [head(1, 0).subarray(0, 2)], "PSP_ERR_DIODE"],
   ])("a commander that %s is cut; a neighbour keeps working", async (name, heads, code) => {
     const s = await subjectServer(() => new Promise(() => {}));
     try {

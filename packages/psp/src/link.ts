@@ -4,7 +4,14 @@ import type { Duplex } from "node:stream";
 import type { RpcTransportWithCustomEncoding } from "capnweb";
 import { DiodeGuard, type PspRole } from "./diode.ts";
 import { isPspError, PspError } from "./errors.ts";
-import { encodeFrame, type Frame, FrameDecoder, FrameKind, frameByteLength } from "./frame-codec.ts";
+import {
+  encodeFrame,
+  FRAME_HEADER_BYTES,
+  type Frame,
+  FrameDecoder,
+  FrameKind,
+  frameByteLength,
+} from "./frame-codec.ts";
 import { type PspLimits, resolveLimits } from "./limits.ts";
 import {
   decodeMessages,
@@ -61,9 +68,18 @@ const REPLY_OK = 0;
 const REPLY_ERROR = 1;
 /** Request and Reply frames lead with 8 bytes: the id, then the method or the status (u32 BE). */
 const DIRECT_HEAD_BYTES = 8;
-/** Longest message and detail text an error reply may carry, in UTF-16 units. */
+/** Longest message, detail key or detail text of an error reply, in UTF-16 units (longer is cut). */
 const MAX_REMOTE_ERROR_TEXT = 1024;
+/** Most detail entries of an error reply (more are dropped). */
+const MAX_REMOTE_DETAIL = 32;
+/** Longest error code. */
+const MAX_REMOTE_CODE = 64;
 const REMOTE_CODE = /^[A-Z]+_ERR_[A-Z0-9_]+$/;
+
+const pad8 = (n: number): number => (n + 7) & ~7;
+
+const clip = (t: string): string =>
+  t.length <= MAX_REMOTE_ERROR_TEXT ? t : t.slice(0, MAX_REMOTE_ERROR_TEXT);
 
 export interface LinkEvents {
   /** A complete frame arrived (after limit checks, before message decoding). */
@@ -217,9 +233,7 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
    * with the close error.
    */
   request(method: number, payload: readonly Uint8Array[]): Promise<Uint8Array[]> {
-    if (this.#closed) {
-      return Promise.reject(this.#closed.error ?? new PspError("PSP_ERR_LINK_CLOSED", "link closed"));
-    }
+    if (this.#closed) return Promise.reject(this.#closeReason());
     if (!Number.isInteger(method) || method < 0 || method > 0xffff_ffff) {
       return Promise.reject(new RangeError("method must be a u32"));
     }
@@ -227,22 +241,28 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
     if (id > 0xffff_ffff) {
       // Four billion requests on one link: the ids would wrap and could no longer increase.
       this.close(new PspError("PSP_ERR_LINK_CLOSED", "direct request ids exhausted; reconnect"));
-      return Promise.reject(this.#closed!.error);
+      return Promise.reject(this.#closeReason());
     }
     try {
       this.#guard.requestOut(id);
+      // Messages capnweb queued before this request leave before it (their releases lower the
+      // subject's count of calls in flight before this request counts).
+      if (this.#outbox.length > 0) this.#flush(true);
     } catch (e) {
-      return Promise.reject(e);
+      // Our own bug (encoding our own messages failed): as on the scheduled flush path, the link
+      // closes with PSP_ERR_INTERNAL rather than carry on with a half-sent outbox.
+      this.close(toPspError(e));
+      return Promise.reject(this.#closeReason());
     }
-    // Messages capnweb queued before this request leave before it (their releases lower the
-    // subject's count of calls in flight before this request counts).
-    if (this.#outbox.length > 0) this.#flush(true);
+    // The flush may have closed the link (send buffer full, a frame too large).
+    if (this.#closed) return Promise.reject(this.#closeReason());
     const head = new Uint8Array(DIRECT_HEAD_BYTES);
     const v = new DataView(head.buffer);
     v.setUint32(0, id);
     v.setUint32(4, method);
     return new Promise<Uint8Array[]>((resolve, reject) => {
       this.#requests.set(id, { resolve, reject });
+      // #write closing the link (this frame too large for the peer) rejects the entry just set.
       this.#write(encodeFrame(FrameKind.Request, [head, ...payload]), FrameKind.Request, 1);
     });
   }
@@ -253,7 +273,15 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
     this.#directHandler = handler;
   }
 
+  #closeReason(): PspError {
+    return (
+      this.#closed?.error ?? new PspError("PSP_ERR_LINK_CLOSED", "link closed", { peer: this.peer.label })
+    );
+  }
+
   #onRequest(segments: readonly Uint8Array[]): void {
+    // The role first: a Request from a subject is a Diode violation whatever its head says.
+    if (this.role === "commander") throw diode("a subject never calls");
     const head = segments[0]!;
     if (head.byteLength !== DIRECT_HEAD_BYTES) {
       throw new PspError("PSP_ERR_MESSAGE_MALFORMED", "direct request header must be 8 bytes");
@@ -261,46 +289,65 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
     const v = new DataView(head.buffer, head.byteOffset, DIRECT_HEAD_BYTES);
     const id = v.getUint32(0);
     const method = v.getUint32(4);
-    this.#guard.requestIn(id); // the Diode (a commander is never asked) and calls in flight
+    this.#guard.requestIn(id); // ids increase; calls in flight
     this.stats.messagesIn++;
     const handler = this.#directHandler;
     let answer: Promise<readonly Uint8Array[]>;
     try {
       // A handler that throws instead of rejecting fails this request only, never the link.
       answer = handler
-        ? handler(method, segments.slice(1))
+        ? Promise.resolve(handler(method, segments.slice(1)))
         : Promise.reject(new PspError("PSP_ERR_METHOD_UNKNOWN", "this link serves no direct requests"));
     } catch (e) {
       answer = Promise.reject(e);
     }
-    answer.then(
-      (payload) => this.#reply(id, REPLY_OK, payload),
-      (e: unknown) => this.#replyError(id, e),
-    );
+    answer
+      .then(
+        (payload) => this.#reply(id, REPLY_OK, payload),
+        (e: unknown) => this.#replyError(id, e),
+      )
+      // Only a bug of ours lands here (replying failed): close rather than leave it unanswered.
+      .catch((e: unknown) => this.close(toPspError(e)));
   }
 
   #replyError(id: number, e: unknown): void {
     const safe = sanitizeOutgoingError(e instanceof Error ? e : new Error(String(e))) as Error & {
       code: string;
-      detail?: unknown;
+      detail?: Record<string, string | number | boolean>;
     };
-    const body: Record<string, unknown> = { code: safe.code, message: safe.message };
-    if (safe.detail !== undefined) body.detail = safe.detail;
+    // Within the bounds every receiver enforces (remoteError): a long message (an enum's whole
+    // list of values, say) is cut here rather than refused there.
+    const code = safe.code.length <= MAX_REMOTE_CODE ? safe.code : "PSP_ERR_INTERNAL";
+    const body: Record<string, unknown> = { code, message: clip(safe.message) };
+    if (safe.detail !== undefined) {
+      const detail: Record<string, string | number | boolean> = {};
+      for (const [k, x] of Object.entries(safe.detail).slice(0, MAX_REMOTE_DETAIL)) {
+        detail[clip(k)] = typeof x === "string" ? clip(x) : x;
+      }
+      body.detail = detail;
+    }
     this.#reply(id, REPLY_ERROR, [encodeValue(body)]);
   }
 
   #reply(id: number, status: number, payload: readonly Uint8Array[]): void {
     if (this.#closed) return;
-    if (status === REPLY_OK && payload.length + 1 > this.limits.maxSegments) {
-      this.#replyError(id, new PspError("PSP_ERR_INTERNAL", "reply has too many segments"));
-      return;
+    if (status === REPLY_OK) {
+      // An answer the peer could not take (too many segments, too large a frame) is refused as
+      // this request's error; the link and its other requests carry on.
+      // The frame's exact size (frame-codec.ts): header, segment table, head, padded segments.
+      let bytes = FRAME_HEADER_BYTES + pad8((payload.length + 1) * 4) + DIRECT_HEAD_BYTES;
+      for (const p of payload) bytes += pad8(p.byteLength);
+      if (payload.length + 1 > this.limits.maxSegments || bytes > this.limits.maxFrameBytes) {
+        this.#replyError(
+          id,
+          new PspError("PSP_ERR_FRAME_TOO_LARGE", "answer exceeds the frame limits", {
+            limit: this.limits.maxFrameBytes,
+          }),
+        );
+        return;
+      }
     }
-    try {
-      this.#guard.replyOut(id);
-    } catch (e) {
-      this.close(toPspError(e));
-      return;
-    }
+    this.#guard.replyOut(id); // throws only on a bug of ours: the caller closes the link
     const head = new Uint8Array(DIRECT_HEAD_BYTES);
     const v = new DataView(head.buffer);
     v.setUint32(0, id);
@@ -309,6 +356,8 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
   }
 
   #onReply(segments: readonly Uint8Array[]): void {
+    // The role first: a Reply from a commander is a Diode violation whatever its head says.
+    if (this.role === "subject") throw diode("a commander never answers: the subject asked it nothing");
     const head = segments[0]!;
     if (head.byteLength !== DIRECT_HEAD_BYTES) {
       throw new PspError("PSP_ERR_MESSAGE_MALFORMED", "direct reply header must be 8 bytes");
@@ -316,7 +365,7 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
     const v = new DataView(head.buffer, head.byteOffset, DIRECT_HEAD_BYTES);
     const id = v.getUint32(0);
     const status = v.getUint32(4);
-    this.#guard.replyIn(id); // the Diode: a subject answers only what it was asked
+    this.#guard.replyIn(id); // the Diode: a subject answers only what it was asked, once
     this.stats.messagesIn++;
     const pending = this.#requests.get(id)!;
     this.#requests.delete(id);
@@ -416,6 +465,8 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
   }
 
   #write(parts: Uint8Array[], kind: FrameKind, messages: number): void {
+    // Nothing goes out on a closed link (close() itself flushes capnweb's last messages first).
+    if (this.#closed && kind !== FrameKind.Messages) return;
     const bytes = frameByteLength(parts);
     if (bytes > this.limits.maxFrameBytes) {
       // The peer would refuse it; refuse it here, with a clear code, instead.
@@ -611,25 +662,20 @@ function remoteError(body: unknown): Error {
   if (body === null || typeof body !== "object" || Array.isArray(body)) throw bad();
   const { code, message, detail, ...rest } = body as Record<string, unknown>;
   if (Object.keys(rest).length > 0) throw bad();
-  if (typeof code !== "string" || code.length > 64 || !REMOTE_CODE.test(code)) throw bad();
-  if (typeof message !== "string" || message.length > MAX_REMOTE_ERROR_TEXT) throw bad();
+  if (typeof code !== "string" || code.length > MAX_REMOTE_CODE || !REMOTE_CODE.test(code)) throw bad();
+  if (typeof message !== "string") throw bad();
+  // Structure is checked strictly; length is not a protocol matter (the frame limit bounds it):
+  // text past the bounds is cut, so an honest subject's long message never costs its link.
   const flat: Record<string, string | number | boolean> = {};
   if (detail !== undefined) {
     if (detail === null || typeof detail !== "object" || Array.isArray(detail)) throw bad();
-    const entries = Object.entries(detail as Record<string, unknown>);
-    if (entries.length > 32) throw bad();
-    for (const [k, x] of entries) {
-      if (
-        typeof x === "string"
-          ? x.length > MAX_REMOTE_ERROR_TEXT
-          : typeof x !== "number" && typeof x !== "boolean"
-      ) {
-        throw bad();
-      }
-      flat[k] = x as string | number | boolean;
+    for (const [k, x] of Object.entries(detail as Record<string, unknown>).slice(0, MAX_REMOTE_DETAIL)) {
+      if (typeof x === "string") flat[clip(k)] = clip(x);
+      else if (typeof x === "number" || typeof x === "boolean") flat[clip(k)] = x;
+      else throw bad();
     }
   }
-  const out = new Error(message) as Error & {
+  const out = new Error(clip(message)) as Error & {
     code: string;
     detail: Record<string, string | number | boolean>;
   };

@@ -1,5 +1,5 @@
 import { hash, type KeyObject } from "node:crypto";
-import { keyIdOf } from "./capability.ts";
+import { keyIdBytesOf, keyIdOf } from "./capability.ts";
 import type { Clock } from "./clock.ts";
 import {
   assertEd25519Key,
@@ -17,7 +17,6 @@ import {
   type HeaderLabel,
   MAX_TOKEN_BYTES,
   sigStructure1,
-  toHex,
 } from "./cose.ts";
 import {
   type Cursor,
@@ -710,7 +709,8 @@ export function verifyReceipt(args: {
     payload = msg.payload;
     signature = msg.signature;
   }
-  if (toHex(kidBytes) !== keyIdOf(args.subjectPublicKey)) throw receiptRefused("signed by another key");
+  if (!bytesEqual(kidBytes, keyIdBytesOf(args.subjectPublicKey)))
+    throw receiptRefused("signed by another key");
   if (
     args.checkSignature !== false &&
     !ed25519Verify(sigStructure1(protectedBytes, EMPTY, payload), signature, args.subjectPublicKey)

@@ -217,7 +217,7 @@ describe("direct reads at a real Totebox", () => {
     // Held on link a only.
     expect((await refusal(direct(b.link, capFor(g), body(g)))).code).toBe("TOTEBOX_ERR_SESSION_UNKNOWN");
     await direct(a.link, capFor(g), body(g));
-    // Released: the release leaves before hello's call, and frames are handled in order.
+    // Released: the release travels in hello's frame, ahead of its call.
     releaseStub(session);
     await a.api.hello();
     expect((await refusal(direct(a.link, capFor(g), body(g)))).code).toBe("TOTEBOX_ERR_SESSION_UNKNOWN");
@@ -251,6 +251,64 @@ describe("direct reads at a real Totebox", () => {
     );
     const reply = await direct(link, capFor(g), body(g));
     expect(reply.receipt.byteLength).toBeGreaterThan(0);
+    releaseStub(session);
+  });
+
+  it("several sessions under one grant: releasing one leaves the others serving", async () => {
+    const { link, api } = await connect();
+    const g = grantFor();
+    const a = api.authorize(g);
+    await a.read(capFor(g), "position", PARAMS);
+    const b = api.authorize(g);
+    await b.read(capFor(g), "position", PARAMS);
+    releaseStub(b);
+    await api.hello(); // the release travels in hello's frame, ahead of its call
+    await direct(link, capFor(g), body(g)); // a still holds the grant's session
+    releaseStub(a);
+    await api.hello();
+    expect((await refusal(direct(link, capFor(g), body(g)))).code).toBe("TOTEBOX_ERR_SESSION_UNKNOWN");
+  });
+
+  it("refusals before any session is found are audited too: unknown session, malformed request, unknown method", async () => {
+    const { link } = await connect();
+    const g = grantFor();
+    const cap = capFor(g);
+    const from = server.auditLog.size();
+    await refusal(direct(link, cap, body(g)));
+    await refusal(link.request(DIRECT_READ_METHOD, [cap]));
+    await refusal(link.request(42, [cap, body(g)]));
+    server.auditLog.flush();
+    const entries = auditSince(from);
+    expect(entries.map((e) => e.outcome)).toEqual([
+      "TOTEBOX_ERR_SESSION_UNKNOWN",
+      "PSP_ERR_MESSAGE_MALFORMED",
+      "PSP_ERR_METHOD_UNKNOWN",
+    ]);
+    // What is known of the first: its view and capability id (never the token's bytes).
+    expect(entries[0]).toMatchObject({
+      peer: agg.fingerprint,
+      target: "position",
+      capability: Buffer.from(decodeUnverified(cap).claims.cti).toString("hex"),
+    });
+    const sigHex = Buffer.from(cap.subarray(cap.length - 64)).toString("hex");
+    for (const e of entries) expect(JSON.stringify(e)).not.toContain(sigHex.slice(0, 32));
+  });
+
+  it("an expired capability and a suspended Totebox are refused as over capnweb", async () => {
+    const { link, api } = await connect();
+    const g = grantFor();
+    const session = api.authorize(g);
+    await session.read(capFor(g), "position", PARAMS);
+    const old = capFor(g);
+    clock.advance(10 * 60_000); // past the capability's lifetime (and the skew), within the grant's
+    expect((await refusal(direct(link, old, body(g)))).code).toBe("PSP_ERR_CAP_EXPIRED");
+    server.onStateChange("suspended");
+    try {
+      expect((await refusal(direct(link, capFor(g), body(g)))).code).toBe("TOTEBOX_ERR_SUSPENDED");
+    } finally {
+      server.onStateChange("active");
+    }
+    await direct(link, capFor(g), body(g));
     releaseStub(session);
   });
 });

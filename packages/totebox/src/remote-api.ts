@@ -8,6 +8,11 @@ import type { CancelReply, CommandReply, ReadAnswer } from "./subject.ts";
  */
 export interface ToteboxHello {
   protocol: string;
+  /**
+   * Methods of PSP direct requests the Totebox serves (psp.md §3.1; 1 = the direct read). Absent
+   * from an older Totebox: the aggregator then reads over capnweb only.
+   */
+  directMethods?: readonly number[];
   id: string;
   name: string;
   kind: string;

@@ -436,7 +436,7 @@ export class ToteboxServer implements ToteboxRuntime {
     serveSubject(link, new ToteboxMain(this, link, pairingOnly));
     // Direct reads (psp direct-read.ts) only under sessions authorized on this link: a
     // pairing-only link authorizes none, so every direct read there is refused.
-    link.serveRequests(directReadHandler(link));
+    link.serveRequests(directReadHandler(this, link));
   }
 
   #armRefresh(ms: number): void {

@@ -1,9 +1,13 @@
+import { createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   connectPsp,
   createIdentity,
+  DIRECT_READ_METHOD,
+  directReadPayload,
+  encodeDirectReadBody,
   type Identity,
   issueCallCapability,
   issueGrant,
@@ -173,6 +177,36 @@ describe("cancelling a read over PSP (pool runner, one query process)", () => {
     const sigHex = Buffer.from(cap.subarray(cap.length - 64)).toString("hex");
     for (const e of [cancel, ...reads]) expect(JSON.stringify(e)).not.toContain(sigHex.slice(0, 32));
     expect(server.stats.readsCancelled).toBeGreaterThanOrEqual(1);
+  });
+
+  it("cancel(capability) on the session stops a read that came as a direct read", async () => {
+    const g = grantFor();
+    const { s } = await openSession(g);
+    const cap = capFor(g);
+    const body = encodeDirectReadBody({
+      grantHash: createHash("sha256").update(g).digest(),
+      view: "slow",
+      params: {},
+      row: null,
+    });
+    // The direct read leaves at once; the cancel, a capnweb call, at the end of this turn.
+    const read = refusal(link.request(DIRECT_READ_METHOD, directReadPayload(cap, body)));
+    expect(await s.cancel(cap)).toMatchObject({ cancelled: true });
+    expect((await read).code).toBe("TOTEBOX_ERR_CANCELLED");
+    // The session serves on, directly too.
+    const ok = await link.request(
+      DIRECT_READ_METHOD,
+      directReadPayload(
+        capFor(g, { view: "position" }),
+        encodeDirectReadBody({
+          grantHash: createHash("sha256").update(g).digest(),
+          view: "position",
+          params: { as_of: "2026-10-31" },
+          row: null,
+        }),
+      ),
+    );
+    expect(ok).toHaveLength(2);
   });
 
   it("drops a queued read without touching the running one's process", async () => {

@@ -214,6 +214,9 @@ export class ToteboxMain extends RpcTarget {
     const policy = rt.policy();
     return {
       protocol: "psp/1",
+      // Direct requests this Totebox serves (psp.md §3.1): an aggregator sends them only to a
+      // Totebox that announces them, so an older Totebox keeps getting capnweb calls.
+      directMethods: DIRECT_METHODS,
       id: rt.entity.id,
       name: rt.entity.name,
       kind: rt.entity.kind,
@@ -269,7 +272,7 @@ export class ToteboxMain extends RpcTarget {
       }
       await audit("ok", verified);
       const session = new ToteboxSession(rt, this.#link, verified);
-      openSessions(this.#link).set(hex(verified.hash), session);
+      holdSession(this.#link, hex(verified.hash), session);
       return session;
     } catch (e) {
       await audit(codeOf(e));
@@ -280,42 +283,92 @@ export class ToteboxMain extends RpcTarget {
 
 /**
  * The sessions authorized on each link and still held by its commander, by the hex SHA-256 of
- * their grant: what a direct read names (psp direct-read.ts). A session is added when `authorize`
- * succeeds and leaves when the commander releases it (capnweb then disposes it); the map goes with
- * the link. Its size is bounded by the link's calls in flight: each held session is a live push.
+ * their grant: what a direct read names (psp direct-read.ts). A session joins its grant's set when
+ * `authorize` succeeds and leaves it when the commander releases it (capnweb then disposes it);
+ * the map goes with the link. Several sessions may share a grant (an aggregator authorizes the
+ * same grant again for an audit proof, say): releasing one leaves the others serving. The map is
+ * bounded by the sessions the commander holds, each the answer to an audited `authorize`.
  */
-const sessionsByLink = new WeakMap<PspLink, Map<string, ToteboxSession>>();
+const sessionsByLink = new WeakMap<PspLink, Map<string, Set<ToteboxSession>>>();
 
-function openSessions(link: PspLink): Map<string, ToteboxSession> {
+function holdSession(link: PspLink, key: string, session: ToteboxSession): void {
   let m = sessionsByLink.get(link);
   if (!m) {
     m = new Map();
     sessionsByLink.set(link, m);
   }
-  return m;
+  let set = m.get(key);
+  if (!set) {
+    set = new Set();
+    m.set(key, set);
+  }
+  set.add(session);
 }
+
+function dropSession(link: PspLink, key: string, session: ToteboxSession): void {
+  const m = sessionsByLink.get(link);
+  const set = m?.get(key);
+  if (!set) return;
+  set.delete(session);
+  if (set.size === 0) m!.delete(key);
+}
+
+function heldSession(link: PspLink, key: string): ToteboxSession | undefined {
+  const set = sessionsByLink.get(link)?.get(key);
+  if (!set) return undefined;
+  for (const s of set) return s; // any of them: every one is a session under this very grant
+  return undefined;
+}
+
+/** The direct request methods a Totebox serves, as `hello` announces them. */
+export const DIRECT_METHODS: readonly number[] = Object.freeze([DIRECT_READ_METHOD]);
 
 /**
  * Serves direct reads on `link` (PspLink.serveRequests): a read under a session this link's
  * commander authorized and still holds, named by its grant's hash, answered by that session's
- * own `read`, so every check of a capnweb read applies unchanged. A read naming no such session is
- * refused with TOTEBOX_ERR_SESSION_UNKNOWN (the commander authorizes again); the link stays up.
+ * own `read`, so every check of a capnweb read applies unchanged, audit included. A read naming no
+ * such session, a malformed one, or another method is refused with its code (audited too, with
+ * what is known of it); the link stays up.
  */
-export function directReadHandler(link: PspLink): DirectRequestHandler {
+export function directReadHandler(rt: ToteboxRuntime, link: PspLink): DirectRequestHandler {
   return async (method, payload) => {
-    if (method !== DIRECT_READ_METHOD) {
-      throw new PspError("PSP_ERR_METHOD_UNKNOWN", "unknown direct request method", { method });
+    let view: string | null = null;
+    let capability: string | null = null;
+    try {
+      if (method !== DIRECT_READ_METHOD) {
+        throw new PspError("PSP_ERR_METHOD_UNKNOWN", "unknown direct request method", { method });
+      }
+      const req = decodeDirectReadRequest(payload);
+      view = req.view.slice(0, 64);
+      capability = ctiHex(req.capability);
+      const session = heldSession(link, hex(req.grantHash));
+      if (!session) {
+        throw new ToteboxError(
+          "TOTEBOX_ERR_SESSION_UNKNOWN",
+          "no session under this grant is open on this link: authorize first",
+        );
+      }
+      // From here the session's read audits every outcome itself.
+      const answer = await session.read(req.capability, req.view, req.params, req.row ?? undefined);
+      return encodeDirectReadReply(answer);
+    } catch (e) {
+      if (
+        view === null ||
+        capability === null ||
+        (e as { code?: unknown }).code === "TOTEBOX_ERR_SESSION_UNKNOWN"
+      ) {
+        await rt.audit({
+          peer: link.peer.fingerprint,
+          operator: null,
+          tenant: null,
+          action: "read",
+          target: view,
+          capability,
+          outcome: codeOf(e),
+        });
+      }
+      throw e;
     }
-    const req = decodeDirectReadRequest(payload);
-    const session = sessionsByLink.get(link)?.get(hex(req.grantHash));
-    if (!session) {
-      throw new ToteboxError(
-        "TOTEBOX_ERR_SESSION_UNKNOWN",
-        "no session under this grant is open on this link: authorize first",
-      );
-    }
-    const answer = await session.read(req.capability, req.view, req.params, req.row ?? undefined);
-    return encodeDirectReadReply(answer);
   };
 }
 
@@ -333,10 +386,7 @@ export class ToteboxSession extends RpcTarget {
 
   /** capnweb calls this once the commander has released every reference to the session. */
   [Symbol.dispose](): void {
-    const m = sessionsByLink.get(this.#link);
-    const key = hex(this.#grant.hash);
-    // Only this session's own entry: a later authorize under the same grant may have replaced it.
-    if (m?.get(key) === this) m.delete(key);
+    dropSession(this.#link, hex(this.#grant.hash), this);
   }
 
   /** A handle on one view, for the pipelined chain authorize(grant).view(name).read(cap). */
