@@ -3,6 +3,10 @@ import { RpcTarget } from "capnweb";
 import {
   connectPsp,
   createIdentity,
+  DIRECT_READ_METHOD,
+  decodeDirectReadReply,
+  directReadPayload,
+  encodeDirectReadBody,
   listenPsp,
   openCommander,
   type PspLink,
@@ -76,12 +80,15 @@ export async function benchRoundTrips(): Promise<BenchRow[]> {
 // The protocol's own cost per call, against the same bytes over the same kind of TLS
 
 /** A read's answer as a Totebox gives it: an Arrow stream, a receipt, a few small fields. */
+const TAX_ARROW = new Uint8Array(1120).fill(1);
+const TAX_RECEIPT = new Uint8Array(290).fill(2);
+
 class TaxSession extends RpcTarget {
   readonly #answer = {
     totebox: "tb-000001",
     view: "position",
-    arrow: new Uint8Array(1120).fill(1),
-    receipt: new Uint8Array(290).fill(2),
+    arrow: TAX_ARROW,
+    receipt: TAX_RECEIPT,
     rowCount: 1,
     suppressedGroups: 0,
     watermark: "sim:1:1",
@@ -104,8 +111,9 @@ interface TaxSessionT {
  * one `read(capability, view, params)` per link over many links at once (a fan-out's shape),
  * against the same number of bytes each way written and read as raw frames over the same kind of
  * mutual-TLS links. The difference is capnweb, the message codec, the Diode checks, framing and
- * their garbage. Rounds alternate between the two so that load drifting on a shared machine
- * touches both alike; the median round is reported.
+ * their garbage. The same read as a direct request (psp.md §3.1, what the aggregator sends once a
+ * link's session has answered) is measured too. Rounds alternate between the three so that load
+ * drifting on a shared machine touches all alike; the median round is reported.
  */
 export async function benchCallTax(): Promise<BenchRow[]> {
   const LINKS = 200;
@@ -118,7 +126,11 @@ export async function benchCallTax(): Promise<BenchRow[]> {
     host: "127.0.0.1",
     port: 0,
     authorize: pinOnly(c.fingerprint),
-    onLink: (l) => serveSubject(l, new TaxMain()),
+    onLink: (l) => {
+      serveSubject(l, new TaxMain());
+      // The same answer as a direct read's reply (psp.md §3.1): the Arrow stream and the receipt.
+      l.serveRequests(async () => [TAX_ARROW, TAX_RECEIPT]);
+    },
   });
   const links: PspLink[] = [];
   const sessions: TaxSessionT[] = [];
@@ -142,13 +154,41 @@ export async function benchCallTax(): Promise<BenchRow[]> {
         if (!(a.arrow instanceof Uint8Array)) throw new Error("bench: answer has no Arrow bytes");
       }),
     );
+  // The same read as a direct request (what the aggregator sends once a link's session has
+  // answered): the capability, then the body every link shares.
+  const directBody = encodeDirectReadBody({
+    grantHash: new Uint8Array(32),
+    view: "position",
+    params,
+    row: null,
+  });
+  const directRound = () =>
+    Promise.all(
+      links.map(async (l) => {
+        const a = decodeDirectReadReply(
+          await l.request(DIRECT_READ_METHOD, directReadPayload(capability, directBody)),
+        );
+        if (a.arrow.byteLength !== TAX_ARROW.byteLength)
+          throw new Error("bench: direct reply has no Arrow bytes");
+      }),
+    );
+  /** Bytes one call of `round` moves each way per link (TLS records aside). */
+  const bytesOf = async (round: () => Promise<unknown>) => {
+    const b0 = links.reduce((n, l) => n + l.stats.bytesOut, 0);
+    const i0 = links.reduce((n, l) => n + l.stats.bytesIn, 0);
+    await round();
+    return {
+      out: Math.round((links.reduce((n, l) => n + l.stats.bytesOut, 0) - b0) / LINKS),
+      in: Math.round((links.reduce((n, l) => n + l.stats.bytesIn, 0) - i0) / LINKS),
+    };
+  };
   for (let i = 0; i < 5; i++) await pspRound(); // warm-up; authorize answered
-  const b0 = links.reduce((n, l) => n + l.stats.bytesOut, 0);
-  const i0 = links.reduce((n, l) => n + l.stats.bytesIn, 0);
-  await pspRound();
+  for (let i = 0; i < 5; i++) await directRound();
+  const pspBytes = await bytesOf(pspRound);
+  const directBytes = await bytesOf(directRound);
   // Raw frames of exactly the bytes one PSP call moved each way (TLS records aside).
-  const reqBytes = Math.round((links.reduce((n, l) => n + l.stats.bytesOut, 0) - b0) / LINKS);
-  const ansBytes = Math.round((links.reduce((n, l) => n + l.stats.bytesIn, 0) - i0) / LINKS);
+  const reqBytes = pspBytes.out;
+  const ansBytes = pspBytes.in;
 
   const raw = tls.createServer(
     { key: s.keyPem, cert: s.certPem, minVersion: "TLSv1.3", requestCert: true, rejectUnauthorized: false },
@@ -227,9 +267,11 @@ export async function benchCallTax(): Promise<BenchRow[]> {
     return (d.user + d.system) / (LINKS * CALLS_PER_ROUND);
   };
   const psp: number[] = [];
+  const direct: number[] = [];
   const floor: number[] = [];
   for (let r = 0; r < ROUNDS; r++) {
     psp.push(await cpuPerCall(pspRound));
+    direct.push(await cpuPerCall(directRound));
     floor.push(await cpuPerCall(rawRound));
   }
   for (const sock of sockets) sock.destroy();
@@ -238,6 +280,7 @@ export async function benchCallTax(): Promise<BenchRow[]> {
   await server.close();
   const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
   const pspUs = median(psp);
+  const directUs = median(direct);
   const rawUs = median(floor);
   return [
     {
@@ -253,6 +296,13 @@ export async function benchCallTax(): Promise<BenchRow[]> {
       value: pspUs,
       unit: "µs",
       ratio: `${(pspUs / rawUs).toFixed(2)}× raw frames; the protocol's own ${(pspUs - rawUs).toFixed(0)} µs per call`,
+    },
+    {
+      section: "psp",
+      name: `PSP direct read (a Request and a Reply frame, ${directBytes.out} B out / ${directBytes.in} B back; CPU per call, both ends)`,
+      value: directUs,
+      unit: "µs",
+      ratio: `${(directUs / rawUs).toFixed(2)}× raw frames, ${(directUs / pspUs).toFixed(2)}× the capnweb read; the protocol's own ${(directUs - rawUs).toFixed(0)} µs per call`,
     },
   ];
 }

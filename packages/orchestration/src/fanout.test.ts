@@ -493,8 +493,13 @@ describe("direct or capnweb, and the fallback", () => {
     readonly views: readonly string[];
     /** What hello announced. */
     readonly directMethods?: readonly number[];
-    /** The direct reply for read i: "unknown" refuses it with TOTEBOX_ERR_SESSION_UNKNOWN. */
-    readonly direct: (i: number) => "unknown" | "denied";
+    /**
+     * The direct reply for read i: "unknown" refuses it with TOTEBOX_ERR_SESSION_UNKNOWN,
+     * "denied" with TOTEBOX_ERR_POLICY_DENIED, "answered" replies (with bytes no check accepts).
+     */
+    readonly direct: (i: number) => "unknown" | "denied" | "answered";
+    /** What a capnweb read gets: refused by policy (default), or an answer no check accepts. */
+    readonly capnweb?: "denied" | "answered";
   }
   async function run(script: Script) {
     const [agg, op] = await Promise.all([
@@ -518,11 +523,13 @@ describe("direct or capnweb, and the fallback", () => {
     const viaCapnweb: string[] = [];
     const ended: boolean[] = [];
     let handles = 0;
+    let confirmed = 0;
     const hexOf = (b: Uint8Array) => Buffer.from(b).toString("hex");
     const refuse = (code: string) => Promise.reject(Object.assign(new Error(code), { code }));
     const session = {
       read(cap: Uint8Array) {
         viaCapnweb.push(hexOf(cap));
+        if (script.capnweb === "answered") return Promise.resolve({ totebox: "tb-0", note: "not an answer" });
         return refuse("TOTEBOX_ERR_POLICY_DENIED");
       },
     };
@@ -530,9 +537,9 @@ describe("direct or capnweb, and the fallback", () => {
       request(_method: number, payload: Uint8Array[]) {
         const i = direct.length;
         direct.push(hexOf(payload[0]!));
-        return refuse(
-          script.direct(i) === "unknown" ? "TOTEBOX_ERR_SESSION_UNKNOWN" : "TOTEBOX_ERR_POLICY_DENIED",
-        );
+        const how = script.direct(i);
+        if (how === "answered") return Promise.resolve([new Uint8Array(8), new Uint8Array(8)]);
+        return refuse(how === "unknown" ? "TOTEBOX_ERR_SESSION_UNKNOWN" : "TOTEBOX_ERR_POLICY_DENIED");
       },
     };
     const lease = {
@@ -541,7 +548,14 @@ describe("direct or capnweb, and the fallback", () => {
       // The first handle is a session the pool believes authorized; any later one a fresh one.
       session: () => {
         const authorized = handles++ === 0;
-        return { stub: session, authorized, confirm() {}, end: (forget: boolean) => ended.push(forget) };
+        return {
+          stub: session,
+          authorized,
+          confirm: () => {
+            confirmed++;
+          },
+          end: (forget: boolean) => ended.push(forget),
+        };
       },
       release() {},
     };
@@ -587,7 +601,7 @@ describe("direct or capnweb, and the fallback", () => {
     );
     f.start();
     const result = await f.done;
-    return { result, direct, viaCapnweb, ended, handles };
+    return { result, direct, viaCapnweb, ended, handles, confirmed };
   }
 
   it("a session the Totebox no longer holds: authorized again once, the same capability sent over capnweb", async () => {
@@ -616,6 +630,20 @@ describe("direct or capnweb, and the fallback", () => {
       direct: () => "unknown",
     });
     expect(r2.viaCapnweb).toEqual(r2.direct); // both refused for want of a session: both resent, once
+    // Read 0 answered directly, read 1 refused for want of a session: only read 1 goes again,
+    // over capnweb on a fresh session, which its answer confirms.
+    const r3 = await run({
+      views: ["position", "ledger"],
+      directMethods: [1],
+      direct: (i) => (i === 0 ? "answered" : "unknown"),
+      capnweb: "answered",
+    });
+    expect(r3.direct).toHaveLength(2);
+    expect(r3.viaCapnweb).toEqual([r3.direct[1]]);
+    expect(r3.handles).toBe(2);
+    expect(r3.confirmed).toBe(1);
+    // Both answers were then checked, each by its own path's rules, and refused (cut as forged).
+    expect(r3.result.outcomes[0]).toMatchObject({ status: "error" });
   });
 
   it("a Totebox that did not announce direct reads in hello is read over capnweb only", async () => {

@@ -225,6 +225,8 @@ interface Pending {
   settled: boolean;
   timer: TimerHandle | undefined;
   session: ToteboxSessionRemote | undefined;
+  /** Direct reads in flight (their request ids), abandoned if this Totebox settles without them. */
+  directTickets?: { id: number }[] | undefined;
   /** Our hold on the link's session for this grant (session-cache.ts); ended once settled. */
   sessionHandle: SessionHandle<ToteboxSessionRemote> | undefined;
   lease: LinkLease | undefined;
@@ -690,6 +692,7 @@ export class FanOut {
   #cancelAtTotebox(p: Pending): void {
     const s = p.session;
     if (!s || !p.lease) return;
+    if (p.directTickets) for (const t of p.directTickets) if (t.id > 0) p.lease.link.abandon(t.id);
     for (const cap of p.caps) {
       try {
         void Promise.resolve(s.cancel(cap)).catch(() => {});

@@ -104,6 +104,11 @@ export class DiodeGuard {
     return this.#livePushes.size + this.#directIn.size;
   }
 
+  /** Direct requests sent and not yet answered (commander side), abandoned ones included. */
+  get directOutstanding(): number {
+    return this.#directOut.size;
+  }
+
   /** A direct request arrived (subject side; at a commander it breaks the Diode). */
   requestIn(id: number): void {
     if (this.role === "commander") throw violation("peer", "a subject never calls", "request");

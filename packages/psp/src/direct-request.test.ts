@@ -5,7 +5,7 @@ import { encodeFrame, FrameKind } from "./frame-codec.ts";
 import { createIdentity, type Identity } from "./identity.ts";
 import type { PspLimits } from "./limits.ts";
 import type { DirectRequestHandler, PspLink } from "./link.ts";
-import { encodeValue } from "./message-codec.ts";
+import { decodeValue, encodeValue } from "./message-codec.ts";
 import { openCommander, serveSubject } from "./rpc.ts";
 import { type RawPeer, rawConnect, rawListen } from "./test-peers.ts";
 import { connectPsp, listenPsp, type PspServer } from "./tls.ts";
@@ -165,15 +165,72 @@ describe("direct requests between an honest commander and subject", () => {
   });
 
   it("an answer larger than the frame limit is refused as that request's error; the link serves on", async () => {
-    const s = await subjectServer(async (_m, payload) => [new Uint8Array(payload[0]![0]! * 1024)], {
-      maxFrameBytes: 16 * 1024,
-    });
+    // A one-segment reply frame is 8 (header) + 8 (table) + 8 (head) + the segment: at a 16 KiB
+    // limit, 16,360 bytes is the largest answer that fits.
+    const s = await subjectServer(
+      async (_m, payload) => [
+        new Uint8Array(new DataView(payload[0]!.buffer, payload[0]!.byteOffset).getUint32(0)),
+      ],
+      {
+        maxFrameBytes: 16 * 1024,
+      },
+    );
     servers.push(s.server);
     const link = await s.connect();
-    expect((await rejectionOf(link.request(1, [new Uint8Array([32])]))).code).toBe("PSP_ERR_FRAME_TOO_LARGE");
-    expect((await link.request(1, [new Uint8Array([4])]))[0]!.byteLength).toBe(4096);
+    const size = (n: number) => {
+      const b = new Uint8Array(4);
+      new DataView(b.buffer).setUint32(0, n);
+      return [b];
+    };
+    expect((await rejectionOf(link.request(1, size(16_368)))).code).toBe("PSP_ERR_FRAME_TOO_LARGE");
+    expect((await link.request(1, size(16_360)))[0]!.byteLength).toBe(16_360);
     expect(s.links[0]!.closed).toBe(false);
     link.close();
+  });
+
+  it("a request whose queued capnweb messages cannot be sent fails with that reason instead of hanging", async () => {
+    const s = await subjectServer(async () => []);
+    servers.push(s.server);
+    const link = await connectPsp({
+      identity: commanderId,
+      role: "commander",
+      host: "127.0.0.1",
+      port: s.server.address.port,
+      expect: subjectId.fingerprint,
+      limits: { maxFrameBytes: 16 * 1024 },
+    });
+    const api = openCommander<ApiT>(link);
+    void api.echo(new Uint8Array(20 * 1024)).catch(() => {}); // queued: too large for one frame
+    expect((await rejectionOf(link.request(1, []))).code).toBe("PSP_ERR_FRAME_TOO_LARGE");
+    expect(link.closed).toBe(true);
+  });
+
+  it("an error reply leaves within bounds: long text cut, a body still too large cut to its code and message", async () => {
+    const s = await subjectServer(async (_m, payload) => {
+      const detail =
+        payload[0]![0] === 1
+          ? Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`k${i}`, "v".repeat(3000)]))
+          : {};
+      throw new PspError("PSP_ERR_CAP_SCOPE", "m".repeat(5000), detail as Record<string, string>);
+    });
+    servers.push(s.server);
+    const peer = await rawConnect(commanderId, s.server.address.port);
+    const replyTo = async (id: number, which: number) => {
+      peer.sendFrameParts(encodeFrame(FrameKind.Request, [head(id, 1), new Uint8Array([which])]));
+      for (;;) {
+        const f = await peer.nextFrame();
+        if (f.kind === FrameKind.Reply) return f.segments;
+      }
+    };
+    const long = decodeValue((await replyTo(1, 0))[1]!, 4) as { code: string; message: string };
+    expect(long.code).toBe("PSP_ERR_CAP_SCOPE");
+    expect(long.message).toHaveLength(1024);
+    const huge = await replyTo(2, 1);
+    expect(huge[1]!.byteLength).toBeLessThanOrEqual(8 * 1024);
+    const body = decodeValue(huge[1]!, 4) as Record<string, unknown>;
+    expect(Object.keys(body).sort()).toEqual(["code", "message"]);
+    expect(body.code).toBe("PSP_ERR_CAP_SCOPE");
+    peer.socket.destroy();
   });
 
   it("a subject serving no direct requests refuses each with PSP_ERR_METHOD_UNKNOWN and keeps the link", async () => {
@@ -273,7 +330,10 @@ describe("direct requests between an honest commander and subject", () => {
 });
 
 describe("Diode: a hostile subject's direct frames are refused and cut its link", () => {
-  const hostileSubject = async (script: (peer: RawPeer) => void | Promise<void>) => {
+  const hostileSubject = async (
+    script: (peer: RawPeer) => void | Promise<void>,
+    limits: Partial<PspLimits> = {},
+  ) => {
     const server = await rawListen(subjectId, (peer) => void script(peer));
     const link = await connectPsp({
       identity: commanderId,
@@ -281,6 +341,7 @@ describe("Diode: a hostile subject's direct frames are refused and cut its link"
       host: "127.0.0.1",
       port: server.port,
       expect: subjectId.fingerprint,
+      limits,
     });
     const violations: PspError[] = [];
     link.on("violation", (e) => violations.push(e));
@@ -379,6 +440,53 @@ describe("Diode: a hostile subject's direct frames are refused and cut its link"
     expect(Object.keys(d)).toHaveLength(32);
     expect(d.k0).toHaveLength(1024);
     expect(h.link.closed).toBe(false);
+    h.link.close();
+    await h.close();
+  });
+
+  it("a subject that stops replying gets no more requests than the bound; abandoned ones count until it replies", async () => {
+    let peerRef: RawPeer | undefined;
+    const ids: number[] = [];
+    const h = await hostileSubject(
+      async (peer) => {
+        peerRef = peer;
+        for (;;) {
+          const f = await peer.nextFrame();
+          if (f.kind === FrameKind.Request) {
+            ids.push(new DataView(f.segments[0]!.buffer, f.segments[0]!.byteOffset, 8).getUint32(0));
+          }
+        }
+      },
+      { maxCallsInFlight: 3 },
+    );
+    const tickets = [{ id: 0 }, { id: 0 }, { id: 0 }];
+    const pending = tickets.map((t) => h.link.request(1, [], t));
+    for (const p of pending) p.catch(() => {});
+    // The fourth is refused here, without a frame; the link stays up.
+    expect((await rejectionOf(h.link.request(1, []))).code).toBe("PSP_ERR_CALLS_IN_FLIGHT");
+    // Abandoned: its caller is released at once...
+    h.link.abandon(tickets[0]!.id);
+    expect((await rejectionOf(pending[0]!)).code).toBe("PSP_ERR_ABANDONED");
+    // ...but it still counts until the subject answers it.
+    expect((await rejectionOf(h.link.request(1, []))).code).toBe("PSP_ERR_CALLS_IN_FLIGHT");
+    while (ids.length < 3) await new Promise((r) => setImmediate(r));
+    // The late reply to the abandoned request is dropped, not a violation, and frees its place.
+    peerRef!.sendFrameParts(encodeFrame(FrameKind.Reply, [head(tickets[0]!.id, 0), new Uint8Array([1])]));
+    for (let i = 0; i < 1000; i++) {
+      const r = h.link.request(1, []);
+      r.catch(() => {});
+      const e = await Promise.race([
+        r.then(
+          () => null,
+          (x: { code?: string }) => x,
+        ),
+        new Promise((res) => setImmediate(() => res("sent"))),
+      ]);
+      if (e === "sent") break;
+      expect((e as { code?: string }).code).toBe("PSP_ERR_CALLS_IN_FLIGHT");
+    }
+    expect(h.link.closed).toBe(false);
+    expect(h.violations).toHaveLength(0);
     h.link.close();
     await h.close();
   });

@@ -27,6 +27,7 @@ export type PspErrorCode =
   | "PSP_ERR_PIPELINE_DEPTH"
   | "PSP_ERR_MESSAGE_MALFORMED"
   | "PSP_ERR_METHOD_UNKNOWN"
+  | "PSP_ERR_ABANDONED"
   // the Diode
   | "PSP_ERR_DIODE"
   // capabilities

@@ -74,6 +74,8 @@ const MAX_REMOTE_ERROR_TEXT = 1024;
 const MAX_REMOTE_DETAIL = 32;
 /** Longest error code. */
 const MAX_REMOTE_CODE = 64;
+/** An error reply body larger than this, encoded, is sent as its code and message start only. */
+const MAX_ERROR_REPLY_BYTES = 8 * 1024;
 const REMOTE_CODE = /^[A-Z]+_ERR_[A-Z0-9_]+$/;
 
 const pad8 = (n: number): number => (n + 7) & ~7;
@@ -232,10 +234,20 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
    * `message` and `detail` are the subject's, as a capnweb call's would; a closed link rejects
    * with the close error.
    */
-  request(method: number, payload: readonly Uint8Array[]): Promise<Uint8Array[]> {
+  request(method: number, payload: readonly Uint8Array[], ticket?: { id: number }): Promise<Uint8Array[]> {
     if (this.#closed) return Promise.reject(this.#closeReason());
     if (!Number.isInteger(method) || method < 0 || method > 0xffff_ffff) {
       return Promise.reject(new RangeError("method must be a u32"));
+    }
+    // Our own bound on what we wait for, the subject's limit mirrored: a subject that stops
+    // replying gets no more requests (abandoned ones count until it replies), and nothing of ours
+    // piles up behind it.
+    if (this.#guard.directOutstanding >= this.limits.maxCallsInFlight) {
+      return Promise.reject(
+        new PspError("PSP_ERR_CALLS_IN_FLIGHT", "too many direct requests unanswered on this link", {
+          limit: this.limits.maxCallsInFlight,
+        }),
+      );
     }
     const id = this.#nextRequestId++;
     if (id > 0xffff_ffff) {
@@ -260,11 +272,24 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
     const v = new DataView(head.buffer);
     v.setUint32(0, id);
     v.setUint32(4, method);
+    if (ticket) ticket.id = id;
     return new Promise<Uint8Array[]>((resolve, reject) => {
       this.#requests.set(id, { resolve, reject });
       // #write closing the link (this frame too large for the peer) rejects the entry just set.
       this.#write(encodeFrame(FrameKind.Request, [head, ...payload]), FrameKind.Request, 1);
     });
+  }
+
+  /**
+   * Commander: stops waiting for request `id` (from `request`'s ticket): its promise rejects with
+   * PSP_ERR_ABANDONED now, and the reply, when it comes, is dropped. The request still counts
+   * against this link's bound until the subject replies. Unknown or answered ids are ignored.
+   */
+  abandon(id: number): void {
+    const pending = this.#requests.get(id);
+    if (!pending) return;
+    this.#requests.delete(id);
+    pending.reject(new PspError("PSP_ERR_ABANDONED", "stopped waiting for this direct request"));
   }
 
   /** Subject: answers direct requests with `handler` (replacing any handler before). */
@@ -326,7 +351,13 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
       }
       body.detail = detail;
     }
-    this.#reply(id, REPLY_ERROR, [encodeValue(body)]);
+    let encoded = encodeValue(body);
+    if (encoded.byteLength > MAX_ERROR_REPLY_BYTES) {
+      // Clipped field by field it may still be large (32 details of 1,024 characters): the code
+      // and the start of the message are what the caller needs.
+      encoded = encodeValue({ code, message: safe.message.slice(0, 256) });
+    }
+    this.#reply(id, REPLY_ERROR, [encoded]);
   }
 
   #reply(id: number, status: number, payload: readonly Uint8Array[]): void {
@@ -367,7 +398,8 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
     const status = v.getUint32(4);
     this.#guard.replyIn(id); // the Diode: a subject answers only what it was asked, once
     this.stats.messagesIn++;
-    const pending = this.#requests.get(id)!;
+    const pending = this.#requests.get(id);
+    if (!pending) return; // abandoned by its caller: the late reply is dropped
     this.#requests.delete(id);
     if (status === REPLY_OK) {
       pending.resolve(segments.slice(1));
@@ -669,10 +701,11 @@ function remoteError(body: unknown): Error {
   const flat: Record<string, string | number | boolean> = {};
   if (detail !== undefined) {
     if (detail === null || typeof detail !== "object" || Array.isArray(detail)) throw bad();
-    for (const [k, x] of Object.entries(detail as Record<string, unknown>).slice(0, MAX_REMOTE_DETAIL)) {
-      if (typeof x === "string") flat[clip(k)] = clip(x);
-      else if (typeof x === "number" || typeof x === "boolean") flat[clip(k)] = x;
-      else throw bad();
+    let kept = 0;
+    for (const [k, x] of Object.entries(detail as Record<string, unknown>)) {
+      // Every entry is checked for shape; the first MAX_REMOTE_DETAIL are kept.
+      if (typeof x !== "string" && typeof x !== "number" && typeof x !== "boolean") throw bad();
+      if (kept++ < MAX_REMOTE_DETAIL) flat[clip(k)] = typeof x === "string" ? clip(x) : x;
     }
   }
   const out = new Error(clip(message)) as Error & {

@@ -27,6 +27,7 @@ import { initArchive, openArchive } from "./archive.ts";
 import { trustPeer } from "./peers.ts";
 import type { ToteboxRemote } from "./remote-api.ts";
 import { ToteboxServer } from "./server.ts";
+import { MAX_SESSIONS_PER_LINK } from "./subject.ts";
 
 /**
  * Direct reads (psp direct-read.ts) at a real Totebox over real TLS: served only under a session
@@ -310,5 +311,132 @@ describe("direct reads at a real Totebox", () => {
     }
     await direct(link, capFor(g), body(g));
     releaseStub(session);
+  });
+
+  it("a refusal the session's read audits is audited once (a capability that does not even decode)", async () => {
+    const { link, api } = await connect();
+    const g = grantFor();
+    const session = api.authorize(g);
+    await session.read(capFor(g), "position", PARAMS);
+    const from = server.auditLog.size();
+    expect((await refusal(direct(link, new Uint8Array([1, 2, 3]), body(g)))).code).toBe(
+      "PSP_ERR_CAP_MALFORMED",
+    );
+    server.auditLog.flush();
+    expect(auditSince(from).map((e) => e.outcome)).toEqual(["PSP_ERR_CAP_MALFORMED"]);
+    releaseStub(session);
+  });
+
+  it("a link holds at most MAX_SESSIONS_PER_LINK sessions; the next authorize is refused and audited", async () => {
+    const { link, api } = await connect();
+    const g = grantFor();
+    const held = [];
+    for (let i = 0; i < MAX_SESSIONS_PER_LINK; i++) {
+      const s = api.authorize(g);
+      held.push(s);
+      await s.read(capFor(g), "position", PARAMS);
+    }
+    const from = server.auditLog.size();
+    const extra = api.authorize(g);
+    expect((await refusal(extra.read(capFor(g), "position", PARAMS))).code).toBe("TOTEBOX_ERR_SESSION_LIMIT");
+    server.auditLog.flush();
+    expect(
+      server.auditLog
+        .entries(from, server.auditLog.size() - from)
+        .map((r) => r.entry)
+        .filter((e) => e.action === "authorize")
+        .map((e) => e.outcome),
+    ).toEqual(["TOTEBOX_ERR_SESSION_LIMIT"]);
+    // Releasing one makes room again.
+    releaseStub(extra);
+    releaseStub(held.pop());
+    await api.hello();
+    const again = api.authorize(g);
+    await again.read(capFor(g), "position", PARAMS);
+    await direct(link, capFor(g), body(g));
+    for (const s of [...held, again]) releaseStub(s);
+  });
+});
+
+describe("an answer too large for the Totebox's frames", () => {
+  it("is refused before it is signed or audited as served, over either path", async () => {
+    const root2 = mkdtempSync(join(tmpdir(), "tb-direct-big-"));
+    const dir = join(root2, "archive");
+    try {
+      await initArchive({ dir, id: "tb-1", kind: "property", name: "Quay House", tags: { region: "west" } });
+      const [agg, op] = await Promise.all([createIdentity({ name: "agg" }), createIdentity({ name: "op" })]);
+      const a = await openArchive(dir);
+      trustPeer(a.db, {
+        kind: "aggregator",
+        label: "hub",
+        publicKey: agg.publicKey,
+        fingerprint: agg.fingerprint,
+        now: NOW,
+      });
+      trustPeer(a.db, {
+        kind: "operator",
+        label: "alice",
+        publicKey: op.publicKey,
+        tenants: ["acme"],
+        now: NOW,
+      });
+      a.db.close();
+      const clock = new ManualClock(NOW);
+      // Frames of at most 16 KiB + 64 B: any answer over 64 bytes cannot leave.
+      const server = await ToteboxServer.start({
+        dir,
+        clock,
+        viewRunner: "in-process",
+        logger: pino({ level: "silent" }),
+        limits: { maxFrameBytes: 16 * 1024 + 64 },
+      });
+      const link = await connectPsp({
+        identity: agg,
+        role: "commander",
+        host: "127.0.0.1",
+        port: server.address.port,
+        expect: server.identity.fingerprint,
+      });
+      try {
+        const g = issueGrant({
+          operator: "alice",
+          aggregatorId: agg.fingerprint,
+          aggregatorKey: agg.publicKey,
+          tenant: "acme",
+          toteboxIds: ["tb-1"],
+          views: ["position"],
+          actions: ["read"],
+          signer: op.privateKey,
+          clock,
+        });
+        const cap = () =>
+          issueCallCapability({
+            grant: g,
+            totebox: "tb-1",
+            view: "position",
+            action: "read",
+            clock,
+            signer: agg.privateKey,
+          });
+        const api = openCommander<ToteboxRemote>(link);
+        const session = api.authorize(g);
+        const from = server.auditLog.size();
+        expect((await refusal(session.read(cap(), "position", PARAMS))).code).toBe(
+          "TOTEBOX_ERR_ANSWER_TOO_LARGE",
+        );
+        server.auditLog.flush();
+        const reads = server.auditLog
+          .entries(from, server.auditLog.size() - from)
+          .map((r) => r.entry)
+          .filter((e) => e.action === "read");
+        expect(reads.map((e) => e.outcome)).toEqual(["TOTEBOX_ERR_ANSWER_TOO_LARGE"]);
+        expect(link.closed).toBe(false);
+      } finally {
+        link.close();
+        await server.close();
+      }
+    } finally {
+      rmSync(root2, { recursive: true, force: true });
+    }
   });
 });

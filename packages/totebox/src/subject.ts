@@ -270,6 +270,13 @@ export class ToteboxMain extends RpcTarget {
           "grant names another aggregator key than this link's",
         );
       }
+      if (sessionsHeld(this.#link) >= MAX_SESSIONS_PER_LINK) {
+        throw new ToteboxError(
+          "TOTEBOX_ERR_SESSION_LIMIT",
+          "this link holds as many sessions as it may: release some first",
+          { limit: MAX_SESSIONS_PER_LINK },
+        );
+      }
       await audit("ok", verified);
       const session = new ToteboxSession(rt, this.#link, verified);
       holdSession(this.#link, hex(verified.hash), session);
@@ -286,10 +293,24 @@ export class ToteboxMain extends RpcTarget {
  * their grant: what a direct read names (psp direct-read.ts). A session joins its grant's set when
  * `authorize` succeeds and leaves it when the commander releases it (capnweb then disposes it);
  * the map goes with the link. Several sessions may share a grant (an aggregator authorizes the
- * same grant again for an audit proof, say): releasing one leaves the others serving. The map is
- * bounded by the sessions the commander holds, each the answer to an audited `authorize`.
+ * same grant again for an audit proof, say): releasing one leaves the others serving. A link holds
+ * at most MAX_SESSIONS_PER_LINK, each the answer to an audited `authorize`.
  */
 const sessionsByLink = new WeakMap<PspLink, Map<string, Set<ToteboxSession>>>();
+
+/**
+ * Most sessions one link may hold at once. An aggregator holds a few per link (its cache keeps
+ * `maxSessionsPerLink`, 4 by default, plus one briefly per audit proof); a commander past this
+ * is refused further `authorize` calls (audited) until it releases some.
+ */
+export const MAX_SESSIONS_PER_LINK = 64;
+
+function sessionsHeld(link: PspLink): number {
+  let n = 0;
+  const m = sessionsByLink.get(link);
+  if (m) for (const set of m.values()) n += set.size;
+  return n;
+}
 
 function holdSession(link: PspLink, key: string, session: ToteboxSession): void {
   let m = sessionsByLink.get(link);
@@ -334,6 +355,8 @@ export function directReadHandler(rt: ToteboxRuntime, link: PspLink): DirectRequ
   return async (method, payload) => {
     let view: string | null = null;
     let capability: string | null = null;
+    // Set once the session's own read runs: from then on it audits every outcome itself.
+    let reached = false;
     try {
       if (method !== DIRECT_READ_METHOD) {
         throw new PspError("PSP_ERR_METHOD_UNKNOWN", "unknown direct request method", { method });
@@ -348,15 +371,11 @@ export function directReadHandler(rt: ToteboxRuntime, link: PspLink): DirectRequ
           "no session under this grant is open on this link: authorize first",
         );
       }
-      // From here the session's read audits every outcome itself.
+      reached = true;
       const answer = await session.read(req.capability, req.view, req.params, req.row ?? undefined);
       return encodeDirectReadReply(answer);
     } catch (e) {
-      if (
-        view === null ||
-        capability === null ||
-        (e as { code?: unknown }).code === "TOTEBOX_ERR_SESSION_UNKNOWN"
-      ) {
+      if (!reached) {
         await rt.audit({
           peer: link.peer.fingerprint,
           operator: null,
@@ -649,6 +668,19 @@ async function readView(
     }
     const rawParams = (req.params ?? {}) as Record<string, unknown>;
     const arrow = encodeResult(result.columns, result.rows);
+    // An answer this link could not carry is refused here, before it is signed, counted or
+    // audited as served (the receipt, the envelope and the frame need well under 16 KiB).
+    if (arrow.byteLength + 16 * 1024 > link.limits.maxFrameBytes) {
+      throw new ToteboxError(
+        "TOTEBOX_ERR_ANSWER_TOO_LARGE",
+        "the answer is larger than one frame may carry",
+        {
+          view: viewName,
+          bytes: arrow.byteLength,
+          limit: link.limits.maxFrameBytes,
+        },
+      );
+    }
     const wm = watermark(rt.db);
     const receipt = signReceipt({
       capabilityId: call.capability.cti,
