@@ -16,6 +16,7 @@ import {
   issueGrant,
   ManualClock,
   openCommander,
+  type PspLimits,
   type PspLink,
   releaseStub,
   requestHash,
@@ -24,10 +25,10 @@ import {
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { initArchive, openArchive } from "./archive.ts";
-import { trustPeer } from "./peers.ts";
 import type { ToteboxRemote } from "./remote-api.ts";
 import { ToteboxServer } from "./server.ts";
 import { MAX_SESSIONS_PER_LINK } from "./subject.ts";
+import { trustHubAndAlice } from "./test-peers.ts";
 
 /**
  * Direct reads (psp direct-read.ts) at a real Totebox over real TLS: served only under a session
@@ -45,6 +46,27 @@ const refusal = (p: Promise<unknown>) =>
     (e: unknown) => e as { code?: string; message?: string },
   );
 
+/**
+ * A Totebox (in-process views) in `root` that trusts a fresh aggregator identity and operator
+ * "alice" of tenant acme, started on loopback with `limits`.
+ */
+async function startTrustingTotebox(root: string, clock: ManualClock, limits?: Partial<PspLimits>) {
+  const dir = join(root, "archive");
+  await initArchive({ dir, id: "tb-1", kind: "property", name: "Quay House", tags: { region: "west" } });
+  const [agg, op] = await Promise.all([createIdentity({ name: "agg" }), createIdentity({ name: "op" })]);
+  const a = await openArchive(dir);
+  trustHubAndAlice(a.db, agg, op, NOW);
+  a.db.close();
+  const server = await ToteboxServer.start({
+    dir,
+    clock,
+    viewRunner: "in-process",
+    logger: pino({ level: "silent" }),
+    ...(limits ? { limits } : {}),
+  });
+  return { server, agg, op };
+}
+
 describe("direct reads at a real Totebox", () => {
   let root: string;
   let server: ToteboxServer;
@@ -55,31 +77,7 @@ describe("direct reads at a real Totebox", () => {
 
   beforeAll(async () => {
     root = mkdtempSync(join(tmpdir(), "tb-direct-"));
-    const dir = join(root, "archive");
-    await initArchive({ dir, id: "tb-1", kind: "property", name: "Quay House", tags: { region: "west" } });
-    [agg, op] = await Promise.all([createIdentity({ name: "agg" }), createIdentity({ name: "op" })]);
-    const a = await openArchive(dir);
-    trustPeer(a.db, {
-      kind: "aggregator",
-      label: "hub",
-      publicKey: agg.publicKey,
-      fingerprint: agg.fingerprint,
-      now: NOW,
-    });
-    trustPeer(a.db, {
-      kind: "operator",
-      label: "alice",
-      publicKey: op.publicKey,
-      tenants: ["acme"],
-      now: NOW,
-    });
-    a.db.close();
-    server = await ToteboxServer.start({
-      dir,
-      clock,
-      viewRunner: "in-process",
-      logger: pino({ level: "silent" }),
-    });
+    ({ server, agg, op } = await startTrustingTotebox(root, clock));
   });
   afterAll(async () => {
     for (const l of links) l.close();
@@ -361,35 +359,10 @@ describe("direct reads at a real Totebox", () => {
 describe("an answer too large for the Totebox's frames", () => {
   it("is refused before it is signed or audited as served, over either path", async () => {
     const root2 = mkdtempSync(join(tmpdir(), "tb-direct-big-"));
-    const dir = join(root2, "archive");
     try {
-      await initArchive({ dir, id: "tb-1", kind: "property", name: "Quay House", tags: { region: "west" } });
-      const [agg, op] = await Promise.all([createIdentity({ name: "agg" }), createIdentity({ name: "op" })]);
-      const a = await openArchive(dir);
-      trustPeer(a.db, {
-        kind: "aggregator",
-        label: "hub",
-        publicKey: agg.publicKey,
-        fingerprint: agg.fingerprint,
-        now: NOW,
-      });
-      trustPeer(a.db, {
-        kind: "operator",
-        label: "alice",
-        publicKey: op.publicKey,
-        tenants: ["acme"],
-        now: NOW,
-      });
-      a.db.close();
       const clock = new ManualClock(NOW);
       // Frames of at most 16 KiB + 64 B: any answer over 64 bytes cannot leave.
-      const server = await ToteboxServer.start({
-        dir,
-        clock,
-        viewRunner: "in-process",
-        logger: pino({ level: "silent" }),
-        limits: { maxFrameBytes: 16 * 1024 + 64 },
-      });
+      const { server, agg, op } = await startTrustingTotebox(root2, clock, { maxFrameBytes: 16 * 1024 + 64 });
       const link = await connectPsp({
         identity: agg,
         role: "commander",

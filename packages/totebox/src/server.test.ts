@@ -15,8 +15,8 @@ import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { initArchive, openArchive } from "./archive.ts";
 import { generateDemoData } from "./demo-data.ts";
-import { trustPeer } from "./peers.ts";
 import { ToteboxServer } from "./server.ts";
+import { trustHubAndAlice } from "./test-peers.ts";
 
 // In-process server: lets the test read the runtime's counters, which is how we prove that no
 // SQL and no command runs before the capability chain and the owner's policy both allow it.
@@ -52,20 +52,7 @@ describe("a Totebox runs nothing before the capability chain and its policy allo
     ]);
     const a = await openArchive(dir);
     generateDemoData(a.db, { kind: "property", seed: 3, entityId: "tb-1", asOf: "2026-10-31" });
-    trustPeer(a.db, {
-      kind: "aggregator",
-      label: "hub",
-      publicKey: agg.publicKey,
-      fingerprint: agg.fingerprint,
-      now: NOW,
-    });
-    trustPeer(a.db, {
-      kind: "operator",
-      label: "alice",
-      publicKey: op.publicKey,
-      tenants: ["acme"],
-      now: NOW,
-    });
+    trustHubAndAlice(a.db, agg, op, NOW);
     a.db.close();
     server = await ToteboxServer.start({
       dir,

@@ -19,10 +19,10 @@ import fc from "fast-check";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { initArchive, openArchive } from "./archive.ts";
-import { trustPeer } from "./peers.ts";
 import type { ToteboxRemote, ToteboxSessionRemote } from "./remote-api.ts";
 import { ToteboxServer } from "./server.ts";
 import { CANCEL_LIMITS, ReadCancellations } from "./subject.ts";
+import { trustHubAndAlice } from "./test-peers.ts";
 import type { PooledViewRunner } from "./view-runner.ts";
 
 const NOW = Date.parse("2026-11-01T12:00:00Z");
@@ -64,20 +64,7 @@ describe("cancelling a read over PSP (pool runner, one query process)", () => {
     writeFileSync(policyFile, readFileSync(policyFile, "utf8").replace(/^views:\n/m, `views:${SLOW_VIEW}`));
     [agg, op] = await Promise.all([createIdentity({ name: "agg" }), createIdentity({ name: "op" })]);
     const a = await openArchive(dir);
-    trustPeer(a.db, {
-      kind: "aggregator",
-      label: "hub",
-      publicKey: agg.publicKey,
-      fingerprint: agg.fingerprint,
-      now: NOW,
-    });
-    trustPeer(a.db, {
-      kind: "operator",
-      label: "alice",
-      publicKey: op.publicKey,
-      tenants: ["acme"],
-      now: NOW,
-    });
+    trustHubAndAlice(a.db, agg, op, NOW);
     a.db.close();
     server = await ToteboxServer.start({
       dir,
