@@ -363,9 +363,41 @@ describe("Arrow results", () => {
           expect(table.schema.fields[i]!.name).toBe(arrow.schema.fields[i]!.name);
           expect(table.getChildAt(i)!.toArray()).toEqual(arrow.getChildAt(i)!.toArray());
         }
+        // column(i), without a table: Arrow's getters' values, integers as numbers within 2^53.
+        const decoded = decodeResult(reference);
+        for (let i = 0; i < cols.length; i++) {
+          const vec = arrow.getChildAt(i)!;
+          const want = Array.from({ length: arrow.numRows }, (_, r) => {
+            const v = vec.get(r) as unknown;
+            if (
+              typeof v === "bigint" &&
+              v >= BigInt(Number.MIN_SAFE_INTEGER) &&
+              v <= BigInt(Number.MAX_SAFE_INTEGER)
+            ) {
+              return Number(v);
+            }
+            return v instanceof Date ? v.getTime() : v;
+          });
+          expect(decoded.column(i)).toEqual(want);
+        }
       }),
       { seed, numRuns: 300 },
     );
+  });
+
+  it("column(i) reads multi-batch streams and refuses a column that does not exist", () => {
+    const cols: ColumnSpec[] = [
+      { name: "d", type: "date" },
+      { name: "n", type: "integer" },
+    ];
+    const one = tableFromIPC(arrowWritten(cols, [["2026-10-31", 1]]));
+    const two = tableFromIPC(arrowWritten(cols, [[null, 2 ** 60]]));
+    const decoded = decodeResult(
+      tableToIPC(new Table(one.schema, [...one.batches, ...two.batches]), "stream"),
+    );
+    expect(decoded.column(0)).toEqual([Date.UTC(2026, 9, 31), null]);
+    expect(decoded.column(1)).toEqual([1, 2n ** 60n]);
+    expect(() => decoded.column(2)).toThrow(RangeError);
   });
 
   it("reads multi-batch streams written by Arrow", () => {

@@ -426,6 +426,13 @@ export interface DecodedResult {
   readonly rowCount: number;
   /** Materializes rows as plain objects (copies): for printing and combining, not for hot paths. */
   rows(): Record<string, Cell>[];
+  /**
+   * The values of column `index` (of `columns`) over every row, read straight from the received
+   * bytes as the Arrow table's getters give them, except that an integer within 2^53 is a number
+   * (beyond, a bigint) and a date is epoch milliseconds: what a combine loads, without building an
+   * Arrow table (at 10,000 answers, building their tables cost the aggregator ~0.5 s in one turn).
+   */
+  column(index: number): Cell[];
 }
 
 /** One column of one record batch: views into the received bytes (copies only if misaligned). */
@@ -902,6 +909,18 @@ class Decoded implements DecodedResult {
     }
     return out;
   }
+
+  column(index: number): Cell[] {
+    const c = this.schema.columns[index];
+    if (c === undefined) throw new RangeError("no such column");
+    const out: Cell[] = new Array(this.rowCount);
+    let base = 0;
+    for (const b of this.batches) {
+      columnCells(c, b.chunks[index]!, out, base, true);
+      base += b.length;
+    }
+    return out;
+  }
 }
 
 /** Sets row[name] = value; "__proto__" lands as an own property, not as the row's prototype. */
@@ -915,7 +934,17 @@ function put(row: Record<string, Cell>, name: string, value: Cell): void {
 
 /** Writes one column of a batch into rows out[base ..], as Arrow's getters would read it. */
 function fillColumn(out: Record<string, Cell>[], base: number, c: ColumnSpec, ch: Chunk): void {
+  const cells: Cell[] = new Array(ch.length);
+  columnCells(c, ch, cells, 0, false);
   const { name } = c;
+  for (let k = 0; k < ch.length; k++) put(out[base + k]!, name, cells[k]!);
+}
+
+/**
+ * Reads one column of a batch into out[base ..], as rows() gives its cells: dates as day text, or
+ * with `datesAsMs` as epoch milliseconds (as Arrow's DateDay getter gives them).
+ */
+function columnCells(c: ColumnSpec, ch: Chunk, out: Cell[], base: number, datesAsMs: boolean): void {
   const { validity, length } = ch;
   switch (c.type) {
     case "integer": {
@@ -932,28 +961,28 @@ function fillColumn(out: Record<string, Cell>[], base: number, c: ColumnSpec, ch
             value = b >= MIN_SAFE_BIG && b <= MAX_SAFE_BIG ? Number(b) : b;
           }
         }
-        put(out[base + k]!, name, value);
+        out[base + k] = value;
       }
       return;
     }
     case "number": {
       const v = ch.values as Float64Array;
-      for (let k = 0; k < length; k++) {
-        put(out[base + k]!, name, validity === undefined || isSet(validity, k) ? v[k]! : null);
-      }
+      for (let k = 0; k < length; k++)
+        out[base + k] = validity === undefined || isSet(validity, k) ? v[k]! : null;
       return;
     }
     case "date": {
       const v = ch.values as Int32Array;
       for (let k = 0; k < length; k++) {
-        put(out[base + k]!, name, validity === undefined || isSet(validity, k) ? dayText(v[k]!) : null);
+        if (validity !== undefined && !isSet(validity, k)) out[base + k] = null;
+        else out[base + k] = datesAsMs ? v[k]! * MS_PER_DAY : dayText(v[k]!);
       }
       return;
     }
     case "boolean": {
       const v = ch.values as Uint8Array;
       for (let k = 0; k < length; k++) {
-        put(out[base + k]!, name, validity === undefined || isSet(validity, k) ? isSet(v, k) : null);
+        out[base + k] = validity === undefined || isSet(validity, k) ? isSet(v, k) : null;
       }
       return;
     }
@@ -961,11 +990,7 @@ function fillColumn(out: Record<string, Cell>[], base: number, c: ColumnSpec, ch
       const v = ch.values as Uint8Array;
       const o = ch.offsets!;
       for (let k = 0; k < length; k++) {
-        put(
-          out[base + k]!,
-          name,
-          validity === undefined || isSet(validity, k) ? utf8Text(v, o[k]!, o[k + 1]!) : null,
-        );
+        out[base + k] = validity === undefined || isSet(validity, k) ? utf8Text(v, o[k]!, o[k + 1]!) : null;
       }
       return;
     }
