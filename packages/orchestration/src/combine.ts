@@ -563,17 +563,25 @@ async function appendTable(
   conn: DuckDBConnection,
   table: string,
   types: DuckDBType[],
-  fill: (w: ChunkWriter) => void,
+  fill: (w: ChunkWriter) => Promise<void>,
 ): Promise<void> {
   const appender = await conn.createAppender(table);
   try {
     const w = new ChunkWriter(types, (chunk) => appender.appendDataChunk(chunk));
-    fill(w);
+    await fill(w);
     w.flush();
     appender.flushSync();
   } finally {
     appender.closeSync();
   }
+}
+
+/** Toteboxes loaded per event-loop turn (feed). */
+const FEED_SLICE = 1024;
+
+/** Lets the event loop run other work (I/O, other operators' requests) before going on. */
+function yieldTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }
 
 /** Thrown by a converter; feed() turns it into ORCH_ERR_COMBINE naming the read, Totebox and column. */
@@ -620,8 +628,14 @@ async function feed(
   { batches, tagsOf }: ReturnType<typeof checkInput>,
 ): Promise<void> {
   const covTypes = [VARCHAR, VARCHAR, TAGS_TYPE, VARCHAR, VARCHAR, DOUBLE];
-  await appendTable(conn, "coverage", covTypes, (w) => {
+  // Loading yields to the event loop every FEED_SLICE Toteboxes: at 10,000 answers one turn of
+  // loading held the aggregator (and every other operator's request on it) for most of a second.
+  let fed = 0;
+  const pace = (): Promise<void> | undefined => (++fed % FEED_SLICE === 0 ? yieldTurn() : undefined);
+  await appendTable(conn, "coverage", covTypes, async (w) => {
     for (const c of input.coverage) {
+      const turn = pace();
+      if (turn) await turn;
       w.column(0).push(c.totebox);
       w.column(1).push(c.name);
       w.column(2).push(tagsOf.get(c.totebox)!);
@@ -636,8 +650,10 @@ async function feed(
     if (!list || list.length === 0) continue;
     const types = [VARCHAR, TAGS_TYPE, ...read.columns.map((c) => DUCK_TYPES[c.type])];
     const convert = read.columns.map((c) => ARROW_TO_DUCK[c.type]);
-    await appendTable(conn, read.as, types, (w) => {
+    await appendTable(conn, read.as, types, async (w) => {
       for (const b of list) {
+        const turn = pace();
+        if (turn) await turn;
         const n = b.result.rowCount;
         if (n === 0) continue;
         // Straight from the received bytes (DecodedResult.column), not through an Arrow table:
