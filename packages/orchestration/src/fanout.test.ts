@@ -323,25 +323,82 @@ describe("what a console holds of the aggregator stays bounded", () => {
   });
 });
 
+/** The recording pools' clock start: far from the real clock, so nothing real can leak in. */
+const T0 = Date.UTC(2030, 0, 1);
+
+/** Totebox entries the recording pools below hand out leases for (never dialled). */
+const targets = (n: number): ToteboxEntry[] =>
+  Array.from({ length: n }, (_, i) => ({
+    id: `tb-${i}`,
+    name: `tb-${i}`,
+    host: "127.0.0.1",
+    port: 1,
+    fingerprint: "00".repeat(32),
+    tags: { region: "west" },
+    state: "active",
+    tenants: ["t1"],
+    line: i + 1,
+  }));
+
+/** An aggregator identity, and an operator's 600 s grant to it over `views` for region=west. */
+async function grantOver(views: readonly string[], clock: ManualClock) {
+  const [agg, op] = await Promise.all([createIdentity({ name: "agg-r" }), createIdentity({ name: "op-r" })]);
+  const grant = issueGrant({
+    operator: "op",
+    aggregatorId: agg.fingerprint,
+    aggregatorKey: agg.publicKey,
+    tenant: "t1",
+    toteboxSelectors: ["region=west"],
+    views: [...views],
+    actions: ["read"],
+    lifetimeSeconds: 600,
+    signer: op.privateKey,
+    clock,
+  });
+  return { agg, grant };
+}
+
+/** A read fan-out of `views` over `n` recorded Toteboxes through `pool`; no timer of it ever fires. */
+function recordedFanOut(args: {
+  n: number;
+  views: readonly string[];
+  grant: Uint8Array;
+  agg: Identity;
+  clock: ManualClock;
+  pool: LinkPool;
+}): FanOut {
+  const plan: FanOutPlan = {
+    kind: "read",
+    name: "position",
+    params: {},
+    targets: targets(args.n),
+    reads: args.views.map((v) => ({ view: v, as: v, params: {} })),
+    command: undefined,
+    viewport: undefined,
+    mode: "warn",
+    toteboxTimeoutMs: 60_000,
+    deadlineMs: 60_000,
+    grant: args.grant,
+    grantExpiresAt: T0 + 600_000,
+    tenant: "t1",
+    operator: "op",
+    keepAnswers: false,
+  };
+  return new FanOut(plan, {
+    pool: args.pool,
+    signer: args.agg.privateKey,
+    clock: args.clock,
+    scheduler: new ManualScheduler(T0),
+    limits: DEFAULT_ORCH_LIMITS,
+    logger: pino({ level: "silent" }),
+  });
+}
+
 /**
  * Capabilities are batch-signed per dispatch slice, as each slice leaves (fanout.ts, start()).
  * A pool that hands out a recording session (every read refused) shows what each Totebox got.
  */
 describe("capabilities signed per dispatch slice", () => {
-  const T0 = Date.UTC(2030, 0, 1);
-  const targets = (n: number): ToteboxEntry[] =>
-    Array.from({ length: n }, (_, i) => ({
-      id: `tb-${i}`,
-      name: `tb-${i}`,
-      host: "127.0.0.1",
-      port: 1,
-      fingerprint: "00".repeat(32),
-      tags: { region: "west" },
-      state: "active",
-      tenants: ["t1"],
-      line: i + 1,
-    }));
-
   interface RunOptions {
     /** Views read from each Totebox (default: position). */
     readonly views?: readonly string[];
@@ -353,23 +410,8 @@ describe("capabilities signed per dispatch slice", () => {
 
   async function run(n: number, opts: RunOptions = {}) {
     const views = opts.views ?? ["position"];
-    const [agg, op] = await Promise.all([
-      createIdentity({ name: "agg-s" }),
-      createIdentity({ name: "op-s" }),
-    ]);
     const clock = new ManualClock(T0);
-    const grant = issueGrant({
-      operator: "op",
-      aggregatorId: agg.fingerprint,
-      aggregatorKey: agg.publicKey,
-      tenant: "t1",
-      toteboxSelectors: ["region=west"],
-      views: [...views],
-      actions: ["read"],
-      lifetimeSeconds: 600,
-      signer: op.privateKey,
-      clock,
-    });
+    const { agg, grant } = await grantOver(views, clock);
     const seen: Uint8Array[] = [];
     let f: FanOut | undefined;
     const session = {
@@ -381,31 +423,8 @@ describe("capabilities signed per dispatch slice", () => {
     };
     const lease = { session: () => ({ stub: session, end() {} }), release() {} };
     const pool = { acquire: async () => lease, health: () => undefined, cut() {} } as unknown as LinkPool;
-    const plan: FanOutPlan = {
-      kind: "read",
-      name: "position",
-      params: {},
-      targets: targets(n),
-      reads: views.map((v) => ({ view: v, as: v, params: {} })),
-      command: undefined,
-      viewport: undefined,
-      mode: "warn",
-      toteboxTimeoutMs: 60_000,
-      deadlineMs: 60_000,
-      grant,
-      grantExpiresAt: T0 + 600_000,
-      tenant: "t1",
-      operator: "op",
-      keepAnswers: false,
-    };
-    f = new FanOut(plan, {
-      pool,
-      signer: agg.privateKey,
-      clock,
-      scheduler: new ManualScheduler(T0), // no timer fires: every Totebox refuses at once
-      limits: DEFAULT_ORCH_LIMITS,
-      logger: pino({ level: "silent" }),
-    });
+    // No timer fires: every Totebox refuses at once.
+    f = recordedFanOut({ n, views, grant, agg, clock, pool });
     if (opts.startAfterMs) clock.advance(opts.startAfterMs);
     f.start();
     return { result: await f.done, seen };
@@ -488,7 +507,6 @@ describe("capabilities signed per dispatch slice", () => {
  * session stub records capnweb reads, both refusing or answering as the test says.
  */
 describe("direct or capnweb, and the fallback", () => {
-  const T0 = Date.UTC(2030, 0, 1);
   interface Script {
     readonly views: readonly string[];
     /** What hello announced. */
@@ -502,23 +520,8 @@ describe("direct or capnweb, and the fallback", () => {
     readonly capnweb?: "denied" | "answered";
   }
   async function run(script: Script) {
-    const [agg, op] = await Promise.all([
-      createIdentity({ name: "agg-f" }),
-      createIdentity({ name: "op-f" }),
-    ]);
     const clock = new ManualClock(T0);
-    const grant = issueGrant({
-      operator: "op",
-      aggregatorId: agg.fingerprint,
-      aggregatorKey: agg.publicKey,
-      tenant: "t1",
-      toteboxIds: ["tb-0"],
-      views: [...script.views],
-      actions: ["read"],
-      lifetimeSeconds: 600,
-      signer: op.privateKey,
-      clock,
-    });
+    const { agg, grant } = await grantOver(script.views, clock);
     const direct: string[] = [];
     const viaCapnweb: string[] = [];
     const ended: boolean[] = [];
@@ -560,45 +563,7 @@ describe("direct or capnweb, and the fallback", () => {
       release() {},
     };
     const pool = { acquire: async () => lease, health: () => undefined, cut() {} } as unknown as LinkPool;
-    const f = new FanOut(
-      {
-        kind: "read",
-        name: "position",
-        params: {},
-        targets: [
-          {
-            id: "tb-0",
-            name: "tb-0",
-            host: "127.0.0.1",
-            port: 1,
-            fingerprint: "00".repeat(32),
-            tags: { region: "west" },
-            state: "active",
-            tenants: ["t1"],
-            line: 1,
-          },
-        ],
-        reads: script.views.map((v) => ({ view: v, as: v, params: {} })),
-        command: undefined,
-        viewport: undefined,
-        mode: "warn",
-        toteboxTimeoutMs: 60_000,
-        deadlineMs: 60_000,
-        grant,
-        grantExpiresAt: T0 + 600_000,
-        tenant: "t1",
-        operator: "op",
-        keepAnswers: false,
-      },
-      {
-        pool,
-        signer: agg.privateKey,
-        clock,
-        scheduler: new ManualScheduler(T0),
-        limits: DEFAULT_ORCH_LIMITS,
-        logger: pino({ level: "silent" }),
-      },
-    );
+    const f = recordedFanOut({ n: 1, views: script.views, grant, agg, clock, pool });
     f.start();
     const result = await f.done;
     return { result, direct, viaCapnweb, ended, handles, confirmed };

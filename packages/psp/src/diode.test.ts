@@ -5,7 +5,7 @@ import { encodeFrame, FrameKind } from "./frame-codec.ts";
 import { createIdentity, type Identity } from "./identity.ts";
 import type { PspLink } from "./link.ts";
 import { openCommander, serveSubject } from "./rpc.ts";
-import { type RawPeer, rawConnect, rawListen } from "./test-peers.ts";
+import { closedWith, type RawPeer, rawConnect, rawListen } from "./test-peers.ts";
 import { connectPsp, listenPsp, type PspServer } from "./tls.ts";
 
 class Echo extends RpcTarget {
@@ -31,11 +31,6 @@ beforeAll(async () => {
 });
 
 /** Resolves with the error a link closed with. */
-const closedWith = (link: PspLink) =>
-  new Promise<PspError | undefined>((resolve) => {
-    if (link.closed) resolve(link.closeError);
-    else link.once("close", resolve);
-  });
 
 describe("Diode: a subject that tries to command is cut off", () => {
   // A scripted hostile Totebox: completes TLS properly, then plays `script` to the commander.

@@ -7,7 +7,7 @@ import type { PspLimits } from "./limits.ts";
 import type { DirectRequestHandler, PspLink } from "./link.ts";
 import { decodeValue, encodeValue } from "./message-codec.ts";
 import { openCommander, serveSubject } from "./rpc.ts";
-import { type RawPeer, rawConnect, rawListen } from "./test-peers.ts";
+import { closedWith, type RawPeer, rawConnect, rawListen } from "./test-peers.ts";
 import { connectPsp, listenPsp, type PspServer } from "./tls.ts";
 
 /**
@@ -37,12 +37,6 @@ beforeAll(async () => {
     createIdentity({ name: "c" }),
   ]);
 });
-
-const closedWith = (link: PspLink) =>
-  new Promise<PspError | undefined>((resolve) => {
-    if (link.closed) resolve(link.closeError);
-    else link.once("close", resolve);
-  });
 
 /** A request's rejection, as the caller sees it. */
 async function rejectionOf(p: Promise<unknown>): Promise<Error & { code?: string; detail?: unknown }> {

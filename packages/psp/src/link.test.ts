@@ -1,14 +1,13 @@
 import net from "node:net";
 import { RpcTarget } from "capnweb";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { PspError } from "./errors.ts";
 import { encodeFrame, FrameKind } from "./frame-codec.ts";
 import { createIdentity, type Identity } from "./identity.ts";
 import type { PspLimits } from "./limits.ts";
 import type { PspLink } from "./link.ts";
 import { openCommander, serveSubject } from "./rpc.ts";
 import { ManualScheduler } from "./scheduler.ts";
-import { rawConnect } from "./test-peers.ts";
+import { closedWith, rawConnect } from "./test-peers.ts";
 import { connectPsp, listenPsp, type PspServer } from "./tls.ts";
 
 class Api extends RpcTarget {
@@ -28,12 +27,6 @@ interface ApiT {
   hang(): Promise<void>;
   // (remote calls return promises)
 }
-
-const closedWith = (link: PspLink) =>
-  new Promise<PspError | undefined>((resolve) => {
-    if (link.closed) resolve(link.closeError);
-    else link.once("close", resolve);
-  });
 
 async function nextTurns(n = 50) {
   for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r));

@@ -3,9 +3,11 @@
  * send exactly the bytes a hostile Totebox or commander would. Not exported from the package.
  */
 import tls from "node:tls";
+import type { PspError } from "./errors.ts";
 import { encodeFrame, type Frame, FrameDecoder, FrameKind } from "./frame-codec.ts";
 import type { Identity } from "./identity.ts";
 import { DEFAULT_PSP_LIMITS } from "./limits.ts";
+import type { PspLink } from "./link.ts";
 import { decodeMessages, encodeMessages } from "./message-codec.ts";
 
 export interface RawPeer {
@@ -119,4 +121,12 @@ export async function rawListen(
         server.close(() => r());
       }),
   };
+}
+
+/** Resolves with the error a link closed with (undefined for a clean close), now or when it closes. */
+export function closedWith(link: PspLink): Promise<PspError | undefined> {
+  return new Promise((resolve) => {
+    if (link.closed) resolve(link.closeError);
+    else link.once("close", resolve);
+  });
 }

@@ -127,6 +127,14 @@ describe("direct reads at a real Totebox", () => {
     f[f.length - 1]! ^= 1;
     return f;
   };
+  /** A fresh link whose session under a fresh grant has answered one capnweb read. */
+  const authorized = async () => {
+    const { link, api } = await connect();
+    const g = grantFor();
+    const session = api.authorize(g);
+    await session.read(capFor(g), "position", PARAMS);
+    return { link, api, g, session };
+  };
   const hashOf = (g: Uint8Array) => createHash("sha256").update(g).digest();
   const body = (g: Uint8Array, view = "position", params: Record<string, string> = PARAMS) =>
     encodeDirectReadBody({ grantHash: hashOf(g), view, params, row: null });
@@ -177,10 +185,7 @@ describe("direct reads at a real Totebox", () => {
   });
 
   it("every check of a capnweb read applies: replay, audience, scope, grant, signer; each refusal audited", async () => {
-    const { link, api } = await connect();
-    const g = grantFor();
-    const session = api.authorize(g);
-    await session.read(capFor(g), "position", PARAMS);
+    const { link, g, session } = await authorized();
     const otherGrant = grantFor({ views: ["position"] });
     const cap = capFor(g);
     await direct(link, cap, body(g));
@@ -228,10 +233,7 @@ describe("direct reads at a real Totebox", () => {
   });
 
   it("a malformed request or an unknown method is refused with a code; the link keeps serving", async () => {
-    const { link, api } = await connect();
-    const g = grantFor();
-    const session = api.authorize(g);
-    await session.read(capFor(g), "position", PARAMS);
+    const { link, g, session } = await authorized();
     const short = encodeDirectReadBody({
       grantHash: hashOf(g).subarray(0, 31),
       view: "position",
@@ -294,10 +296,7 @@ describe("direct reads at a real Totebox", () => {
   });
 
   it("an expired capability and a suspended Totebox are refused as over capnweb", async () => {
-    const { link, api } = await connect();
-    const g = grantFor();
-    const session = api.authorize(g);
-    await session.read(capFor(g), "position", PARAMS);
+    const { link, g, session } = await authorized();
     const old = capFor(g);
     clock.advance(10 * 60_000); // past the capability's lifetime (and the skew), within the grant's
     expect((await refusal(direct(link, old, body(g)))).code).toBe("PSP_ERR_CAP_EXPIRED");
@@ -312,10 +311,7 @@ describe("direct reads at a real Totebox", () => {
   });
 
   it("a refusal the session's read audits is audited once (a capability that does not even decode)", async () => {
-    const { link, api } = await connect();
-    const g = grantFor();
-    const session = api.authorize(g);
-    await session.read(capFor(g), "position", PARAMS);
+    const { link, g, session } = await authorized();
     const from = server.auditLog.size();
     expect((await refusal(direct(link, new Uint8Array([1, 2, 3]), body(g)))).code).toBe(
       "PSP_ERR_CAP_MALFORMED",
