@@ -5,7 +5,7 @@ import { encodeFrame, FrameKind } from "./frame-codec.ts";
 import { createIdentity, type Identity } from "./identity.ts";
 import type { PspLink } from "./link.ts";
 import { openCommander, serveSubject } from "./rpc.ts";
-import { closedWith, type RawPeer, rawConnect, rawListen } from "./test-peers.ts";
+import { closedWith, hostileSubjectLink, type RawPeer, rawConnect } from "./test-peers.ts";
 import { connectPsp, listenPsp, type PspServer } from "./tls.ts";
 
 class Echo extends RpcTarget {
@@ -34,19 +34,8 @@ beforeAll(async () => {
 
 describe("Diode: a subject that tries to command is cut off", () => {
   // A scripted hostile Totebox: completes TLS properly, then plays `script` to the commander.
-  const hostileSubject = async (script: (peer: RawPeer) => void | Promise<void>) => {
-    const server = await rawListen(subjectId, (peer) => void script(peer));
-    const link = await connectPsp({
-      identity: commanderId,
-      role: "commander",
-      host: "127.0.0.1",
-      port: server.port,
-      expect: subjectId.fingerprint,
-    });
-    const violations: PspError[] = [];
-    link.on("violation", (e) => violations.push(e));
-    return { link, violations, close: () => server.close() };
-  };
+  const hostileSubject = (script: (peer: RawPeer) => void | Promise<void>) =>
+    hostileSubjectLink({ subject: subjectId, commander: commanderId, script });
 
   it.each([
     ["sends a call (push)", [["push", ["pipeline", 0, ["steal"], []]]]],

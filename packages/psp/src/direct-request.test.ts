@@ -7,7 +7,7 @@ import type { PspLimits } from "./limits.ts";
 import type { DirectRequestHandler, PspLink } from "./link.ts";
 import { decodeValue, encodeValue } from "./message-codec.ts";
 import { openCommander, serveSubject } from "./rpc.ts";
-import { closedWith, type RawPeer, rawConnect, rawListen } from "./test-peers.ts";
+import { closedWith, hostileSubjectLink, type RawPeer, rawConnect, rawListen } from "./test-peers.ts";
 import { connectPsp, listenPsp, type PspServer } from "./tls.ts";
 
 /**
@@ -324,23 +324,8 @@ describe("direct requests between an honest commander and subject", () => {
 });
 
 describe("Diode: a hostile subject's direct frames are refused and cut its link", () => {
-  const hostileSubject = async (
-    script: (peer: RawPeer) => void | Promise<void>,
-    limits: Partial<PspLimits> = {},
-  ) => {
-    const server = await rawListen(subjectId, (peer) => void script(peer));
-    const link = await connectPsp({
-      identity: commanderId,
-      role: "commander",
-      host: "127.0.0.1",
-      port: server.port,
-      expect: subjectId.fingerprint,
-      limits,
-    });
-    const violations: PspError[] = [];
-    link.on("violation", (e) => violations.push(e));
-    return { link, violations, close: () => server.close() };
-  };
+  const hostileSubject = (script: (peer: RawPeer) => void | Promise<void>, limits: Partial<PspLimits> = {}) =>
+    hostileSubjectLink({ subject: subjectId, commander: commanderId, script, limits });
 
   it("a subject that sends a request up (tries to call its commander) is cut with PSP_ERR_DIODE", async () => {
     const h = await hostileSubject((peer) =>

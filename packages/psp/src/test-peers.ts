@@ -6,9 +6,10 @@ import tls from "node:tls";
 import type { PspError } from "./errors.ts";
 import { encodeFrame, type Frame, FrameDecoder, FrameKind } from "./frame-codec.ts";
 import type { Identity } from "./identity.ts";
-import { DEFAULT_PSP_LIMITS } from "./limits.ts";
+import { DEFAULT_PSP_LIMITS, type PspLimits } from "./limits.ts";
 import type { PspLink } from "./link.ts";
 import { decodeMessages, encodeMessages } from "./message-codec.ts";
+import { connectPsp } from "./tls.ts";
 
 export interface RawPeer {
   socket: tls.TLSSocket;
@@ -129,4 +130,28 @@ export function closedWith(link: PspLink): Promise<PspError | undefined> {
     if (link.closed) resolve(link.closeError);
     else link.once("close", resolve);
   });
+}
+
+/**
+ * A scripted hostile subject on loopback (TLS done properly, then `script` plays anything) and a
+ * real commander link to it: the link under test, the Diode violations it reported, and a closer.
+ */
+export async function hostileSubjectLink(options: {
+  subject: Identity;
+  commander: Identity;
+  script: (peer: RawPeer) => void | Promise<void>;
+  limits?: Partial<PspLimits>;
+}): Promise<{ link: PspLink; violations: PspError[]; close(): Promise<void> }> {
+  const server = await rawListen(options.subject, (peer) => void options.script(peer));
+  const link = await connectPsp({
+    identity: options.commander,
+    role: "commander",
+    host: "127.0.0.1",
+    port: server.port,
+    expect: options.subject.fingerprint,
+    ...(options.limits ? { limits: options.limits } : {}),
+  });
+  const violations: PspError[] = [];
+  link.on("violation", (e) => violations.push(e));
+  return { link, violations, close: () => server.close() };
 }

@@ -28,7 +28,7 @@ import { initArchive, openArchive } from "./archive.ts";
 import type { ToteboxRemote } from "./remote-api.ts";
 import { ToteboxServer } from "./server.ts";
 import { MAX_SESSIONS_PER_LINK } from "./subject.ts";
-import { trustHubAndAlice } from "./test-peers.ts";
+import { aliceGrant, hubCapability, trustHubAndAlice } from "./test-peers.ts";
 
 /**
  * Direct reads (psp direct-read.ts) at a real Totebox over real TLS: served only under a session
@@ -99,28 +99,9 @@ describe("direct reads at a real Totebox", () => {
     return { link, api: openCommander<ToteboxRemote>(link) };
   };
   const grantFor = (o: Partial<Parameters<typeof issueGrant>[0]> = {}) =>
-    issueGrant({
-      operator: "alice",
-      aggregatorId: agg.fingerprint,
-      aggregatorKey: agg.publicKey,
-      tenant: "acme",
-      toteboxIds: ["tb-1"],
-      views: ["position", "income-summary"],
-      actions: ["read"],
-      signer: op.privateKey,
-      clock,
-      ...o,
-    });
+    aliceGrant(agg, op, clock, { views: ["position", "income-summary"], ...o });
   const capFor = (grant: Uint8Array, o: Partial<Parameters<typeof issueCallCapability>[0]> = {}) =>
-    issueCallCapability({
-      grant,
-      totebox: "tb-1",
-      view: "position",
-      action: "read",
-      clock,
-      signer: agg.privateKey,
-      ...o,
-    });
+    hubCapability(agg, grant, clock, o);
   /** The same capability with the last byte of its signature flipped. */
   const forged = (cap: Uint8Array) => {
     const f = new Uint8Array(cap);

@@ -6,7 +6,7 @@ import {
   createIdentity,
   type Identity,
   issueCallCapability,
-  issueGrant,
+  type issueGrant,
   ManualClock,
   openCommander,
   type PspLink,
@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { initArchive, openArchive } from "./archive.ts";
 import { generateDemoData } from "./demo-data.ts";
 import { ToteboxServer } from "./server.ts";
-import { trustHubAndAlice } from "./test-peers.ts";
+import { aliceGrant, hubCapability, trustHubAndAlice } from "./test-peers.ts";
 
 // In-process server: lets the test read the runtime's counters, which is how we prove that no
 // SQL and no command runs before the capability chain and the owner's policy both allow it.
@@ -76,28 +76,13 @@ describe("a Totebox runs nothing before the capability chain and its policy allo
   });
 
   const grantFor = (o: Partial<Parameters<typeof issueGrant>[0]> = {}) =>
-    issueGrant({
-      operator: "alice",
-      aggregatorId: agg.fingerprint,
-      aggregatorKey: agg.publicKey,
-      tenant: "acme",
-      toteboxIds: ["tb-1"],
+    aliceGrant(agg, op, clock, {
       views: ["position", "occupancy"],
       actions: ["read", "verify-ledger"],
-      signer: op.privateKey,
-      clock,
       ...o,
     });
   const capFor = (grant: Uint8Array, o: Partial<Parameters<typeof issueCallCapability>[0]> = {}) =>
-    issueCallCapability({
-      grant,
-      totebox: "tb-1",
-      view: "position",
-      action: "read",
-      clock,
-      signer: agg.privateKey,
-      ...o,
-    });
+    hubCapability(agg, grant, clock, o);
 
   it("a valid chain runs exactly one query", async () => {
     const before = server.stats.viewsExecuted;

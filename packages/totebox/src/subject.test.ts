@@ -10,7 +10,7 @@ import {
   encodeDirectReadBody,
   type Identity,
   issueCallCapability,
-  issueGrant,
+  type issueGrant,
   ManualClock,
   openCommander,
   type PspLink,
@@ -22,7 +22,7 @@ import { initArchive, openArchive } from "./archive.ts";
 import type { ToteboxRemote, ToteboxSessionRemote } from "./remote-api.ts";
 import { ToteboxServer } from "./server.ts";
 import { CANCEL_LIMITS, ReadCancellations } from "./subject.ts";
-import { trustHubAndAlice } from "./test-peers.ts";
+import { aliceGrant, hubCapability, trustHubAndAlice } from "./test-peers.ts";
 import type { PooledViewRunner } from "./view-runner.ts";
 
 const NOW = Date.parse("2026-11-01T12:00:00Z");
@@ -90,28 +90,9 @@ describe("cancelling a read over PSP (pool runner, one query process)", () => {
 
   const pool = () => (server.runner as PooledViewRunner).stats();
   const grantFor = (o: Partial<Parameters<typeof issueGrant>[0]> = {}) =>
-    issueGrant({
-      operator: "alice",
-      aggregatorId: agg.fingerprint,
-      aggregatorKey: agg.publicKey,
-      tenant: "acme",
-      toteboxIds: ["tb-1"],
-      views: ["position", "slow"],
-      actions: ["read"],
-      signer: op.privateKey,
-      clock,
-      ...o,
-    });
+    aliceGrant(agg, op, clock, { views: ["position", "slow"], ...o });
   const capFor = (grant: Uint8Array, o: Partial<Parameters<typeof issueCallCapability>[0]> = {}) =>
-    issueCallCapability({
-      grant,
-      totebox: "tb-1",
-      view: "slow",
-      action: "read",
-      clock,
-      signer: agg.privateKey,
-      ...o,
-    });
+    hubCapability(agg, grant, clock, { view: "slow", ...o });
   /** Audit entries appended since `from`, for one action. */
   const auditSince = (from: number, action: string) =>
     server.auditLog
