@@ -513,9 +513,10 @@ describe("direct or capnweb, and the fallback", () => {
     readonly directMethods?: readonly number[];
     /**
      * The direct reply for read i: "unknown" refuses it with TOTEBOX_ERR_SESSION_UNKNOWN,
-     * "denied" with TOTEBOX_ERR_POLICY_DENIED, "answered" replies (with bytes no check accepts).
+     * "denied" with TOTEBOX_ERR_POLICY_DENIED, "answered" replies (with bytes no check accepts),
+     * "hang" never replies (and the fan-out is cancelled once every read has been sent).
      */
-    readonly direct: (i: number) => "unknown" | "denied" | "answered";
+    readonly direct: (i: number) => "unknown" | "denied" | "answered" | "hang";
     /** What a capnweb read gets: refused by policy (default), or an answer no check accepts. */
     readonly capnweb?: "denied" | "answered";
   }
@@ -536,17 +537,24 @@ describe("direct or capnweb, and the fallback", () => {
         return refuse("TOTEBOX_ERR_POLICY_DENIED");
       },
     };
+    const abandoned: number[] = [];
+    let f: FanOut | undefined;
     const link = {
-      request(_method: number, payload: Uint8Array[]) {
+      request(_method: number, payload: Uint8Array[], ticket?: { id: number }) {
         const i = direct.length;
         direct.push(hexOf(payload[0]!));
         const how = script.direct(i);
+        if (ticket) ticket.id = 100 + i;
+        if (how === "hang") {
+          if (direct.length === script.views.length) queueMicrotask(() => f!.cancel());
+          return new Promise(() => {});
+        }
         if (how === "answered") return Promise.resolve([new Uint8Array(8), new Uint8Array(8)]);
         return refuse(how === "unknown" ? "TOTEBOX_ERR_SESSION_UNKNOWN" : "TOTEBOX_ERR_POLICY_DENIED");
       },
     };
     const lease = {
-      link,
+      link: { ...link, abandon: (id: number) => abandoned.push(id) },
       hello: { directMethods: script.directMethods },
       // The first handle is a session the pool believes authorized; any later one a fresh one.
       session: () => {
@@ -563,10 +571,10 @@ describe("direct or capnweb, and the fallback", () => {
       release() {},
     };
     const pool = { acquire: async () => lease, health: () => undefined, cut() {} } as unknown as LinkPool;
-    const f = recordedFanOut({ n: 1, views: script.views, grant, agg, clock, pool });
+    f = recordedFanOut({ n: 1, views: script.views, grant, agg, clock, pool });
     f.start();
     const result = await f.done;
-    return { result, direct, viaCapnweb, ended, handles, confirmed };
+    return { result, direct, viaCapnweb, ended, handles, confirmed, abandoned };
   }
 
   it("a session the Totebox no longer holds: authorized again once, the same capability sent over capnweb", async () => {
@@ -609,6 +617,13 @@ describe("direct or capnweb, and the fallback", () => {
     expect(r3.confirmed).toBe(1);
     // Both answers were then checked, each by its own path's rules, and refused (cut as forged).
     expect(r3.result.outcomes[0]).toMatchObject({ status: "error" });
+  });
+
+  it("a Totebox settled without its answers (here: cancelled) has its direct reads abandoned at the link", async () => {
+    const r = await run({ views: ["position", "ledger"], directMethods: [1], direct: () => "hang" });
+    expect(r.direct).toHaveLength(2);
+    expect(r.abandoned).toEqual([100, 101]);
+    expect(r.result.outcomes[0]).toMatchObject({ code: "ORCH_ERR_CANCELLED" });
   });
 
   it("a Totebox that did not announce direct reads in hello is read over capnweb only", async () => {

@@ -521,11 +521,17 @@ export class FanOut {
    */
   async #readDirect(p: Pending, lease: LinkLease, viaDirect: boolean[]): Promise<unknown[]> {
     const link = lease.link;
+    // Tickets, so that a read settled without its answer (timeout, deadline, cancel) is abandoned
+    // at the link (#cancelAtTotebox): nothing of this fan-out stays waiting on a Totebox that
+    // never replies, and the link's bound on unanswered requests keeps a mute one from piling up.
+    const tickets = this.plan.reads.map(() => ({ id: 0 }));
+    p.directTickets = tickets;
     const settled = await Promise.allSettled(
       this.plan.reads.map((r, i) =>
-        link.request(DIRECT_READ_METHOD, directReadPayload(p.caps[i]!, this.#directBodyOf(r))),
+        link.request(DIRECT_READ_METHOD, directReadPayload(p.caps[i]!, this.#directBodyOf(r)), tickets[i]),
       ),
     );
+    p.directTickets = undefined;
     const out: unknown[] = [];
     const retry: number[] = [];
     for (let i = 0; i < settled.length; i++) {
