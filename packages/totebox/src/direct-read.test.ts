@@ -12,8 +12,8 @@ import {
   directReadPayload,
   encodeDirectReadBody,
   type Identity,
-  issueCallCapability,
-  issueGrant,
+  type issueCallCapability,
+  type issueGrant,
   ManualClock,
   openCommander,
   type PspLimits,
@@ -348,26 +348,8 @@ describe("an answer too large for the Totebox's frames", () => {
         expect: server.identity.fingerprint,
       });
       try {
-        const g = issueGrant({
-          operator: "alice",
-          aggregatorId: agg.fingerprint,
-          aggregatorKey: agg.publicKey,
-          tenant: "acme",
-          toteboxIds: ["tb-1"],
-          views: ["position"],
-          actions: ["read"],
-          signer: op.privateKey,
-          clock,
-        });
-        const cap = () =>
-          issueCallCapability({
-            grant: g,
-            totebox: "tb-1",
-            view: "position",
-            action: "read",
-            clock,
-            signer: agg.privateKey,
-          });
+        const g = aliceGrant(agg, op, clock);
+        const cap = () => hubCapability(agg, g, clock);
         const api = openCommander<ToteboxRemote>(link);
         const session = api.authorize(g);
         const from = server.auditLog.size();

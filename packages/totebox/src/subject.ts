@@ -2,6 +2,7 @@ import {
   CAPABILITY_LIMITS,
   type CanonicalValue,
   DIRECT_READ_METHOD,
+  type DirectReadRequest,
   type DirectRequestHandler,
   decodeDirectReadRequest,
   decodeUnverified,
@@ -353,17 +354,14 @@ export const DIRECT_METHODS: readonly number[] = Object.freeze([DIRECT_READ_METH
  */
 export function directReadHandler(rt: ToteboxRuntime, link: PspLink): DirectRequestHandler {
   return async (method, payload) => {
-    let view: string | null = null;
-    let capability: string | null = null;
+    let req: DirectReadRequest | undefined;
     // Set once the session's own read runs: from then on it audits every outcome itself.
     let reached = false;
     try {
       if (method !== DIRECT_READ_METHOD) {
         throw new PspError("PSP_ERR_METHOD_UNKNOWN", "unknown direct request method", { method });
       }
-      const req = decodeDirectReadRequest(payload);
-      view = req.view.slice(0, 64);
-      capability = ctiHex(req.capability);
+      req = decodeDirectReadRequest(payload);
       const session = heldSession(link, hex(req.grantHash));
       if (!session) {
         throw new ToteboxError(
@@ -376,13 +374,14 @@ export function directReadHandler(rt: ToteboxRuntime, link: PspLink): DirectRequ
       return encodeDirectReadReply(answer);
     } catch (e) {
       if (!reached) {
+        // What is known of a refusal before any session: decoded here only, not on every read.
         await rt.audit({
           peer: link.peer.fingerprint,
           operator: null,
           tenant: null,
           action: "read",
-          target: view,
-          capability,
+          target: req ? req.view.slice(0, 64) : null,
+          capability: req ? ctiHex(req.capability) : null,
           outcome: codeOf(e),
         });
       }
