@@ -8,6 +8,7 @@
  *   BENCH_FANOUT_SIZES=1000 npm run bench -- fanout    fan-out at one fleet size (bench/fanout.ts)
  */
 import { benchFanout } from "./fanout.ts";
+import { benchHubPath } from "./hub-path.ts";
 import { benchPipelining } from "./pipelining.ts";
 import { benchCallTax, benchCapabilities, benchRoundTrips } from "./psp.ts";
 import { type BenchRow, printTable, writeResults } from "./report.ts";
@@ -18,6 +19,7 @@ const sections: Record<string, () => Promise<BenchRow[]>> = {
   totebox: benchTotebox,
   fanout: benchFanout,
   pipelining: benchPipelining,
+  hubpath: benchHubPath,
 };
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith("-"));

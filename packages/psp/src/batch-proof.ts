@@ -40,6 +40,12 @@ export function leafHash(leaf: Uint8Array): Uint8Array {
   return sha256(SCRATCH.subarray(0, 1 + leaf.byteLength));
 }
 
+/** The leaf hash of `prefixed` = 0x00 ‖ leaf, already assembled by the caller (no copy). */
+export function leafHashPrefixed(prefixed: Uint8Array): Uint8Array {
+  if (prefixed[0] !== 0) throw new RangeError("a prefixed leaf starts with 0x00");
+  return sha256(prefixed);
+}
+
 export function nodeHash(left: Uint8Array, right: Uint8Array): Uint8Array {
   const n = 1 + left.byteLength + right.byteLength;
   const input = n <= SCRATCH.byteLength ? SCRATCH.subarray(0, n) : new Uint8Array(n);

@@ -383,3 +383,75 @@ describe("batch envelope: the direct reader agrees with the generic decoder", ()
     expect(codecs.readBatchEnvelope(longer)).toBeUndefined();
   });
 });
+
+describe("batch payloads: written around the first input's bytes, exactly as one by one", () => {
+  // A batch writes each input that differs from the first only in Totebox id and cti around the
+  // first payload's bytes; any other input on its own. Either way each payload must be exactly
+  // what issuing that input alone writes (the clock is fixed, so iat is too).
+  const clock = new ManualClock(Date.UTC(2030, 0, 1));
+  const base = callInput(clock);
+  const otherGrant = callInput(clock).grant; // another buffer: another shape
+  const inputArb: fc.Arbitrary<CallInput> = fc
+    .record({
+      totebox: text,
+      cti: fc.option(
+        fc.oneof(
+          { weight: 8, arbitrary: fc.uint8Array({ minLength: 8, maxLength: 64 }) },
+          { weight: 1, arbitrary: fc.uint8Array({ minLength: 0, maxLength: 70 }) },
+        ),
+        { nil: undefined },
+      ),
+      shape: fc.constantFrom("same", "same", "same", "row", "grant", "lifetime", "command"),
+    })
+    .map(({ totebox, cti, shape }) => ({
+      ...base,
+      totebox,
+      ...(cti !== undefined ? { cti } : {}),
+      ...(shape === "row" ? { row: "r-1" } : {}),
+      ...(shape === "grant" ? { grant: otherGrant } : {}),
+      ...(shape === "lifetime" ? { lifetimeSeconds: 30 } : {}),
+      ...(shape === "command" ? { view: undefined, command: "settle" } : {}),
+    }));
+  const payloadOf = (token: Uint8Array) => codecs.decodeEnvelopeGeneric(token, true).payload;
+
+  it("every payload equals the one issuing its input alone writes, or the batch is refused as that input is (property)", () => {
+    let batches = 0;
+    fc.assert(
+      fc.property(fc.array(inputArb, { minLength: 1, maxLength: 12 }), (inputs) => {
+        // Alone, with the cti the batch would draw (any 16 bytes: their value changes no check).
+        const alone = (input: CallInput, cti = input.cti ?? new Uint8Array(16)) =>
+          attempt(() => payloadOf(issueCallCapability({ ...input, cti, signer: aggregatorKey })));
+        const batch = attempt(() => issueCallCapabilityBatch(inputs, aggregatorKey));
+        if (typeof batch === "string") {
+          // Refused: with the code the first refused input gets on its own.
+          expect(batch).toBe(inputs.map((input) => alone(input)).find((a) => typeof a === "string"));
+          return;
+        }
+        batches++;
+        batch.forEach((token, i) => {
+          const payload = payloadOf(token);
+          const claims = parseClaims(payload) as CallClaims;
+          expect(claims.aud).toBe(inputs[i]!.totebox);
+          if (inputs[i]!.cti !== undefined) expect(sameBytes(claims.cti, inputs[i]!.cti!)).toBe(true);
+          const expected = alone(inputs[i]!, claims.cti) as Uint8Array;
+          expect(Buffer.from(payload).toString("hex")).toBe(Buffer.from(expected).toString("hex"));
+        });
+      }),
+      { seed, numRuns: 400 },
+    );
+    expect(batches).toBeGreaterThan(150);
+  });
+
+  it("a batch's ctis are fresh and distinct where none is given, and kept where one is", () => {
+    const given = new Uint8Array(16).fill(7);
+    const tokens = issueCallCapabilityBatch(
+      [base, { ...base, totebox: "tb-2", cti: given }, { ...base, totebox: "tb-3" }],
+      aggregatorKey,
+    );
+    const ctis = tokens.map((t) =>
+      Buffer.from((parseClaims(payloadOf(t)) as CallClaims).cti).toString("hex"),
+    );
+    expect(ctis[1]).toBe(Buffer.from(given).toString("hex"));
+    expect(new Set(ctis).size).toBe(3);
+  });
+});

@@ -2,6 +2,7 @@ import { hash, type KeyObject, randomBytes } from "node:crypto";
 import {
   HASH_BYTES,
   leafHash,
+  leafHashPrefixed,
   MAX_TREE_SIZE,
   merkleRootAndPaths,
   rootFromInclusionProof,
@@ -1202,6 +1203,9 @@ export function issueCallCapability(args: CallInput & { readonly signer: KeyObje
  * The aggregator signs one call capability per Totebox of a fan-out with ONE Ed25519 signature:
  * over the RFC 6962 Merkle root of the per-Totebox claim payloads. Each returned token carries its
  * own payload, the shared protected header and signature, and its inclusion path.
+ *
+ * Tokens are views into one buffer per batch (a few hundred bytes each): a caller that keeps one
+ * token long after the batch keeps the batch's buffer with it.
  */
 export function issueCallCapabilityBatch(list: readonly CallInput[], signer: KeyObject): Uint8Array[] {
   assertEd25519Key(signer, "sign");
@@ -1210,19 +1214,134 @@ export function issueCallCapabilityBatch(list: readonly CallInput[], signer: Key
     throw new RangeError(`a batch holds at most ${CAPABILITY_LIMITS.maxBatchSize} capabilities`);
   }
   const keyId = keyIdOf(signer);
-  // Fresh ctis come from one random draw for the whole batch.
-  const ctis = randomBytes(16 * list.length);
-  const payloads = list.map((input, i) => {
-    const g = summarizeGrant(input.grant);
-    const cti = input.cti ?? ctis.subarray(16 * i, 16 * i + 16);
-    return encodeClaims(callClaimsFor({ ...input, cti }, g, keyId));
-  });
-  const { root, paths } = merkleRootAndPaths(payloads.map(leafHash));
-  const protectedBytes = batchProtectedBytes(Buffer.from(keyId, "hex"), list.length);
+  const { slab, ends } = writeBatchPayloads(list, keyId);
+  const n = list.length;
+  const leaves: Uint8Array[] = new Array(n);
+  const payloads: Uint8Array[] = new Array(n);
+  for (let i = 0, start = 1; i < n; start = ends[i]! + 1, i++) {
+    // slab[start - 1] is the 0x00 written before each payload: the leaf hash's input as it lies.
+    leaves[i] = leafHashPrefixed(slab.subarray(start - 1, ends[i]!));
+    payloads[i] = slab.subarray(start, ends[i]!);
+  }
+  const { root, paths } = merkleRootAndPaths(leaves);
+  const protectedBytes = batchProtectedBytes(Buffer.from(keyId, "hex"), n);
   const signature = ed25519Sign(sigStructure1(protectedBytes, new Uint8Array(0), root), signer);
-  return payloads.map((payload, index) =>
-    writeBatchToken(protectedBytes, index, paths[index]!, payload, signature),
+  const fixed = TAGGED_SIGN1.byteLength + stringLength(protectedBytes) + stringLength(signature);
+  let total = 0;
+  for (let i = 0; i < n; i++)
+    total += fixed + batchUnprotectedLength(i, paths[i]!) + stringLength(payloads[i]!);
+  const out = new Uint8Array(total);
+  const tokens: Uint8Array[] = new Array(n);
+  for (let i = 0, p = 0; i < n; i++) {
+    const end = putBatchToken(out, p, protectedBytes, i, paths[i]!, payloads[i]!, signature);
+    tokens[i] = out.subarray(p, end);
+    p = end;
+  }
+  return tokens;
+}
+
+/**
+ * A batch's call payloads, each written once into one buffer behind a 0x00 byte (`ends[i]` is
+ * where payload i ends; it starts one byte after the previous end). Every input with the first
+ * input's grant, view or command, row, action, lifetime, start and clock differs from it only in
+ * its Totebox id and cti, so its payload is the first one's bytes around those two fields: they
+ * share one clock reading (one `iat`, `nbf`, `exp` per batch). Any other input, and any input the
+ * direct writer would not take, is encoded on its own (and refused there with the usual error).
+ */
+function writeBatchPayloads(list: readonly CallInput[], keyId: string): { slab: Uint8Array; ends: number[] } {
+  const n = list.length;
+  // Fresh ctis come from one random draw for the whole batch.
+  const ctis = randomBytes(16 * n);
+  const ctiOf = (i: number): Uint8Array => list[i]!.cti ?? ctis.subarray(16 * i, 16 * i + 16);
+  const first = list[0]!;
+  const template = callTemplate(
+    callClaimsFor({ ...first, cti: ctiOf(0) }, summarizeGrant(first.grant), keyId),
   );
+  const audLengths = new Int32Array(n);
+  const own: (Uint8Array | undefined)[] = new Array(n);
+  let total = 0;
+  for (let i = 0; i < n; i++) {
+    const input = list[i]!;
+    const cti = ctiOf(i);
+    const aud =
+      template !== undefined &&
+      sameShape(input, first) &&
+      cti instanceof Uint8Array &&
+      cti.byteLength >= CAPABILITY_LIMITS.minCtiBytes &&
+      cti.byteLength <= CAPABILITY_LIMITS.maxCtiBytes
+        ? textLength(input.totebox, CAPABILITY_LIMITS.maxStringBytes)
+        : -1;
+    audLengths[i] = aud;
+    if (aud >= 0) {
+      total += 1 + template!.fixedBytes + headLength(aud) + aud + stringLength(cti);
+    } else {
+      const payload = encodeClaims(callClaimsFor({ ...input, cti }, summarizeGrant(input.grant), keyId));
+      own[i] = payload;
+      total += 1 + payload.byteLength;
+    }
+  }
+  const slab = new Uint8Array(total); // zero-filled: every leaf's 0x00 prefix is already in place
+  const ends: number[] = new Array(n);
+  for (let i = 0, p = 1; i < n; i++) {
+    const payload = own[i];
+    if (payload !== undefined) {
+      slab.set(payload, p);
+      p += payload.byteLength;
+    } else {
+      const t = template!;
+      slab.set(t.prefix, p);
+      p = putText(slab, p + t.prefix.byteLength, list[i]!.totebox, audLengths[i]!);
+      slab.set(t.middle, p);
+      p = putString(slab, p + t.middle.byteLength, 2, ctiOf(i));
+      slab.set(t.suffix, p);
+      p += t.suffix.byteLength;
+    }
+    ends[i] = p;
+    p += 1;
+  }
+  return { slab, ends };
+}
+
+/** Whether a batch input's claims differ from the first input's only in aud and cti. */
+function sameShape(a: CallInput, first: CallInput): boolean {
+  return (
+    a.grant === first.grant &&
+    a.view === first.view &&
+    a.command === first.command &&
+    a.row === first.row &&
+    a.action === first.action &&
+    a.lifetimeSeconds === first.lifetimeSeconds &&
+    a.notBefore === first.notBefore &&
+    a.clock === first.clock
+  );
+}
+
+/**
+ * A call payload's bytes around its two per-Totebox fields, cut from writeCallPayload's own
+ * output: everything up to aud's label, from exp's label to cti's label, and after cti. Undefined
+ * when the direct writer does not take these claims.
+ */
+interface CallTemplate {
+  readonly prefix: Uint8Array;
+  readonly middle: Uint8Array;
+  readonly suffix: Uint8Array;
+  readonly fixedBytes: number;
+}
+
+function callTemplate(c: CallClaims): CallTemplate | undefined {
+  const whole = writeCallPayload(c);
+  if (whole === undefined) return undefined;
+  const max = CAPABILITY_LIMITS.maxStringBytes;
+  const text = (n: number) => headLength(n) + n;
+  // The layout writeCallPayload writes: map head, iss, sub, then aud's label.
+  const audAt = 1 + 1 + text(64) + 1 + text(textLength(c.sub, max)) + 1;
+  const audEnd = audAt + text(textLength(c.aud, max));
+  const ctiAt = audEnd + 1 + headLength(c.exp) + 1 + headLength(c.nbf) + 1 + headLength(c.iat) + 1;
+  const ctiEnd = ctiAt + stringLength(c.cti);
+  const prefix = whole.subarray(0, audAt);
+  const middle = whole.subarray(audEnd, ctiAt);
+  const suffix = whole.subarray(ctiEnd);
+  return { prefix, middle, suffix, fixedBytes: prefix.byteLength + middle.byteLength + suffix.byteLength };
 }
 
 /**
@@ -1243,12 +1362,25 @@ function writeBatchToken(
     stringLength(payload) +
     stringLength(signature);
   const out = new Uint8Array(size);
-  out.set(TAGGED_SIGN1, 0);
-  let p = putString(out, TAGGED_SIGN1.byteLength, 2, protectedBytes);
-  p = putBatchUnprotected(out, p, index, path);
-  p = putString(out, p, 2, payload);
-  putString(out, p, 2, signature);
+  putBatchToken(out, 0, protectedBytes, index, path, payload, signature);
   return out;
+}
+
+/** Writes one batch token at `p` (see writeBatchToken); returns the next offset. */
+function putBatchToken(
+  out: Uint8Array,
+  p: number,
+  protectedBytes: Uint8Array,
+  index: number,
+  path: readonly Uint8Array[],
+  payload: Uint8Array,
+  signature: Uint8Array,
+): number {
+  out.set(TAGGED_SIGN1, p);
+  let q = putString(out, p + TAGGED_SIGN1.byteLength, 2, protectedBytes);
+  q = putBatchUnprotected(out, q, index, path);
+  q = putString(out, q, 2, payload);
+  return putString(out, q, 2, signature);
 }
 
 // ---------------------------------------------------------------------------------------------
