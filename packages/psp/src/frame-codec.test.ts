@@ -1,7 +1,14 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { PspError } from "./errors.ts";
-import { encodeFrame, FRAME_HEADER_BYTES, FrameDecoder, FrameKind } from "./frame-codec.ts";
+import {
+  encodeDirectFrame,
+  encodeFrame,
+  FRAME_HEADER_BYTES,
+  FrameDecoder,
+  FrameKind,
+  frameLength,
+} from "./frame-codec.ts";
 import { DEFAULT_PSP_LIMITS } from "./limits.ts";
 
 const seed = Number(process.env.FC_SEED ?? Date.now() % 2 ** 31);
@@ -39,6 +46,63 @@ describe("frame codec", () => {
     }
   });
 
+  it("reads a whole frame aligned in its chunk in place, and copies any other into an aligned buffer", () => {
+    const segs = [Uint8Array.of(1, 2, 3), new Uint8Array(20).fill(4)];
+    const bytes = concat([
+      ...encodeFrame(FrameKind.Messages, segs),
+      ...encodeFrame(FrameKind.Ping),
+      ...encodeFrame(FrameKind.Reply, [new Uint8Array(8), new Uint8Array(9).fill(5)]),
+    ]);
+    const inPlace = new FrameDecoder(DEFAULT_PSP_LIMITS).push(bytes);
+    expect(inPlace.map((f) => f.kind)).toEqual([FrameKind.Messages, FrameKind.Ping, FrameKind.Reply]);
+    for (const f of inPlace) for (const seg of f.segments) expect(seg.buffer).toBe(bytes.buffer); // zero-copy
+    // The same frames 3 bytes off alignment: each is copied, aligned, and independent of the chunk.
+    const shifted = new Uint8Array(bytes.byteLength + 3);
+    shifted.set(bytes, 3);
+    const copied = new FrameDecoder(DEFAULT_PSP_LIMITS).push(shifted.subarray(3));
+    expect(copied.map((f) => f.kind)).toEqual([FrameKind.Messages, FrameKind.Ping, FrameKind.Reply]);
+    shifted.fill(0xee);
+    expect(copied[0]!.segments.map((x) => [...x])).toEqual(segs.map((x) => [...x]));
+    expect([...copied[2]!.segments[1]!]).toEqual(new Array(9).fill(5));
+    for (const f of copied) {
+      for (const seg of f.segments) {
+        expect(seg.buffer).not.toBe(shifted.buffer);
+        expect(seg.byteOffset % 8).toBe(0);
+        expect(Object.getPrototypeOf(seg)).toBe(Uint8Array.prototype);
+      }
+    }
+    // A ping alone at a misaligned offset is a whole frame at once (it has no body to wait for).
+    const ping = concat([new Uint8Array(5), ...encodeFrame(FrameKind.Ping)]).subarray(5);
+    const decoder = new FrameDecoder(DEFAULT_PSP_LIMITS);
+    expect(decoder.push(ping).map((f) => f.kind)).toEqual([FrameKind.Ping]);
+    expect(decoder.midFrame).toBe(false);
+  });
+
+  it("encodes a direct frame in one buffer with exactly encodeFrame's bytes, padding zeroed (property)", () => {
+    fc.assert(
+      fc.property(
+        fc.constantFrom(FrameKind.Request, FrameKind.Reply),
+        fc.nat(0xffff_ffff),
+        fc.nat(0xffff_ffff),
+        fc.array(fc.uint8Array({ maxLength: 40 }), { maxLength: 6 }),
+        (kind, word0, word1, payload) => {
+          // Dirty Node's buffer pool first: the padding must be written, not inherited.
+          Buffer.allocUnsafe(2048).fill(0xee);
+          const head = new Uint8Array(8);
+          new DataView(head.buffer).setUint32(0, word0);
+          new DataView(head.buffer).setUint32(4, word1);
+          const expected = concat(encodeFrame(kind, [head, ...payload]));
+          const flat = encodeDirectFrame(kind, word0, word1, payload);
+          expect(Buffer.from(flat).equals(Buffer.from(expected))).toBe(true);
+          expect(flat.byteLength).toBe(
+            frameLength(payload.length + 1, expected.byteLength - frameLength(payload.length + 1, 0)),
+          );
+        },
+      ),
+      { seed, numRuns: 500 },
+    );
+  });
+
   it("decodes the same frames whatever the chunking (property)", () => {
     fc.assert(
       fc.property(
@@ -48,7 +112,11 @@ describe("frame codec", () => {
         }),
         fc.array(fc.integer({ min: 1, max: 50 }), { minLength: 1, maxLength: 20 }),
         (frames, cuts) => {
-          const stream = concat(frames.flatMap((segs) => encodeFrame(FrameKind.Messages, segs)));
+          // Anywhere in memory: aligned or not, each segment must come out aligned.
+          const shift = cuts[0]! % 8;
+          const framed = concat(frames.flatMap((segs) => encodeFrame(FrameKind.Messages, segs)));
+          const stream = new Uint8Array(framed.byteLength + shift).subarray(shift);
+          stream.set(framed);
           const dec = new FrameDecoder(DEFAULT_PSP_LIMITS);
           const got: Uint8Array[][] = [];
           let off = 0;
@@ -59,6 +127,7 @@ describe("frame codec", () => {
             off += n;
           }
           expect(got.map((fr) => fr.map((s) => [...s]))).toEqual(frames.map((fr) => fr.map((s) => [...s])));
+          for (const fr of got) for (const seg of fr) expect(seg.byteOffset % 8).toBe(0);
           expect(dec.midFrame).toBe(false);
         },
       ),

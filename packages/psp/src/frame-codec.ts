@@ -15,8 +15,9 @@ import type { PspLimits } from "./limits.ts";
  * ```
  *
  * Every segment therefore starts at an offset that is a multiple of 8 from the start of the body,
- * and the decoder places each body at offset 0 of its own ArrayBuffer. Arrow IPC buffers carried
- * as segments are then 8-byte aligned in memory, and `tableFromIPC` reads them without a copy.
+ * and the decoder hands out each body 8-byte aligned in memory (a view into the received chunk,
+ * or a fresh buffer of its own). Arrow IPC buffers carried as segments are then aligned, and
+ * read in place without a copy.
  * Padding bytes must be zero: a frame has exactly one valid encoding.
  */
 export const FRAME_HEADER_BYTES = 8;
@@ -48,7 +49,7 @@ const KNOWN_KINDS: ReadonlySet<number> = new Set(Object.values(FrameKind));
 
 export interface Frame {
   readonly kind: FrameKind;
-  /** Views into one freshly allocated, 8-aligned body buffer. */
+  /** Views into the frame's body, 8-aligned in memory (in the received chunk, or a copy). */
   readonly segments: readonly Uint8Array[];
   /** Header plus body, in bytes. */
   readonly byteLength: number;
@@ -86,6 +87,51 @@ export function encodeFrame(kind: FrameKind, segments: readonly Uint8Array[] = [
 
 const ZEROS = new Uint8Array(8);
 
+/** The exact byte length of a frame of these segments (header, padded table, padded segments). */
+export function frameLength(segmentCount: number, segmentBytes: number): number {
+  return FRAME_HEADER_BYTES + pad8(segmentCount * 4) + segmentBytes;
+}
+
+/**
+ * A Request or Reply frame (segment 0 the 8-byte head `word0`, `word1` as u32 BE; then the
+ * `payload` segments) encoded into one buffer: one allocation from Node's buffer pool for
+ * a small frame, no head array and no list of parts. The same bytes as encodeFrame's parts joined.
+ * Every padding byte is written (the pool's memory is not zeroed).
+ */
+export function encodeDirectFrame(
+  kind: FrameKind,
+  word0: number,
+  word1: number,
+  payload: readonly Uint8Array[],
+): Buffer {
+  const count = payload.length + 1;
+  if (count > 0xffff) throw new RangeError("too many segments");
+  const table = pad8(count * 4);
+  let body = table + 8;
+  for (let i = 0; i < payload.length; i++) body += pad8(payload[i]!.length);
+  if (body > 0xffff_fff8) throw new RangeError("frame body too large");
+  const out = Buffer.allocUnsafe(FRAME_HEADER_BYTES + body);
+  out.writeUInt32BE(body, 0);
+  out[4] = FRAME_VERSION;
+  out[5] = kind;
+  out.writeUInt16BE(count, 6);
+  out.writeUInt32BE(8, FRAME_HEADER_BYTES);
+  let t = FRAME_HEADER_BYTES + 4;
+  for (let i = 0; i < payload.length; i++, t += 4) out.writeUInt32BE(payload[i]!.length, t);
+  for (; t < FRAME_HEADER_BYTES + table; t++) out[t] = 0;
+  let p = FRAME_HEADER_BYTES + table;
+  out.writeUInt32BE(word0, p);
+  out.writeUInt32BE(word1, p + 4);
+  p += 8;
+  for (let i = 0; i < payload.length; i++) {
+    const s = payload[i]!;
+    out.set(s, p);
+    p += s.length;
+    for (const end = (p + 7) & ~7; p < end; p++) out[p] = 0;
+  }
+  return out;
+}
+
 export function frameByteLength(parts: readonly Uint8Array[]): number {
   let n = 0;
   for (const p of parts) n += p.byteLength;
@@ -107,6 +153,7 @@ type DecoderState =
 export class FrameDecoder {
   readonly #limits: Pick<PspLimits, "maxFrameBytes" | "maxSegments">;
   readonly #header = new Uint8Array(FRAME_HEADER_BYTES);
+  readonly #headerView = new DataView(this.#header.buffer);
   #state: DecoderState = { s: "header", have: 0 };
 
   constructor(limits: Pick<PspLimits, "maxFrameBytes" | "maxSegments">) {
@@ -122,29 +169,40 @@ export class FrameDecoder {
   /**
    * Consumes a chunk and returns every frame it completed. Throws PspError (and stays failed) on
    * the first violation.
+   *
+   * A frame that lies whole in the chunk with its body 8-aligned in memory is not copied: its
+   * segments are views into the chunk (zero-copy; a TLS socket hands over each chunk in its own
+   * buffer and never reuses it, and a chunk that starts on a frame boundary keeps every frame in it
+   * aligned, since frames are multiples of 8 bytes). Any other frame is assembled in a fresh
+   * buffer of its own, offset 0. Either way a kept segment keeps its buffer alive, no more.
    */
   push(chunk: Uint8Array): Frame[] {
     const frames: Frame[] = [];
     let off = 0;
-    while (off < chunk.byteLength) {
+    const n = chunk.byteLength;
+    while (off < n) {
       const st = this.#state;
       if (st.s === "failed") throw new PspError("PSP_ERR_FRAME_MALFORMED", "decoder already failed");
       if (st.s === "header") {
-        const take = Math.min(FRAME_HEADER_BYTES - st.have, chunk.byteLength - off);
-        this.#header.set(chunk.subarray(off, off + take), st.have);
+        const take = Math.min(FRAME_HEADER_BYTES - st.have, n - off);
+        for (let i = 0; i < take; i++) this.#header[st.have + i] = chunk[off + i]!;
         st.have += take;
         off += take;
         if (st.have === FRAME_HEADER_BYTES) {
-          const next = this.#parseHeader();
-          if (next.body.byteLength === 0) {
-            frames.push(this.#finish(next.kind, next.segCount, next.body));
-            this.#state = { s: "header", have: 0 };
+          const { kind, segCount, bodyLength } = this.#parseHeader();
+          if (bodyLength === 0 || (bodyLength <= n - off && ((chunk.byteOffset + off) & 7) === 0)) {
+            const body = new Uint8Array(chunk.buffer, chunk.byteOffset + off, bodyLength);
+            off += bodyLength;
+            st.have = 0;
+            frames.push(this.#finish(kind, segCount, body));
           } else {
-            this.#state = { s: "body", ...next, have: 0 };
+            // A fresh ArrayBuffer per body: offset 0, so 8-aligned segment offsets are 8-aligned in
+            // memory.
+            this.#state = { s: "body", kind, segCount, body: new Uint8Array(bodyLength), have: 0 };
           }
         }
       } else {
-        const take = Math.min(st.body.byteLength - st.have, chunk.byteLength - off);
+        const take = Math.min(st.body.byteLength - st.have, n - off);
         st.body.set(chunk.subarray(off, off + take), st.have);
         st.have += take;
         off += take;
@@ -166,8 +224,8 @@ export class FrameDecoder {
     throw new PspError(code, msg, detail);
   }
 
-  #parseHeader(): { kind: FrameKind; segCount: number; body: Uint8Array } {
-    const v = new DataView(this.#header.buffer);
+  #parseHeader(): { kind: FrameKind; segCount: number; bodyLength: number } {
+    const v = this.#headerView;
     const bodyLength = v.getUint32(0);
     const version = v.getUint8(4);
     const kind = v.getUint8(5);
@@ -196,34 +254,31 @@ export class FrameDecoder {
     if (!control && segCount === 0) {
       this.#fail("PSP_ERR_FRAME_MALFORMED", "message frame without segments");
     }
-    // A fresh ArrayBuffer per body: offset 0, so 8-aligned segment offsets are 8-aligned in memory.
-    // (Slices of Node's Buffer pool, also 8-aligned, were tried: no difference measurable in
-    // `bench psp`'s protocol cost per call, and a kept segment would pin a whole 8 KiB slab.)
-    return { kind: kind as FrameKind, segCount, body: new Uint8Array(bodyLength) };
+    return { kind: kind as FrameKind, segCount, bodyLength };
   }
 
   #finish(kind: FrameKind, segCount: number, body: Uint8Array): Frame {
     const tableBytes = pad8(segCount * 4);
-    if (tableBytes > body.byteLength)
-      this.#fail("PSP_ERR_FRAME_MALFORMED", "segment table overruns the body");
-    const v = new DataView(body.buffer, body.byteOffset, body.byteLength);
+    const bodyLength = body.length;
+    if (tableBytes > bodyLength) this.#fail("PSP_ERR_FRAME_MALFORMED", "segment table overruns the body");
     for (let p = segCount * 4; p < tableBytes; p++) {
       if (body[p] !== 0) this.#fail("PSP_ERR_FRAME_MALFORMED", "non-zero padding");
     }
-    const segments: Uint8Array[] = [];
+    const segments: Uint8Array[] = new Array(segCount);
     let pos = tableBytes;
     for (let i = 0; i < segCount; i++) {
-      const len = v.getUint32(i * 4);
+      // The segment table: u32 big-endian lengths.
+      const len =
+        ((body[4 * i]! << 24) | (body[4 * i + 1]! << 16) | (body[4 * i + 2]! << 8) | body[4 * i + 3]!) >>> 0;
       const end = pos + pad8(len);
-      if (end > body.byteLength) this.#fail("PSP_ERR_FRAME_MALFORMED", "segment overruns the body");
-      segments.push(body.subarray(pos, pos + len));
+      if (end > bodyLength) this.#fail("PSP_ERR_FRAME_MALFORMED", "segment overruns the body");
+      segments[i] = body.subarray(pos, pos + len);
       for (let p = pos + len; p < end; p++) {
         if (body[p] !== 0) this.#fail("PSP_ERR_FRAME_MALFORMED", "non-zero padding");
       }
       pos = end;
     }
-    if (pos !== body.byteLength)
-      this.#fail("PSP_ERR_FRAME_MALFORMED", "trailing bytes after the last segment");
-    return { kind, segments, byteLength: FRAME_HEADER_BYTES + body.byteLength };
+    if (pos !== bodyLength) this.#fail("PSP_ERR_FRAME_MALFORMED", "trailing bytes after the last segment");
+    return { kind, segments, byteLength: FRAME_HEADER_BYTES + bodyLength };
   }
 }

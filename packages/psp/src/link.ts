@@ -5,12 +5,14 @@ import type { RpcTransportWithCustomEncoding } from "capnweb";
 import { DiodeGuard, type PspRole } from "./diode.ts";
 import { isPspError, PspError } from "./errors.ts";
 import {
+  encodeDirectFrame,
   encodeFrame,
   FRAME_HEADER_BYTES,
   type Frame,
   FrameDecoder,
   FrameKind,
   frameByteLength,
+  frameLength,
 } from "./frame-codec.ts";
 import { type PspLimits, resolveLimits } from "./limits.ts";
 import {
@@ -268,15 +270,11 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
     }
     // The flush may have closed the link (send buffer full, a frame too large).
     if (this.#closed) return Promise.reject(this.#closeReason());
-    const head = new Uint8Array(DIRECT_HEAD_BYTES);
-    const v = new DataView(head.buffer);
-    v.setUint32(0, id);
-    v.setUint32(4, method);
     if (ticket) ticket.id = id;
     return new Promise<Uint8Array[]>((resolve, reject) => {
       this.#requests.set(id, { resolve, reject });
       // #write closing the link (this frame too large for the peer) rejects the entry just set.
-      this.#write(encodeFrame(FrameKind.Request, [head, ...payload]), FrameKind.Request, 1);
+      this.#write(directFrame(FrameKind.Request, id, method, payload), FrameKind.Request, 1);
     });
   }
 
@@ -379,11 +377,7 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
       }
     }
     this.#guard.replyOut(id); // throws only on a bug of ours: the caller closes the link
-    const head = new Uint8Array(DIRECT_HEAD_BYTES);
-    const v = new DataView(head.buffer);
-    v.setUint32(0, id);
-    v.setUint32(4, status);
-    this.#write(encodeFrame(FrameKind.Reply, [head, ...payload]), FrameKind.Reply, 1);
+    this.#write(directFrame(FrameKind.Reply, id, status, payload), FrameKind.Reply, 1);
   }
 
   #onReply(segments: readonly Uint8Array[]): void {
@@ -673,6 +667,29 @@ function runFlushes(): void {
 
 /** Frames up to this size are copied into one buffer before writing (see #write). */
 const COALESCE_BYTES = 64 * 1024;
+
+/**
+ * A Request or Reply frame's parts for #write: a small one encoded straight into one buffer (no
+ * head array, no list of parts, no second copy in #write), a large one as parts to write where
+ * its attachments lie.
+ */
+function directFrame(
+  kind: FrameKind,
+  word0: number,
+  word1: number,
+  payload: readonly Uint8Array[],
+): Uint8Array[] {
+  let bytes = DIRECT_HEAD_BYTES;
+  for (const p of payload) bytes += pad8(p.byteLength);
+  if (frameLength(payload.length + 1, bytes) <= COALESCE_BYTES) {
+    return [encodeDirectFrame(kind, word0, word1, payload)];
+  }
+  const head = new Uint8Array(DIRECT_HEAD_BYTES);
+  const v = new DataView(head.buffer);
+  v.setUint32(0, word0);
+  v.setUint32(4, word1);
+  return encodeFrame(kind, [head, ...payload]);
+}
 
 function onlyReleases(outbox: readonly unknown[]): boolean {
   for (const m of outbox) if (!Array.isArray(m) || m[0] !== "release") return false;
