@@ -77,6 +77,7 @@ import {
   HTTPS_HEALTH_PATH,
   HTTPS_READ_PATH,
   mapLimit,
+  NET_VALUE_COLUMN,
   POSITION_COLUMNS,
   REGIONS,
   simExpectedRollup,
@@ -331,8 +332,9 @@ function oursDirect(
       });
     }
     const r = decodeResult(a.arrow, POSITION_COLUMNS);
-    // rows() gives a number for a safe integer, a bigint beyond 2^53.
-    const cell: unknown = r.rowCount === 1 ? r.rows()[0]!.net_value : undefined;
+    // As the aggregator's combine reads an answer: the one column it sums, straight from the
+    // received bytes (a number for a safe integer, a bigint beyond 2^53).
+    const cell: unknown = r.rowCount === 1 ? r.column(NET_VALUE_COLUMN)[0] : undefined;
     const v = typeof cell === "number" && Number.isSafeInteger(cell) ? BigInt(cell) : cell;
     if (typeof v !== "bigint") throw new BenchError("BENCH_ERR_HUB", "answer has no net_value row");
     return v;

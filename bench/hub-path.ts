@@ -41,7 +41,7 @@ import {
   verifyReceipt,
 } from "@os-orchestration/psp";
 import { type BenchRow, fmt } from "./report.ts";
-import { POSITION_COLUMNS, simPosition } from "./sim-fleet-worker.ts";
+import { NET_VALUE_COLUMN, POSITION_COLUMNS, simPosition } from "./sim-fleet-worker.ts";
 
 const AS_OF = "2026-10-31";
 /** As fanout.ts: capabilities signed per slice of this many Toteboxes, one turn per slice. */
@@ -266,7 +266,7 @@ function ours(fleet: Fleet, seed: number): Contender {
                 checkSignature: sampler.shouldCheck(links[i]!),
               });
               const r = decodeResult(a.arrow, POSITION_COLUMNS);
-              const cell = r.rowCount === 1 ? r.rows()[0]!.net_value : undefined;
+              const cell = r.rowCount === 1 ? r.column(NET_VALUE_COLUMN)[0] : undefined;
               sum += typeof cell === "bigint" ? cell : BigInt(cell as number);
             }),
           );

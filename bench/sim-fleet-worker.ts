@@ -108,6 +108,9 @@ export const POSITION_COLUMNS: readonly ColumnSpec[] = Object.freeze([
   { name: "net_value", type: "integer" },
 ]);
 
+/** Where net_value, the column a portfolio sums, is in POSITION_COLUMNS. */
+export const NET_VALUE_COLUMN = POSITION_COLUMNS.findIndex((c) => c.name === "net_value");
+
 export interface SimPosition {
   readonly as_of: string;
   readonly currency: string;

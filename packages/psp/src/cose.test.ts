@@ -2,6 +2,7 @@ import { generateKeyPairSync } from "node:crypto";
 import { Tag } from "cbor-x";
 import { describe, expect, it } from "vitest";
 import {
+  bytesEqual,
   COSE_ALG_EDDSA,
   COSE_HEADER,
   decodeCbor,
@@ -181,5 +182,24 @@ describe("COSE_Sign1", () => {
     expect(Buffer.from(tbs).toString("hex")).toBe(
       `846a5369676e61747572653143a1012740${(0x40 + payload.length).toString(16)}${Buffer.from(payload).toString("hex")}`,
     );
+  });
+});
+
+describe("bytesEqual", () => {
+  it("is byte equality at every length either side of 64, on heap arrays, views and Buffers", () => {
+    const backing = new Uint8Array(300);
+    for (let n = 0; n <= 100; n++) {
+      const a = Uint8Array.from({ length: n }, (_, i) => (i * 7 + n) & 0xff);
+      backing.set(a, 5);
+      const forms = [new Uint8Array(a), backing.subarray(5, 5 + n), Buffer.from(a)];
+      for (const x of forms) for (const y of forms) expect(bytesEqual(x, y)).toBe(true);
+      for (let i = 0; i < n; i++) {
+        const b = new Uint8Array(a);
+        b[i]! ^= 0x80;
+        expect(bytesEqual(a, b)).toBe(false);
+        expect(bytesEqual(Buffer.from(b), backing.subarray(5, 5 + n))).toBe(false);
+      }
+      expect(bytesEqual(a, new Uint8Array(n + 1))).toBe(false);
+    }
   });
 });
