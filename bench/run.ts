@@ -6,6 +6,7 @@
  *   npm run bench                 all sections
  *   npm run bench -- psp          one section
  *   BENCH_FANOUT_SIZES=1000 npm run bench -- fanout    fan-out at one fleet size (bench/fanout.ts)
+ *   npm run bench -- hubpath      the hub's own code per Totebox, no network (bench/hub-path.ts)
  */
 import { benchFanout } from "./fanout.ts";
 import { benchHubPath } from "./hub-path.ts";

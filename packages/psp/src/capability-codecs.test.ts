@@ -261,9 +261,9 @@ describe("call claims: the direct writer and reader agree with the generic codec
   });
 });
 
-function callInput(clock: ManualClock, totebox = "tb-1"): CallInput {
+function callInput(clock: ManualClock, totebox = "tb-1", operator = "alice"): CallInput {
   const grant = issueGrant({
-    operator: "alice",
+    operator,
     aggregatorId: "aggregator-1",
     aggregatorKey,
     tenant: "acme",
@@ -388,36 +388,50 @@ describe("batch payloads: written around the first input's bytes, exactly as one
   // A batch writes each input that differs from the first only in Totebox id and cti around the
   // first payload's bytes; any other input on its own. Either way each payload must be exactly
   // what issuing that input alone writes (the clock is fixed, so iat is too).
-  const clock = new ManualClock(Date.UTC(2030, 0, 1));
-  const base = callInput(clock);
-  const otherGrant = callInput(clock).grant; // another buffer: another shape
-  const inputArb: fc.Arbitrary<CallInput> = fc
-    .record({
-      totebox: text,
-      cti: fc.option(
-        fc.oneof(
-          { weight: 8, arbitrary: fc.uint8Array({ minLength: 8, maxLength: 64 }) },
-          { weight: 1, arbitrary: fc.uint8Array({ minLength: 0, maxLength: 70 }) },
+  // Bases whose times and operator take every head width the template's cut must step over:
+  // iat/nbf/exp below 24, below 256, below 65,536 and above, and an operator id (sub) of 5, 24
+  // and 256 bytes.
+  const bases = [10_000, 200_000, 60_000_000, Date.UTC(2030, 0, 1)].flatMap((ms) =>
+    ["alice", "x".repeat(24), "o".repeat(256)].map((operator) => {
+      const clock = new ManualClock(ms);
+      return {
+        base: callInput(clock, "tb-1", operator),
+        otherGrant: callInput(clock, "tb-1", operator).grant,
+      };
+    }),
+  );
+  const inputArb = (base: CallInput, otherGrant: Uint8Array): fc.Arbitrary<CallInput> =>
+    fc
+      .record({
+        totebox: text,
+        cti: fc.option(
+          fc.oneof(
+            { weight: 8, arbitrary: fc.uint8Array({ minLength: 8, maxLength: 64 }) },
+            { weight: 1, arbitrary: fc.uint8Array({ minLength: 0, maxLength: 70 }) },
+          ),
+          { nil: undefined },
         ),
-        { nil: undefined },
-      ),
-      shape: fc.constantFrom("same", "same", "same", "row", "grant", "lifetime", "command"),
-    })
-    .map(({ totebox, cti, shape }) => ({
-      ...base,
-      totebox,
-      ...(cti !== undefined ? { cti } : {}),
-      ...(shape === "row" ? { row: "r-1" } : {}),
-      ...(shape === "grant" ? { grant: otherGrant } : {}),
-      ...(shape === "lifetime" ? { lifetimeSeconds: 30 } : {}),
-      ...(shape === "command" ? { view: undefined, command: "settle" } : {}),
-    }));
+        shape: fc.constantFrom("same", "same", "same", "row", "grant", "lifetime", "command", "later"),
+      })
+      .map(({ totebox, cti, shape }) => ({
+        ...base,
+        totebox,
+        ...(cti !== undefined ? { cti } : {}),
+        ...(shape === "row" ? { row: "r-1" } : {}),
+        ...(shape === "grant" ? { grant: otherGrant } : {}),
+        ...(shape === "lifetime" ? { lifetimeSeconds: 30 } : {}),
+        ...(shape === "command" ? { view: undefined, command: "settle" } : {}),
+        ...(shape === "later" ? { notBefore: Math.floor(base.clock.now() / 1000) + 5 } : {}),
+      }));
+  const batchArb = fc
+    .constantFrom(...bases)
+    .chain(({ base, otherGrant }) => fc.array(inputArb(base, otherGrant), { minLength: 1, maxLength: 12 }));
   const payloadOf = (token: Uint8Array) => codecs.decodeEnvelopeGeneric(token, true).payload;
 
   it("every payload equals the one issuing its input alone writes, or the batch is refused as that input is (property)", () => {
     let batches = 0;
     fc.assert(
-      fc.property(fc.array(inputArb, { minLength: 1, maxLength: 12 }), (inputs) => {
+      fc.property(batchArb, (inputs) => {
         // Alone, with the cti the batch would draw (any 16 bytes: their value changes no check).
         const alone = (input: CallInput, cti = input.cti ?? new Uint8Array(16)) =>
           attempt(() => payloadOf(issueCallCapability({ ...input, cti, signer: aggregatorKey })));
@@ -443,6 +457,7 @@ describe("batch payloads: written around the first input's bytes, exactly as one
   });
 
   it("a batch's ctis are fresh and distinct where none is given, and kept where one is", () => {
+    const base = bases[0]!.base;
     const given = new Uint8Array(16).fill(7);
     const tokens = issueCallCapabilityBatch(
       [base, { ...base, totebox: "tb-2", cti: given }, { ...base, totebox: "tb-3" }],

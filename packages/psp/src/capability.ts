@@ -1242,37 +1242,43 @@ export function issueCallCapabilityBatch(list: readonly CallInput[], signer: Key
 
 /**
  * A batch's call payloads, each written once into one buffer behind a 0x00 byte (`ends[i]` is
- * where payload i ends; it starts one byte after the previous end). Every input with the first
- * input's grant, view or command, row, action, lifetime, start and clock differs from it only in
- * its Totebox id and cti, so its payload is the first one's bytes around those two fields: they
- * share one clock reading (one `iat`, `nbf`, `exp` per batch). Any other input, and any input the
- * direct writer would not take, is encoded on its own (and refused there with the usual error).
+ * where payload i ends; it starts one byte after the previous end). Inputs of one shape (the same
+ * grant, view or command, row, action, lifetime, start and clock) differ only in their Totebox id
+ * and cti, so each payload is the shape's first payload's bytes around those two fields, and a
+ * shape's inputs share one clock reading (one `iat`, `nbf`, `exp`). A fan-out with several reads
+ * per Totebox has one shape per read. Inputs past MAX_BATCH_SHAPES shapes, and any input the
+ * direct writer would not take, are encoded on their own (and refused there with the usual error).
  */
 function writeBatchPayloads(list: readonly CallInput[], keyId: string): { slab: Uint8Array; ends: number[] } {
   const n = list.length;
   // Fresh ctis come from one random draw for the whole batch.
   const ctis = randomBytes(16 * n);
   const ctiOf = (i: number): Uint8Array => list[i]!.cti ?? ctis.subarray(16 * i, 16 * i + 16);
-  const first = list[0]!;
-  const template = callTemplate(
-    callClaimsFor({ ...first, cti: ctiOf(0) }, summarizeGrant(first.grant), keyId),
-  );
+  const shapes: { first: CallInput; template: CallTemplate | undefined }[] = [];
+  const templates: (CallTemplate | undefined)[] = new Array(n);
   const audLengths = new Int32Array(n);
   const own: (Uint8Array | undefined)[] = new Array(n);
   let total = 0;
   for (let i = 0; i < n; i++) {
     const input = list[i]!;
     const cti = ctiOf(i);
+    let shape = shapes.find((s) => sameShape(input, s.first));
+    if (shape === undefined && shapes.length < MAX_BATCH_SHAPES) {
+      const claims = callClaimsFor({ ...input, cti }, summarizeGrant(input.grant), keyId);
+      shape = { first: input, template: callTemplate(claims) };
+      shapes.push(shape);
+    }
+    const template = shape?.template;
     const aud =
       template !== undefined &&
-      sameShape(input, first) &&
       cti instanceof Uint8Array &&
       cti.byteLength >= CAPABILITY_LIMITS.minCtiBytes &&
       cti.byteLength <= CAPABILITY_LIMITS.maxCtiBytes
         ? textLength(input.totebox, CAPABILITY_LIMITS.maxStringBytes)
         : -1;
-    audLengths[i] = aud;
     if (aud >= 0) {
+      templates[i] = template;
+      audLengths[i] = aud;
       total += 1 + template!.fixedBytes + headLength(aud) + aud + stringLength(cti);
     } else {
       const payload = encodeClaims(callClaimsFor({ ...input, cti }, summarizeGrant(input.grant), keyId));
@@ -1283,12 +1289,12 @@ function writeBatchPayloads(list: readonly CallInput[], keyId: string): { slab: 
   const slab = new Uint8Array(total); // zero-filled: every leaf's 0x00 prefix is already in place
   const ends: number[] = new Array(n);
   for (let i = 0, p = 1; i < n; i++) {
-    const payload = own[i];
-    if (payload !== undefined) {
+    const t = templates[i];
+    if (t === undefined) {
+      const payload = own[i]!;
       slab.set(payload, p);
       p += payload.byteLength;
     } else {
-      const t = template!;
       slab.set(t.prefix, p);
       p = putText(slab, p + t.prefix.byteLength, list[i]!.totebox, audLengths[i]!);
       slab.set(t.middle, p);
@@ -1302,7 +1308,10 @@ function writeBatchPayloads(list: readonly CallInput[], keyId: string): { slab: 
   return { slab, ends };
 }
 
-/** Whether a batch input's claims differ from the first input's only in aud and cti. */
+/** Shapes of input a batch writes from templates (a fan-out has one per read of its plan). */
+const MAX_BATCH_SHAPES = 8;
+
+/** Whether a batch input's claims differ from the shape's first input's only in aud and cti. */
 function sameShape(a: CallInput, first: CallInput): boolean {
   return (
     a.grant === first.grant &&
@@ -1318,8 +1327,7 @@ function sameShape(a: CallInput, first: CallInput): boolean {
 
 /**
  * A call payload's bytes around its two per-Totebox fields, cut from writeCallPayload's own
- * output: everything up to aud's label, from exp's label to cti's label, and after cti. Undefined
- * when the direct writer does not take these claims.
+ * output: everything up to aud's label, from exp's label to cti's label, and after cti.
  */
 interface CallTemplate {
   readonly prefix: Uint8Array;
@@ -1328,6 +1336,7 @@ interface CallTemplate {
   readonly fixedBytes: number;
 }
 
+/** The template of these claims, or undefined when the direct writer does not take them. */
 function callTemplate(c: CallClaims): CallTemplate | undefined {
   const whole = writeCallPayload(c);
   if (whole === undefined) return undefined;

@@ -201,5 +201,13 @@ describe("bytesEqual", () => {
       }
       expect(bytesEqual(a, new Uint8Array(n + 1))).toBe(false);
     }
+    // Views that are not Uint8Arrays compare their bytes too (not elements).
+    const x = Uint8Array.of(1, 2, 3, 4);
+    const y = Uint8Array.of(1, 2, 3, 5);
+    expect(bytesEqual(new DataView(x.buffer) as never, new DataView(y.buffer) as never)).toBe(false);
+    expect(bytesEqual(new Uint16Array(x.buffer) as never, new Uint16Array(y.buffer) as never)).toBe(false);
+    expect(
+      bytesEqual(new DataView(x.buffer) as never, new DataView(Uint8Array.of(1, 2, 3, 4).buffer) as never),
+    ).toBe(true);
   });
 });

@@ -1,5 +1,5 @@
 import fc from "fast-check";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { PspError } from "./errors.ts";
 import {
   encodeDirectFrame,
@@ -79,28 +79,32 @@ describe("frame codec", () => {
   });
 
   it("encodes a direct frame in one buffer with exactly encodeFrame's bytes, padding zeroed (property)", () => {
-    fc.assert(
-      fc.property(
-        fc.constantFrom(FrameKind.Request, FrameKind.Reply),
-        fc.nat(0xffff_ffff),
-        fc.nat(0xffff_ffff),
-        fc.array(fc.uint8Array({ maxLength: 40 }), { maxLength: 6 }),
-        (kind, word0, word1, payload) => {
-          // Dirty Node's buffer pool first: the padding must be written, not inherited.
-          Buffer.allocUnsafe(2048).fill(0xee);
-          const head = new Uint8Array(8);
-          new DataView(head.buffer).setUint32(0, word0);
-          new DataView(head.buffer).setUint32(4, word1);
-          const expected = concat(encodeFrame(kind, [head, ...payload]));
-          const flat = encodeDirectFrame(kind, word0, word1, payload);
-          expect(Buffer.from(flat).equals(Buffer.from(expected))).toBe(true);
-          expect(flat.byteLength).toBe(
-            frameLength(payload.length + 1, expected.byteLength - frameLength(payload.length + 1, 0)),
-          );
-        },
-      ),
-      { seed, numRuns: 500 },
-    );
+    // Every buffer it allocates comes out dirty: a padding byte it forgot to write shows.
+    const dirty = vi.spyOn(Buffer, "allocUnsafe").mockImplementation((n: number) => Buffer.alloc(n, 0xee));
+    try {
+      fc.assert(
+        fc.property(
+          fc.constantFrom(FrameKind.Request, FrameKind.Reply),
+          fc.nat(0xffff_ffff),
+          fc.nat(0xffff_ffff),
+          fc.array(fc.uint8Array({ maxLength: 40 }), { maxLength: 6 }),
+          (kind, word0, word1, payload) => {
+            const head = new Uint8Array(8);
+            new DataView(head.buffer).setUint32(0, word0);
+            new DataView(head.buffer).setUint32(4, word1);
+            const expected = concat(encodeFrame(kind, [head, ...payload]));
+            const flat = encodeDirectFrame(kind, word0, word1, payload);
+            expect(Buffer.from(flat).equals(Buffer.from(expected))).toBe(true);
+            const padded = payload.reduce((n, s) => n + ((s.byteLength + 7) & ~7), 8);
+            expect(frameLength(payload.length + 1, padded)).toBe(expected.byteLength);
+          },
+        ),
+        { seed, numRuns: 500 },
+      );
+      expect(dirty).toHaveBeenCalled();
+    } finally {
+      dirty.mockRestore();
+    }
   });
 
   it("decodes the same frames whatever the chunking (property)", () => {
@@ -172,6 +176,27 @@ describe("frame codec", () => {
     expect(() => new FrameDecoder(DEFAULT_PSP_LIMITS).push(badLen)).toThrow(
       expect.objectContaining({ code: "PSP_ERR_FRAME_MALFORMED" }),
     );
+  });
+
+  it("refuses segment lengths near 2^32 that would pad to nothing and overlap (hostile)", () => {
+    for (const [first, second] of [
+      [0xffff_fff8, 16], // pads to -8: segment 1 would start back at the table
+      [0xffff_fff9, 8], // pads to 0
+      [0xffff_ffff, 0],
+      [0x8000_0000, 0],
+    ] as const) {
+      const frame = new Uint8Array(FRAME_HEADER_BYTES + 16);
+      const v = new DataView(frame.buffer);
+      v.setUint32(0, 16);
+      v.setUint8(4, 1);
+      v.setUint8(5, FrameKind.Messages);
+      v.setUint16(6, 2);
+      v.setUint32(8, first);
+      v.setUint32(12, second);
+      expect(() => new FrameDecoder(DEFAULT_PSP_LIMITS).push(frame)).toThrow(
+        expect.objectContaining({ code: "PSP_ERR_FRAME_MALFORMED" }),
+      );
+    }
   });
 
   it("control frames carry no body", () => {

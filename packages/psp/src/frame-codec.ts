@@ -174,7 +174,8 @@ export class FrameDecoder {
    * segments are views into the chunk (zero-copy; a TLS socket hands over each chunk in its own
    * buffer and never reuses it, and a chunk that starts on a frame boundary keeps every frame in it
    * aligned, since frames are multiples of 8 bytes). Any other frame is assembled in a fresh
-   * buffer of its own, offset 0. Either way a kept segment keeps its buffer alive, no more.
+   * buffer of its own, offset 0. A kept segment keeps its whole buffer alive: for a frame read
+   * in place, the socket's chunk (up to ~16 KiB on TLS, other frames' bytes included).
    */
   push(chunk: Uint8Array): Frame[] {
     const frames: Frame[] = [];
@@ -270,6 +271,9 @@ export class FrameDecoder {
       // The segment table: u32 big-endian lengths.
       const len =
         ((body[4 * i]! << 24) | (body[4 * i + 1]! << 16) | (body[4 * i + 2]! << 8) | body[4 * i + 3]!) >>> 0;
+      // Checked before padding: pad8 is 32-bit arithmetic, so a hostile length near 2^32 would
+      // pad to a negative or zero size and let the next segment overlap this one or the table.
+      if (len > bodyLength - pos) this.#fail("PSP_ERR_FRAME_MALFORMED", "segment overruns the body");
       const end = pos + pad8(len);
       if (end > bodyLength) this.#fail("PSP_ERR_FRAME_MALFORMED", "segment overruns the body");
       segments[i] = body.subarray(pos, pos + len);

@@ -7,7 +7,6 @@ import { isPspError, PspError } from "./errors.ts";
 import {
   encodeDirectFrame,
   encodeFrame,
-  FRAME_HEADER_BYTES,
   type Frame,
   FrameDecoder,
   FrameKind,
@@ -48,6 +47,11 @@ export interface LinkStats {
 
 export interface PspLinkOptions {
   role: PspRole;
+  /**
+   * The byte stream, normally a TLS socket (tls.ts). Received frames are read in place (views
+   * into the chunks it emits, frame-codec.ts), so a socket must never write into a chunk it has
+   * already emitted; Node's sockets never do.
+   */
   socket: Duplex;
   peer: PeerInfo;
   limits?: Partial<PspLimits>;
@@ -363,9 +367,9 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
     if (status === REPLY_OK) {
       // An answer the peer could not take (too many segments, too large a frame) is refused as
       // this request's error; the link and its other requests carry on.
-      // The frame's exact size (frame-codec.ts): header, segment table, head, padded segments.
-      let bytes = FRAME_HEADER_BYTES + pad8((payload.length + 1) * 4) + DIRECT_HEAD_BYTES;
-      for (const p of payload) bytes += pad8(p.byteLength);
+      let segmentBytes = DIRECT_HEAD_BYTES;
+      for (const p of payload) segmentBytes += pad8(p.byteLength);
+      const bytes = frameLength(payload.length + 1, segmentBytes);
       if (payload.length + 1 > this.limits.maxSegments || bytes > this.limits.maxFrameBytes) {
         this.#replyError(
           id,

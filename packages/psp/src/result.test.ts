@@ -455,6 +455,23 @@ describe("Arrow results", () => {
     expect(Object.getOwnPropertyDescriptor(row, "__proto__")?.value).toBe("x");
   });
 
+  it("a schema is matched by its bytes, never by the buffer it last arrived in", () => {
+    // Same length schemas (names "aa"/"bb"), decoded from one buffer overwritten in place: the
+    // second decode must see the second schema, not the cached first one.
+    const a: ColumnSpec[] = [{ name: "aa", type: "integer" }];
+    const b: ColumnSpec[] = [{ name: "bb", type: "integer" }];
+    const first = encodeResult(a, [[1]]);
+    const second = encodeResult(b, [[2]]);
+    expect(second.byteLength).toBe(first.byteLength);
+    const buffer = new Uint8Array(first);
+    expect(decodeResult(buffer).columns).toEqual(a);
+    buffer.set(second);
+    expect(decodeResult(buffer).columns).toEqual(b);
+    expect(decodeResult(buffer).rows()).toEqual([{ bb: 2 }]);
+    buffer.set(first);
+    expect(decodeResult(buffer).rows()).toEqual([{ aa: 1 }]);
+  });
+
   it("decoded vectors share the received frame's memory (zero-copy)", () => {
     const many = Array.from({ length: 1000 }, (_, i) => [
       `tb-${i}`,
