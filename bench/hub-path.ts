@@ -53,18 +53,24 @@ const SEND_SLICE = 256;
 /** Replies handed to the hub per event-loop turn, as a burst of sockets becoming readable. */
 const DELIVER_BURST = 64;
 
-/** Deterministic bytes from a seed (xorshift32): ctis the prepared receipts can name. */
-function seededBytes(seed: number, n: number): Uint8Array {
-  const out = new Uint8Array(n);
+/** A seeded xorshift32 stream of unsigned 32-bit integers (deterministic, not for keys). */
+function xorshift(seed: number): () => number {
   let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
+  return () => {
     x ^= x << 13;
     x >>>= 0;
     x ^= x >>> 17;
     x ^= x << 5;
     x >>>= 0;
-    out[i] = x & 0xff;
-  }
+    return x;
+  };
+}
+
+/** Deterministic bytes from a seed: ctis the prepared receipts can name. */
+function seededBytes(seed: number, n: number): Uint8Array {
+  const next = xorshift(seed);
+  const out = new Uint8Array(n);
+  for (let i = 0; i < n; i++) out[i] = next() & 0xff;
   return out;
 }
 
@@ -201,15 +207,8 @@ function ours(fleet: Fleet, seed: number): Contender {
   const sampler = new ReceiptSampler({
     every: DEFAULT_ORCH_LIMITS.receiptSignatureEvery,
     random: (() => {
-      let x = seed >>> 0 || 1;
-      return () => {
-        x ^= x << 13;
-        x >>>= 0;
-        x ^= x >>> 17;
-        x ^= x << 5;
-        x >>>= 0;
-        return x / 2 ** 32;
-      };
+      const next = xorshift(seed);
+      return () => next() / 2 ** 32;
     })(),
   });
   let ctis: Uint8Array = new Uint8Array(0);
