@@ -43,7 +43,7 @@ import { availableParallelism, loadavg } from "node:os";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import tls from "node:tls";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { applyFanOutV8Flags, DEFAULT_ORCH_LIMITS, ReceiptSampler } from "@os-orchestration/orchestration";
+import { DEFAULT_ORCH_LIMITS, ReceiptSampler } from "@os-orchestration/orchestration";
 import {
   type CallInput,
   connectPsp,
@@ -931,10 +931,6 @@ function parseHubRequest(m: unknown): HubRunRequest {
 }
 
 async function hubMain(): Promise<void> {
-  // The aggregator's own V8 settings (orchestration/src/v8-flags.ts), set in every hub alike,
-  // the floor's and the usual way's included: what a deployed aggregator process runs with.
-  // BENCH_HUB_DEFAULT_V8=off leaves V8's defaults, to measure what they change.
-  if (process.env.BENCH_HUB_DEFAULT_V8 !== "off") applyFanOutV8Flags();
   process.on("disconnect", () => process.exit(0));
   let unhandled = 0;
   // A link dropping mid-run can reject a pipelined promise nobody awaits; count it, keep going.

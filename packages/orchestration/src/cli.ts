@@ -20,7 +20,6 @@ import { OrchError } from "./errors.ts";
 import { pairOperator } from "./operator-pairing.ts";
 import { loadRegistry } from "./registry.ts";
 import { OrchestrationServer } from "./server.ts";
-import { applyFanOutV8Flags } from "./v8-flags.ts";
 import { builtinViewports, compileViewports } from "./viewports.ts";
 
 const USAGE = `os-orchestration — the fleet aggregator
@@ -95,8 +94,6 @@ async function main(): Promise<void> {
       return;
     }
     case "serve": {
-      // This process runs fan-outs from now on: V8 settings for that (v8-flags.ts).
-      applyFanOutV8Flags();
       const { values } = parseArgs({
         args: rest,
         options: {

@@ -34,5 +34,4 @@ export type {
 } from "./remote-api.ts";
 export { OrchestrationServer, type OrchestrationServerOptions } from "./server.ts";
 export type { AggregatorHello, FleetEntry, ViewportInfo } from "./service.ts";
-export { applyFanOutV8Flags } from "./v8-flags.ts";
 export { builtinViewports, compileViewports, type Viewport } from "./viewports.ts";
