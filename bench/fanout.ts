@@ -29,9 +29,8 @@
  * V8 CPU profile of every hub and fleet worker process, written there on exit), BENCH_PIN_HUB=1
  * (each hub alone on core 0, the fleet on the others), BENCH_HUB_NODE_FLAGS (V8 flags for every
  * hub alike; with --perf-basic-prof, `perf record -e cpu-clock -p <hub pid>` gives an on-CPU
- * profile that preemption does not smear), BENCH_HUB_DEFAULT_V8=off (every hub with V8's defaults
- * instead of the aggregator's settings, orchestration/src/v8-flags.ts). The `bound` rows
- * (machine-bound.ts) say what this machine allows at all.
+ * profile that preemption does not smear). The `bound` rows (machine-bound.ts) say what this
+ * machine allows at all.
  */
 
 import { spawnSync } from "node:child_process";
