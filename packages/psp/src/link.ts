@@ -364,11 +364,11 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
 
   #reply(id: number, status: number, payload: readonly Uint8Array[]): void {
     if (this.#closed) return;
+    let segmentBytes: number | undefined; // measured once, for the limit check and the encoding
     if (status === REPLY_OK) {
       // An answer the peer could not take (too many segments, too large a frame) is refused as
       // this request's error; the link and its other requests carry on.
-      let segmentBytes = DIRECT_HEAD_BYTES;
-      for (const p of payload) segmentBytes += pad8(p.byteLength);
+      segmentBytes = directSegmentBytes(payload);
       const bytes = frameLength(payload.length + 1, segmentBytes);
       if (payload.length + 1 > this.limits.maxSegments || bytes > this.limits.maxFrameBytes) {
         this.#replyError(
@@ -381,7 +381,7 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
       }
     }
     this.#guard.replyOut(id); // throws only on a bug of ours: the caller closes the link
-    this.#write(directFrame(FrameKind.Reply, id, status, payload), FrameKind.Reply, 1);
+    this.#write(directFrame(FrameKind.Reply, id, status, payload, segmentBytes), FrameKind.Reply, 1);
   }
 
   #onReply(segments: readonly Uint8Array[]): void {
@@ -682,10 +682,9 @@ function directFrame(
   word0: number,
   word1: number,
   payload: readonly Uint8Array[],
+  segmentBytes = directSegmentBytes(payload),
 ): Uint8Array[] {
-  let bytes = DIRECT_HEAD_BYTES;
-  for (const p of payload) bytes += pad8(p.byteLength);
-  if (frameLength(payload.length + 1, bytes) <= COALESCE_BYTES) {
+  if (frameLength(payload.length + 1, segmentBytes) <= COALESCE_BYTES) {
     return [encodeDirectFrame(kind, word0, word1, payload)];
   }
   const head = new Uint8Array(DIRECT_HEAD_BYTES);
@@ -693,6 +692,13 @@ function directFrame(
   v.setUint32(0, word0);
   v.setUint32(4, word1);
   return encodeFrame(kind, [head, ...payload]);
+}
+
+/** Bytes of a direct frame's segments: the 8-byte head, then the payload, each padded to 8. */
+function directSegmentBytes(payload: readonly Uint8Array[]): number {
+  let bytes = DIRECT_HEAD_BYTES;
+  for (const p of payload) bytes += pad8(p.byteLength);
+  return bytes;
 }
 
 function onlyReleases(outbox: readonly unknown[]): boolean {
