@@ -223,7 +223,6 @@ interface Pending {
   readonly entry: ToteboxEntry;
   readonly started: number;
   settled: boolean;
-  timer: TimerHandle | undefined;
   session: ToteboxSessionRemote | undefined;
   /** Direct reads in flight (their request ids), abandoned if this Totebox settles without them. */
   directTickets?: { id: number }[] | undefined;
@@ -249,6 +248,8 @@ export class FanOut {
   readonly #decoded = new Map<string, Map<string, DecodedResult>>();
   readonly #waiters = new Set<() => void>();
   #deadline: TimerHandle | undefined;
+  /** Times out every Totebox still pending when their common budget ends. */
+  #timeout: TimerHandle | undefined;
   #failure: { code: string; message: string } | null = null;
   #result: FanOutResult | undefined;
   #completing = false;
@@ -360,12 +361,12 @@ export class FanOut {
     // of DISPATCH_SLICE per event-loop turn, so that 10,000 Toteboxes never block the loop long
     // enough for link keep-alives (and other operators' answers) to starve.
     const budget = Math.max(1, Math.min(plan.toteboxTimeoutMs, plan.deadlineMs));
+    const started = ctx.clock.now();
     const all: Pending[] = plan.targets.map((entry, i) => {
       const p: Pending = {
         entry,
-        started: ctx.clock.now(),
+        started,
         settled: false,
-        timer: undefined,
         session: undefined,
         sessionHandle: undefined,
         lease: undefined,
@@ -373,10 +374,14 @@ export class FanOut {
         ctis: Array.from({ length: per }, (_, k) => cti(i * per + k)),
       };
       this.#pending.set(entry.id, p);
-      p.timer = ctx.scheduler.after(budget, () =>
-        this.#settle(p, "timeout", "ORCH_ERR_TOTEBOX_TIMEOUT", `no answer within ${budget} ms`),
-      );
       return p;
+    });
+    // Every Totebox's budget starts now, so one timer times them all out: a timer per Totebox was
+    // a timer object, a closure and a cancel per Totebox per query, for the same instant.
+    this.#timeout = ctx.scheduler.after(budget, () => {
+      for (const p of [...this.#pending.values()]) {
+        this.#settle(p, "timeout", "ORCH_ERR_TOTEBOX_TIMEOUT", `no answer within ${budget} ms`);
+      }
     });
     const dispatch = (from: number) => {
       if (this.finished) return; // cancelled, or past its deadline: nothing left to send
@@ -667,7 +672,6 @@ export class FanOut {
   ): void {
     if (p.settled) return; // a late answer: dropped, never merged
     p.settled = true;
-    p.timer?.cancel();
     if (status !== "ok" && status !== "suppressed") {
       this.#decoded.delete(p.entry.id);
       this.#cancelAtTotebox(p);
@@ -680,6 +684,8 @@ export class FanOut {
     p.session = undefined;
     p.lease?.release();
     this.#pending.delete(p.entry.id);
+    // Checked answers the console did not ask for are dropped at once, not held to the end.
+    const keep = this.plan.keepAnswers;
     this.#record({
       totebox: p.entry.id,
       name: p.entry.name,
@@ -688,8 +694,8 @@ export class FanOut {
       code,
       reason,
       elapsedMs: this.#ctx.clock.now() - p.started,
-      answers,
-      command,
+      answers: keep ? answers : [],
+      command: keep ? command : null,
     });
     if (this.#pending.size === 0) void this.#complete();
   }
@@ -710,8 +716,7 @@ export class FanOut {
 
   #record(outcome: ToteboxOutcome): void {
     if (this.#outcomes.has(outcome.totebox)) return;
-    // Checked answers the console did not ask for are dropped at once, not held to the end.
-    const o = this.plan.keepAnswers ? outcome : { ...outcome, answers: [], command: null };
+    const o = outcome;
     this.#outcomes.set(o.totebox, o);
     this.#events.push({
       seq: this.#events.length + 1,
@@ -751,12 +756,11 @@ export class FanOut {
     if (this.#result || this.#completing) return;
     this.#completing = true;
     this.#deadline?.cancel();
+    this.#timeout?.cancel();
     const { plan } = this;
     // Every target exactly once, in the order they were targeted.
-    const outcomes = plan.targets.map((e) => {
-      const o = this.#outcomes.get(e.id)!;
-      return plan.keepAnswers ? o : { ...o, answers: [], command: null };
-    });
+    // #record already dropped the answers of a fan-out that does not keep them.
+    const outcomes = plan.targets.map((e) => this.#outcomes.get(e.id)!);
     const answered = outcomes.filter((o) => o.status === "ok" || o.status === "suppressed").length;
     const partial = answered < outcomes.length;
     let error = this.#failure;

@@ -97,6 +97,41 @@ interface Waiter {
   timer: TimerHandle | undefined;
 }
 
+/**
+ * A call slot on one link. A class rather than an object of closures: a fan-out takes one per
+ * Totebox per query. It keeps the link, hello and session cache it was granted on: if the link is
+ * replaced meanwhile, the new one starts with an empty cache and this lease still names the old.
+ */
+class Lease implements LinkLease {
+  readonly remote: ToteboxRemote;
+  readonly link: PspLink;
+  readonly hello: ToteboxHello;
+  readonly #sessions: SessionCache<ToteboxSessionRemote>;
+  readonly #conn: ToteboxConnection;
+  readonly #freed: (c: ToteboxConnection) => void;
+  #released = false;
+
+  constructor(c: ToteboxConnection, freed: (c: ToteboxConnection) => void) {
+    this.remote = c.remote!;
+    this.link = c.link!;
+    this.hello = c.hello!;
+    this.#sessions = c.sessions;
+    this.#conn = c;
+    this.#freed = freed;
+  }
+
+  session(grant: Uint8Array, key: string, expiresAt: number): SessionHandle<ToteboxSessionRemote> {
+    return this.#sessions.acquire(key, () => this.remote.authorize(grant), expiresAt);
+  }
+
+  release(): void {
+    if (this.#released) return;
+    this.#released = true;
+    this.#conn.inFlight--;
+    this.#freed(this.#conn);
+  }
+}
+
 class ToteboxConnection {
   entry: ToteboxEntry;
   health: LinkHealth = "offline";
@@ -328,6 +363,9 @@ export class LinkPool {
     });
   }
 
+  /** A lease was released: its slot may go to a waiter (one function for every lease). */
+  readonly #leaseFreed = (c: ToteboxConnection): void => this.#grantWaiters(c);
+
   #grantWaiters(c: ToteboxConnection): void {
     while (c.waiters.length > 0 && c.remote && c.inFlight < this.#o.limits.maxCallsPerLink) {
       const w = c.waiters.shift()!;
@@ -345,22 +383,7 @@ export class LinkPool {
 
   #lease(c: ToteboxConnection): LinkLease {
     c.inFlight++;
-    let released = false;
-    // This link's own cache: if the link is replaced meanwhile, the new one starts empty.
-    const remote = c.remote!;
-    const sessions = c.sessions;
-    return {
-      remote,
-      link: c.link!,
-      hello: c.hello!,
-      session: (grant, key, expiresAt) => sessions.acquire(key, () => remote.authorize(grant), expiresAt),
-      release: () => {
-        if (released) return;
-        released = true;
-        c.inFlight--;
-        this.#grantWaiters(c);
-      },
-    };
+    return new Lease(c, this.#leaseFreed);
   }
 
   /**

@@ -45,6 +45,8 @@ export class SessionCache<S> {
   readonly #release: (stub: S) => void;
   readonly #now: () => number;
   readonly #entries = new Map<string, Entry<S>>();
+  /** The key acquired last while cached: the most recently used entry, already last in the Map. */
+  #last: string | undefined;
 
   /**
    * @param max sessions kept (least recently used leave first); 0 keeps none, and each handle's
@@ -75,8 +77,13 @@ export class SessionCache<S> {
     this.#dropExpired();
     let entry = this.#entries.get(key);
     if (entry) {
-      this.#entries.delete(key); // refresh recency: Map order is insertion order
-      this.#entries.set(key, entry);
+      // Refresh recency (Map order is insertion order) only when it changes anything: a fan-out
+      // acquires on every link per query, and a delete and set each time leaves a hole in the
+      // Map's table that it must later compact (an allocation per link per query).
+      if (this.#entries.size > 1 && this.#last !== key) {
+        this.#entries.delete(key);
+        this.#entries.set(key, entry);
+      }
     } else {
       // A grant already past its end (the aggregator accepts it within its clock skew) is not
       // cached: every later acquire would only drop it again.
@@ -95,25 +102,16 @@ export class SessionCache<S> {
         }
       }
     }
+    if (entry.cached) this.#last = key;
     entry.users++;
-    const e = entry;
-    let ended = false;
-    return {
-      stub: e.stub,
-      get authorized() {
-        return e.authorized;
-      },
-      confirm: () => {
-        e.authorized = true;
-      },
-      end: (forget) => {
-        if (ended) return;
-        ended = true;
-        e.users--;
-        if (forget && e.cached && this.#entries.get(key) === e) this.#drop(key, e);
-        else if (!e.cached && e.users === 0) this.#release(e.stub);
-      },
-    };
+    return new Handle(this, key, entry);
+  }
+
+  /** `handle.end(forget)`: internal to Handle. */
+  endHold(key: string, e: Entry<S>, forget: boolean): void {
+    e.users--;
+    if (forget && e.cached && this.#entries.get(key) === e) this.#drop(key, e);
+    else if (!e.cached && e.users === 0) this.#release(e.stub);
   }
 
   #dropExpired(): void {
@@ -124,7 +122,40 @@ export class SessionCache<S> {
 
   #drop(key: string, e: Entry<S>): void {
     this.#entries.delete(key);
+    if (this.#last === key) this.#last = undefined;
     e.cached = false;
     if (e.users === 0) this.#release(e.stub);
+  }
+}
+
+/**
+ * One holder's hold on a cached session: a class rather than an object of closures, since a
+ * fan-out makes one per Totebox per query.
+ */
+class Handle<S> implements SessionHandle<S> {
+  #ended = false;
+
+  constructor(
+    private readonly cache: SessionCache<S>,
+    private readonly key: string,
+    private readonly entry: Entry<S>,
+  ) {}
+
+  get stub(): S {
+    return this.entry.stub;
+  }
+
+  get authorized(): boolean {
+    return this.entry.authorized;
+  }
+
+  confirm(): void {
+    this.entry.authorized = true;
+  }
+
+  end(forget: boolean): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    this.cache.endHold(this.key, this.entry, forget);
   }
 }
