@@ -673,5 +673,59 @@ export async function benchReceipts(): Promise<BenchRow[]> {
       goal: `≤ 1.5× raw verify: ${verifyUs / rawVerify <= 1.5 ? "met" : "NOT met"}`,
     },
     { section: "psp", name: "requestHash (view + 2 params)", value: reqHashUs, unit: "µs" },
+    ...(await benchDigests(arrowBytes)),
   ];
+}
+
+/**
+ * PSP's SHA-256 (psp sha256.ts, here through `arrowDigest`): the digest read as a binary string
+ * into a 32-byte array on V8's heap, against node:crypto's one-shot hash returning a Buffer (a
+ * fresh off-heap backing store per digest), as PSP hashed before. 65 bytes is a Merkle node's
+ * input; the answer is the position row's Arrow stream. Process CPU per digest (main thread and
+ * V8's helper threads, so the collector's share of each is in its figure), interleaved rounds.
+ */
+async function benchDigests(answer: Uint8Array): Promise<BenchRow[]> {
+  const { hash } = await import("node:crypto");
+  const psp = await import("../packages/psp/src/index.ts");
+  const cpuRound = (fn: () => unknown, n: number): number => {
+    const c0 = process.cpuUsage();
+    for (let i = 0; i < n; i++) fn();
+    const c = process.cpuUsage(c0);
+    return (c.user + c.system) / n;
+  };
+  const rows: BenchRow[] = [];
+  for (const input of [new Uint8Array(65).fill(1), answer]) {
+    const viaBuffer = () => new Uint8Array(hash("sha256", input, "buffer"));
+    const ours = () => psp.arrowDigest(input);
+    for (let i = 0; i < 20_000; i++) {
+      viaBuffer();
+      ours();
+    }
+    const base: number[] = [];
+    const mine: number[] = [];
+    for (let r = 0; r < 7; r++) {
+      base.push(cpuRound(viaBuffer, 50_000));
+      mine.push(cpuRound(ours, 50_000));
+    }
+    const median = (xs: number[]) => xs.sort((a, b) => a - b)[xs.length >> 1]!;
+    const b = median(base);
+    const m = median(mine);
+    rows.push(
+      {
+        section: "psp",
+        name: `SHA-256 of ${input.byteLength} B, node:crypto hash() to a Buffer (CPU per digest)`,
+        value: b,
+        unit: "µs",
+        ratio: "baseline",
+      },
+      {
+        section: "psp",
+        name: `SHA-256 of ${input.byteLength} B, psp (digest as a binary string, on V8's heap)`,
+        value: m,
+        unit: "µs",
+        ratio: times(m, b, "Buffer digest"),
+      },
+    );
+  }
+  return rows;
 }

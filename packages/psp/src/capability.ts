@@ -45,6 +45,7 @@ import {
 } from "./direct-cbor.ts";
 import { PspError } from "./errors.ts";
 import type { ReplayStore } from "./replay-store.ts";
+import { sha256 } from "./sha256.ts";
 
 export { rawPublicKey } from "./cose.ts";
 
@@ -221,10 +222,6 @@ export function keyIdBytesOf(publicKey: KeyObject): Uint8Array {
 /** Key id of a raw 32-byte Ed25519 public key. */
 export function keyIdOfRaw(raw: Uint8Array): string {
   return hash("sha256", raw, "hex");
-}
-
-export function sha256(bytes: Uint8Array): Uint8Array {
-  return new Uint8Array(hash("sha256", bytes, "buffer"));
 }
 
 // ---------------------------------------------------------------------------------------------

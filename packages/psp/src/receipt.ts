@@ -1,4 +1,4 @@
-import { hash, type KeyObject } from "node:crypto";
+import type { KeyObject } from "node:crypto";
 import { keyIdBytesOf, keyIdOf } from "./capability.ts";
 import type { Clock } from "./clock.ts";
 import {
@@ -33,6 +33,7 @@ import {
   textLength,
 } from "./direct-cbor.ts";
 import { isPspError, PspError } from "./errors.ts";
+import { sha256, sha256Equals } from "./sha256.ts";
 
 /**
  * Result receipts: the answering subject (a Totebox) signs what it answered, so a console can check
@@ -302,17 +303,12 @@ export function requestHash(request: ReceiptRequest): Uint8Array {
     params: request.params ?? {},
     row: request.row,
   };
-  return new Uint8Array(sha256Of(canonicalCbor(v)));
+  return sha256(canonicalCbor(v));
 }
 
 /** SHA-256 of the Arrow IPC bytes exactly as sent. */
 export function arrowDigest(arrowBytes: Uint8Array): Uint8Array {
-  return new Uint8Array(sha256Of(arrowBytes));
-}
-
-/** One-shot SHA-256 (no Hash object): a Buffer, possibly a view into Node's pool; do not keep it. */
-function sha256Of(bytes: Uint8Array): Uint8Array {
-  return hash("sha256", bytes, "buffer");
+  return sha256(arrowBytes);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -720,7 +716,7 @@ export function verifyReceipt(args: {
   const claims = parseReceiptPayload(payload, contentInvalid);
   const e = args.expect;
   if (e === undefined) return claims;
-  if (e.arrowBytes !== undefined && !bytesEqual(sha256Of(e.arrowBytes), claims.arrowDigest)) {
+  if (e.arrowBytes !== undefined && !sha256Equals(e.arrowBytes, claims.arrowDigest)) {
     throw mismatch("arrowDigest");
   }
   if (e.capabilityId !== undefined && !bytesEqual(e.capabilityId, claims.capabilityId))
