@@ -842,9 +842,25 @@ function asOptions(options: unknown): Record<string, unknown> {
   return o;
 }
 
+/**
+ * A grant's Totebox ids as a set, per claims object: a fan-out asks inGrant once per Totebox in the
+ * registry, and a grant may name up to 256 ids (a scan of the list for each of 10,000 Toteboxes
+ * was 2.5 million string comparisons per fan-out).
+ */
+const grantIds = new WeakMap<VerifiedGrant["claims"], ReadonlySet<string>>();
+
 export function inGrant(g: VerifiedGrant, e: ToteboxEntry): boolean {
   const c = g.claims;
-  return c.toteboxIds.includes(e.id) || c.toteboxSelectors.some((s) => selectorMatches(s, e.tags));
+  if (c.toteboxIds.length > 0) {
+    let ids = grantIds.get(c);
+    if (ids === undefined) {
+      ids = new Set(c.toteboxIds);
+      grantIds.set(c, ids);
+    }
+    if (ids.has(e.id)) return true;
+  }
+  for (const s of c.toteboxSelectors) if (selectorMatches(s, e.tags)) return true;
+  return false;
 }
 
 function today(clock: Clock): string {

@@ -126,6 +126,19 @@ describe("selectors", () => {
     expect(selectorMatches("toString=x", {})).toBe(false);
     expect(selectorMatches("bad", tags)).toBe(false);
   });
+
+  it("parsed once and remembered: the same answers on every call, malformed ones included, past the cache's bound", () => {
+    const tags = { region: "west", kind: "property", n: "7" };
+    for (let round = 0; round < 3; round++) {
+      expect(selectorMatches("region=west,kind=property", tags)).toBe(true);
+      expect(selectorMatches("region=west,kind=holding", tags)).toBe(false);
+      expect(selectorMatches("region=", tags)).toBe(false);
+      expect(selectorMatches("=west", tags)).toBe(false);
+      expect(selectorMatches("__proto__=x", tags)).toBe(false);
+      // More distinct selectors than the cache keeps: it is cleared and refilled, never wrong.
+      for (let i = 0; i < 1500; i++) expect(selectorMatches(`n=${i}`, tags)).toBe(i === 7);
+    }
+  });
 });
 
 describe("grant + call chain", () => {

@@ -301,11 +301,26 @@ function parseSelector(selector: string): Array<[string, string]> | undefined {
   return pairs;
 }
 
+/**
+ * Selectors parsed before, by their text (frozen pairs; null for a malformed one). A fan-out
+ * matches its grant's few selectors against every Totebox in the registry: parsing them once per
+ * Totebox was an array and its pairs each time. Bounded: cleared whole at SELECTOR_CACHE_LIMIT.
+ */
+const parsedSelectors = new Map<string, readonly (readonly [string, string])[] | null>();
+const SELECTOR_CACHE_LIMIT = 1024;
+
 /** True if every pair of the selector matches the tags ("k=v,k2=v2" is AND). */
 export function selectorMatches(selector: string, tags: Readonly<Record<string, string>>): boolean {
-  const pairs = parseSelector(selector);
-  if (pairs === undefined) return false;
-  return pairs.every(([k, v]) => Object.hasOwn(tags, k) && tags[k] === v);
+  let pairs = parsedSelectors.get(selector);
+  if (pairs === undefined) {
+    const parsed = parseSelector(selector);
+    pairs = parsed === undefined ? null : Object.freeze(parsed.map((kv) => Object.freeze(kv)));
+    if (parsedSelectors.size >= SELECTOR_CACHE_LIMIT) parsedSelectors.clear();
+    parsedSelectors.set(selector, pairs);
+  }
+  if (pairs === null) return false;
+  for (const [k, v] of pairs) if (!Object.hasOwn(tags, k) || tags[k] !== v) return false;
+  return true;
 }
 
 const GRANT_LABELS: ReadonlySet<number> = new Set([

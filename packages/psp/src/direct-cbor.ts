@@ -94,8 +94,20 @@ export function readByteView(c: Cursor, min: number, max: number): Uint8Array {
 
 /** A byte string of min..max bytes, copied into a plain Uint8Array (even when `b` is a Buffer). */
 export function readByteCopy(c: Cursor, min: number, max: number): Uint8Array {
-  const v = readByteView(c, min, max);
-  return c.ok ? new Uint8Array(v) : EMPTY;
+  const len = readHead(c, 2);
+  const b = c.b;
+  const at = c.p;
+  if (len < min || len > max || at + len > b.byteLength) {
+    c.ok = false;
+    return EMPTY;
+  }
+  c.p += len;
+  if (!c.ok) return EMPTY;
+  // Ids and digests (16-64 bytes) are copied by hand: no view of `b` made just to copy from it.
+  const out = new Uint8Array(len);
+  if (len <= 64) for (let i = 0; i < len; i++) out[i] = b[at + i]!;
+  else out.set(b.subarray(at, at + len));
+  return out;
 }
 
 /**

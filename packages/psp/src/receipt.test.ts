@@ -2,6 +2,7 @@ import { createHash, createPublicKey, generateKeyPairSync } from "node:crypto";
 import { Tag } from "cbor-x";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import { keyIdOf } from "./capability.ts";
 import { ManualClock } from "./clock.ts";
 import {
   COSE_ALG_EDDSA,
@@ -179,6 +180,17 @@ describe("receipts", () => {
     // What it does not catch, by design: a payload rewritten under the right key id. Only the
     // signature check finds that, which is why whoever relies on the figures (the console) always
     // verifies.
+    // Any one bit of the key id flipped, read in place: refused as another signer's, unverified.
+    const kidAt = token.findIndex((_, i) => i > 0 && token[i - 1] === 0x58 && token[i] === 0x20) + 1;
+    expect(Buffer.from(token.subarray(kidAt, kidAt + 32))).toEqual(Buffer.from(keyIdOf(subject), "hex"));
+    for (let bit = 0; bit < 256; bit++) {
+      const t = Uint8Array.from(token);
+      t[kidAt + (bit >> 3)]! ^= 1 << (bit & 7);
+      expect(
+        code(() => unsigned(t)),
+        `kid bit ${bit}`,
+      ).toBe("PSP_ERR_RECEIPT_SIGNATURE");
+    }
     const rewritten = withRowCount(token, 41);
     expect(unsigned(rewritten).rowCount).toBe(41);
     expect(code(() => verifyReceipt({ token: rewritten, subjectPublicKey: subject }))).toBe(

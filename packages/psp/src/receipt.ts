@@ -382,18 +382,29 @@ const ENVELOPE_PREFIX = Uint8Array.from([0xd2, 0x84, 0x58, PROTECTED_LENGTH]);
 const SIGNATURE_HEAD = Uint8Array.of(0x58, 0x40);
 const MIN_ENVELOPE = ENVELOPE_PREFIX.byteLength + PROTECTED_LENGTH + 1 + 1 + 2 + 64;
 
-/** The parts of a receipt envelope in exactly the signer's layout, or undefined. */
-function readEnvelope(
-  token: Uint8Array,
-): { protectedBytes: Uint8Array; kid: Uint8Array; payload: Uint8Array; signature: Uint8Array } | undefined {
+// Byte lengths of the fixed parts, read once: a typed array's byteLength is a getter call.
+const ENVELOPE_PREFIX_BYTES = ENVELOPE_PREFIX.byteLength;
+const PROTECTED_PREFIX_BYTES = PROTECTED_PREFIX.byteLength;
+/** Where the kid's 32 bytes start in a token of the signer's layout. */
+const KID_AT = ENVELOPE_PREFIX_BYTES + PROTECTED_PREFIX_BYTES;
+/** The signature's head and bytes at the end of a token of the signer's layout. */
+const SIGNATURE_TAIL = 2 + 64;
+
+/**
+ * Where the payload starts in a receipt envelope of exactly the signer's layout, or -1. The
+ * payload then ends SIGNATURE_TAIL bytes before the token does, the protected header's bytes and
+ * the kid lie at fixed offsets, and the signature is the last 64 bytes: a verifier reads them in
+ * place, with no view made of the parts it only compares (the aggregator checks every receipt's
+ * binding and only a sample of their signatures).
+ */
+function envelopePayloadAt(token: Uint8Array): number {
   const n = token.byteLength;
-  if (n < MIN_ENVELOPE || n > MAX_TOKEN_BYTES) return undefined;
-  for (let i = 0; i < ENVELOPE_PREFIX.byteLength; i++) if (token[i] !== ENVELOPE_PREFIX[i]) return undefined;
-  const p0 = ENVELOPE_PREFIX.byteLength;
-  for (let i = 0; i < PROTECTED_PREFIX.byteLength; i++)
-    if (token[p0 + i] !== PROTECTED_PREFIX[i]) return undefined;
+  if (n < MIN_ENVELOPE || n > MAX_TOKEN_BYTES) return -1;
+  for (let i = 0; i < ENVELOPE_PREFIX_BYTES; i++) if (token[i] !== ENVELOPE_PREFIX[i]) return -1;
+  const p0 = ENVELOPE_PREFIX_BYTES;
+  for (let i = 0; i < PROTECTED_PREFIX_BYTES; i++) if (token[p0 + i] !== PROTECTED_PREFIX[i]) return -1;
   let p = p0 + PROTECTED_LENGTH;
-  if (token[p++] !== 0xa0) return undefined; // empty unprotected header
+  if (token[p++] !== 0xa0) return -1; // empty unprotected header
   // Payload: a byte string with its shortest head (tokens are < 64 KiB, so at most 3 head bytes).
   const h = token[p++]!;
   let len: number;
@@ -402,16 +413,27 @@ function readEnvelope(
   else if (h === 0x59 && token[p]! > 0) {
     len = (token[p]! << 8) | token[p + 1]!;
     p += 2;
-  } else return undefined;
+  } else return -1;
   const payloadAt = p;
   p += len;
-  if (p + 2 + 64 !== n || token[p] !== SIGNATURE_HEAD[0] || token[p + 1] !== SIGNATURE_HEAD[1])
-    return undefined;
+  if (p + SIGNATURE_TAIL !== n || token[p] !== SIGNATURE_HEAD[0] || token[p + 1] !== SIGNATURE_HEAD[1])
+    return -1;
+  return payloadAt;
+}
+
+/** The parts of a receipt envelope in exactly the signer's layout, or undefined. */
+function readEnvelope(
+  token: Uint8Array,
+): { protectedBytes: Uint8Array; kid: Uint8Array; payload: Uint8Array; signature: Uint8Array } | undefined {
+  const payloadAt = envelopePayloadAt(token);
+  if (payloadAt < 0) return undefined;
+  const n = token.byteLength;
+  const p0 = ENVELOPE_PREFIX_BYTES;
   return {
     protectedBytes: token.subarray(p0, p0 + PROTECTED_LENGTH),
-    kid: token.subarray(p0 + PROTECTED_PREFIX.byteLength, p0 + PROTECTED_LENGTH),
-    payload: token.subarray(payloadAt, payloadAt + len),
-    signature: token.subarray(p + 2, n),
+    kid: token.subarray(KID_AT, p0 + PROTECTED_LENGTH),
+    payload: token.subarray(payloadAt, n - SIGNATURE_TAIL),
+    signature: token.subarray(n - 64, n),
   };
 }
 
@@ -684,32 +706,43 @@ export function verifyReceipt(args: {
    */
   readonly checkSignature?: boolean;
 }): ReceiptClaims {
-  let protectedBytes: Uint8Array;
+  let protectedBytes: Uint8Array | undefined;
   let kidBytes: Uint8Array;
   let payload: Uint8Array;
-  let signature: Uint8Array;
+  let signature: Uint8Array | undefined;
   try {
     assertEd25519Key(args.subjectPublicKey, "verify");
   } catch (e) {
     throw receiptRefused(isPspError(e) ? e.code : "malformed");
   }
   // The signer's exact layout is recognised byte by byte (it passes every check below by
-  // construction); any other envelope gets the generic decode and checks.
-  const envelope = args.token instanceof Uint8Array ? readEnvelope(args.token) : undefined;
-  if (envelope !== undefined) {
-    ({ protectedBytes, kid: kidBytes, payload, signature } = envelope);
+  // construction) and read in place; any other envelope gets the generic decode and checks.
+  const token = args.token;
+  const payloadAt = token instanceof Uint8Array ? envelopePayloadAt(token) : -1;
+  const keyId = keyIdBytesOf(args.subjectPublicKey);
+  if (payloadAt >= 0) {
+    const n = token.byteLength;
+    // The kid in place: 32 bytes at a fixed offset (a key id is always 32 bytes).
+    let diff = keyId.byteLength ^ 32;
+    for (let i = 0; i < 32; i++) diff |= token[KID_AT + i]! ^ keyId[i]!;
+    if (diff !== 0) throw receiptRefused("signed by another key");
+    payload = token.subarray(payloadAt, n - SIGNATURE_TAIL);
+    if (args.checkSignature !== false) {
+      const p0 = ENVELOPE_PREFIX_BYTES;
+      protectedBytes = token.subarray(p0, p0 + PROTECTED_LENGTH);
+      signature = token.subarray(n - 64, n);
+    }
   } else {
-    const msg = decodeEnvelopeGeneric(args.token);
+    const msg = decodeEnvelopeGeneric(token);
     protectedBytes = msg.protectedBytes;
     kidBytes = msg.protectedHeader.get(COSE_HEADER.kid) as Uint8Array;
     payload = msg.payload;
     signature = msg.signature;
+    if (!bytesEqual(kidBytes, keyId)) throw receiptRefused("signed by another key");
   }
-  if (!bytesEqual(kidBytes, keyIdBytesOf(args.subjectPublicKey)))
-    throw receiptRefused("signed by another key");
   if (
     args.checkSignature !== false &&
-    !ed25519Verify(sigStructure1(protectedBytes, EMPTY, payload), signature, args.subjectPublicKey)
+    !ed25519Verify(sigStructure1(protectedBytes!, EMPTY, payload), signature!, args.subjectPublicKey)
   ) {
     throw receiptRefused("signature does not verify");
   }

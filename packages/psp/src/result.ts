@@ -472,14 +472,34 @@ class NumericChunk implements Chunk {
   }
 }
 
+/**
+ * One record batch, checked whole when decoded, whose columns are made into chunks (typed views)
+ * only when read: a combine reads one or two columns of a view's eight, and every chunk was a few
+ * objects and views per answer. A batch keeps where its column metadata lies to find a column's
+ * buffers again.
+ */
 interface Batch {
   readonly length: number;
-  readonly chunks: readonly Chunk[];
+  readonly bytes: Uint8Array;
+  readonly r: FlatReader;
+  /** Position of the first column's FieldNode and of its first Buffer struct (the validity). */
+  readonly nodeFirst: number;
+  readonly bufFirst: number;
+  readonly bodyAt: number;
+  readonly bodyLength: number;
+  /** The schema's bufferOffsets (shared, not a copy). */
+  readonly bufferOffsets: readonly number[];
+  /** Chunks made so far, by column. */
+  chunks: (Chunk | undefined)[] | undefined;
 }
 
 interface DecodedSchema {
   readonly columns: readonly ColumnSpec[];
   readonly nullable: readonly boolean[];
+  /** Per column, the offset of its first Buffer struct from the batch's first (16 bytes each). */
+  readonly bufferOffsets: readonly number[];
+  /** Buffer structs a batch of this schema has: 3 per string column, 2 per other column. */
+  readonly bufferCount: number;
   /** Arrow schema for the lazily built table (shared by every result of this schema). */
   arrow: Schema | undefined;
 }
@@ -532,11 +552,21 @@ class FlatReader {
 
   /** [first element position, element count] of the vector a uoffset at `p` points to. */
   vector(p: number, width: number): [number, number] {
+    const first = this.vectorAt(p, width);
+    return [first, this.vectorLength];
+  }
+
+  /** Element count of the vector `vectorAt` found last. */
+  vectorLength = 0;
+
+  /** First element position of the vector a uoffset at `p` points to; its count in vectorLength. */
+  vectorAt(p: number, width: number): number {
     const v = this.offset(p);
     this.check(v + 4 <= this.hi);
     const len = this.dv.getUint32(v, true);
     this.check(len <= (this.hi - v - 4) / width);
-    return [v + 4, len];
+    this.vectorLength = len;
+    return v + 4;
   }
 
   u8(t: FlatTable, index: number, dflt: number): number {
@@ -659,8 +689,20 @@ function parseSchema(r: FlatReader, header: number, key: string): DecodedSchema 
       nullable.push(r.u8(f, 1, 0) !== 0);
     }
   }
+  const bufferOffsets: number[] = [];
+  let buffers = 0;
+  for (const c of columns) {
+    bufferOffsets.push(16 * buffers);
+    buffers += c.type === "string" ? 3 : 2;
+  }
   // Shared by every result decoded from these schema bytes, hence frozen.
-  const decoded: DecodedSchema = { columns: Object.freeze(columns), nullable, arrow: undefined };
+  const decoded: DecodedSchema = {
+    columns: Object.freeze(columns),
+    nullable,
+    bufferOffsets: Object.freeze(bufferOffsets),
+    bufferCount: buffers,
+    arrow: undefined,
+  };
   if (decodedSchemas.size >= SCHEMA_CACHE_LIMIT) decodedSchemas.clear();
   decodedSchemas.set(key, decoded);
   return decoded;
@@ -672,13 +714,13 @@ const POPCOUNT = Uint8Array.from({ length: 256 }, (_, i) => {
   return c;
 });
 
-/** Set bits among the first `length` bits of `bitmap`. */
-function popcount(bitmap: Uint8Array, length: number): number {
+/** Set bits among the first `length` bits of the bitmap at `at` in `bytes`. */
+function popcountAt(bytes: Uint8Array, at: number, length: number): number {
   let c = 0;
   const whole = length >>> 3;
-  for (let i = 0; i < whole; i++) c += POPCOUNT[bitmap[i]!]!;
+  for (let i = 0; i < whole; i++) c += POPCOUNT[bytes[at + i]!]!;
   const rest = length & 7;
-  if (rest > 0) c += POPCOUNT[bitmap[whole]! & ((1 << rest) - 1)]!;
+  if (rest > 0) c += POPCOUNT[bytes[at + whole]! & ((1 << rest) - 1)]!;
   return c;
 }
 
@@ -713,26 +755,42 @@ function readBatch(
   const length = r.i64Field(rb, 0, MAX_BATCH_ROWS);
   if (r.field(rb, 3, 4) >= 0) throw malformed("result batch is compressed");
   const variadicAt = r.field(rb, 4, 4);
-  if (variadicAt >= 0 && r.vector(variadicAt, 8)[1] > 0) throw inconsistent("variadic buffers");
+  if (variadicAt >= 0) {
+    r.vectorAt(variadicAt, 8);
+    if (r.vectorLength > 0) throw inconsistent("variadic buffers");
+  }
   const cols = schema.columns;
   if (cols.length === 0 && length > 0) throw inconsistent("rows without columns");
   const nodesAt = r.field(rb, 1, 4);
   const buffersAt = r.field(rb, 2, 4);
-  const [nodeFirst, nodeCount] = nodesAt < 0 ? [0, 0] : r.vector(nodesAt, 16);
-  const [bufFirst, bufCount] = buffersAt < 0 ? [0, 0] : r.vector(buffersAt, 16);
-  let wanted = 0;
-  for (const c of cols) wanted += c.type === "string" ? 3 : 2;
-  if (nodeCount !== cols.length || bufCount !== wanted) throw inconsistent("node or buffer count");
-  const chunks: Chunk[] = new Array(cols.length);
-  let buf = bufFirst;
-  for (let i = 0; i < cols.length; i++) {
-    const node = nodeFirst + 16 * i;
-    if (r.count(node, MAX_BATCH_ROWS) !== length) throw inconsistent("column length");
-    const nulls = r.count(node + 8, length);
-    chunks[i] = readColumn(bytes, r, cols[i]!.type, length, nulls, buf, bodyAt, bodyLength);
-    buf += cols[i]!.type === "string" ? 48 : 32;
+  let nodeFirst = 0;
+  let nodeCount = 0;
+  if (nodesAt >= 0) {
+    nodeFirst = r.vectorAt(nodesAt, 16);
+    nodeCount = r.vectorLength;
   }
-  return { length, chunks };
+  let bufFirst = 0;
+  let bufCount = 0;
+  if (buffersAt >= 0) {
+    bufFirst = r.vectorAt(buffersAt, 16);
+    bufCount = r.vectorLength;
+  }
+  if (nodeCount !== cols.length || bufCount !== schema.bufferCount)
+    throw inconsistent("node or buffer count");
+  const batch: Batch = {
+    length,
+    bytes,
+    r,
+    nodeFirst,
+    bufFirst,
+    bodyAt,
+    bodyLength,
+    bufferOffsets: schema.bufferOffsets,
+    chunks: undefined,
+  };
+  // Every column is checked now, whether or not it is ever read: a hostile answer is refused whole.
+  for (let i = 0; i < cols.length; i++) checkColumn(batch, i, cols[i]!.type);
+  return batch;
 }
 
 /** Absolute start of the body buffer described at `p` (offset, length), checked to fit the body. */
@@ -740,69 +798,147 @@ function bufferStart(r: FlatReader, p: number, bodyAt: number, bodyLength: numbe
   return bodyAt + r.count(p, bodyLength - r.count(p + 8, bodyLength));
 }
 
-/** One column of a batch; `buf` is the position of its first Buffer struct (validity). */
-function readColumn(
-  bytes: Uint8Array,
-  r: FlatReader,
-  type: ColumnType,
-  length: number,
-  nulls: number,
-  buf: number,
-  bodyAt: number,
-  bodyLength: number,
-): Chunk {
-  let validity: Uint8Array | undefined;
+/** Where column `i`'s buffers lie in the body, all checked to fit it (no views made). */
+interface ColumnPlace {
+  nulls: number;
+  /** -1 without nulls (no bitmap is read then). */
+  validityAt: number;
+  valuesAt: number;
+  valuesLength: number;
+  /** String columns: the data buffer. */
+  dataAt: number;
+  dataLength: number;
+}
+
+/** One scratch place for checkColumn and chunkOf: both synchronous, neither re-entered. */
+const scratchPlace: ColumnPlace = {
+  nulls: 0,
+  validityAt: -1,
+  valuesAt: 0,
+  valuesLength: 0,
+  dataAt: 0,
+  dataLength: 0,
+};
+
+function placeColumn(b: Batch, i: number, type: ColumnType, out: ColumnPlace): ColumnPlace {
+  const { r, length, bodyAt, bodyLength } = b;
+  const node = b.nodeFirst + 16 * i;
+  if (r.count(node, MAX_BATCH_ROWS) !== length) throw inconsistent("column length");
+  const nulls = r.count(node + 8, length);
+  const buf = b.bufFirst + b.bufferOffsets[i]!;
+  out.nulls = nulls;
+  out.validityAt = -1;
   if (nulls > 0) {
     if (r.count(buf + 8, bodyLength) < bitmapBytes(length)) throw inconsistent("validity bitmap too short");
-    const at = bufferStart(r, buf, bodyAt, bodyLength);
-    validity = new Uint8Array(bytes.buffer, bytes.byteOffset + at, bitmapBytes(length));
-    // Arrow trusts null_count; we do not: a lying count would make readers disagree on nulls.
-    if (popcount(validity, length) !== length - nulls) throw inconsistent("null count");
+    out.validityAt = bufferStart(r, buf, bodyAt, bodyLength);
   } else {
     bufferStart(r, buf, bodyAt, bodyLength); // still checked to lie inside the body
   }
-  const len = r.count(buf + 24, bodyLength);
-  const at = bufferStart(r, buf + 16, bodyAt, bodyLength);
+  out.valuesLength = r.count(buf + 24, bodyLength);
+  out.valuesAt = bufferStart(r, buf + 16, bodyAt, bodyLength);
+  if (type === "string") {
+    out.dataLength = r.count(buf + 40, bodyLength);
+    out.dataAt = bufferStart(r, buf + 32, bodyAt, bodyLength);
+  }
+  return out;
+}
+
+/** Checks column `i` of a batch the way readers would read it, without making any view. */
+function checkColumn(b: Batch, i: number, type: ColumnType): void {
+  const p = placeColumn(b, i, type, scratchPlace);
+  const { bytes, length } = b;
+  const dv = b.r.dv;
+  const validityAt = p.validityAt;
+  // Arrow trusts null_count; we do not: a lying count would make readers disagree on nulls.
+  if (validityAt >= 0 && popcountAt(bytes, validityAt, length) !== length - p.nulls) {
+    throw inconsistent("null count");
+  }
   switch (type) {
     case "integer":
-    case "number": {
-      if (len < 8 * length) throw inconsistent("values too short");
-      return new NumericChunk(length, nulls, validity, bytes, at, type === "number");
-    }
+    case "number":
+      if (p.valuesLength < 8 * length) throw inconsistent("values too short");
+      return;
     case "date": {
-      if (len < 4 * length) throw inconsistent("values too short");
-      const values = view(bytes, at, length, Int32Array);
+      if (p.valuesLength < 4 * length) throw inconsistent("values too short");
       // Days beyond ±10^8 have no ECMAScript date: refused here rather than failing in rows().
       for (let k = 0; k < length; k++) {
-        const d = values[k]!;
-        if ((d > MAX_DATE_DAYS || d < -MAX_DATE_DAYS) && (validity === undefined || isSet(validity, k))) {
+        const d = dv.getInt32(p.valuesAt + 4 * k, true);
+        if (
+          (d > MAX_DATE_DAYS || d < -MAX_DATE_DAYS) &&
+          (validityAt < 0 || (bytes[validityAt + (k >>> 3)]! & (1 << (k & 7))) !== 0)
+        ) {
           throw inconsistent("date out of range");
         }
       }
-      return { length, nulls, validity, values, offsets: undefined };
+      return;
     }
-    case "boolean": {
-      if (len < bitmapBytes(length)) throw inconsistent("values too short");
-      const values = new Uint8Array(bytes.buffer, bytes.byteOffset + at, bitmapBytes(length));
-      return { length, nulls, validity, values, offsets: undefined };
-    }
+    case "boolean":
+      if (p.valuesLength < bitmapBytes(length)) throw inconsistent("values too short");
+      return;
     case "string": {
-      if (len < 4 * (length + 1)) throw inconsistent("offsets too short");
-      const offsets = view(bytes, at, length + 1, Int32Array);
-      const dLen = r.count(buf + 40, bodyLength);
-      const dAt = bufferStart(r, buf + 32, bodyAt, bodyLength);
-      let prev = offsets[0]!;
+      if (p.valuesLength < 4 * (length + 1)) throw inconsistent("offsets too short");
+      let prev = dv.getInt32(p.valuesAt, true);
       if (prev < 0) throw inconsistent("string offsets");
       for (let k = 1; k <= length; k++) {
-        const o = offsets[k]!;
+        const o = dv.getInt32(p.valuesAt + 4 * k, true);
         if (o < prev) throw inconsistent("string offsets");
         prev = o;
       }
-      if (prev > dLen) throw inconsistent("string offsets");
-      const values = new Uint8Array(bytes.buffer, bytes.byteOffset + dAt, dLen);
-      return { length, nulls, validity, values, offsets };
+      if (prev > p.dataLength) throw inconsistent("string offsets");
+      return;
     }
   }
+}
+
+/** Column `i` of a batch as a chunk of views into the received bytes, made on first use. */
+function chunkOf(b: Batch, schema: DecodedSchema, i: number): Chunk {
+  const chunks = (b.chunks ??= new Array(schema.columns.length));
+  const made = chunks[i];
+  if (made !== undefined) return made;
+  const type = schema.columns[i]!.type;
+  // Checked when decoded: placing it again cannot throw.
+  const p = placeColumn(b, i, type, scratchPlace);
+  const { bytes, length } = b;
+  const validity =
+    p.validityAt < 0
+      ? undefined
+      : new Uint8Array(bytes.buffer, bytes.byteOffset + p.validityAt, bitmapBytes(length));
+  let chunk: Chunk;
+  switch (type) {
+    case "integer":
+    case "number":
+      chunk = new NumericChunk(length, p.nulls, validity, bytes, p.valuesAt, type === "number");
+      break;
+    case "date":
+      chunk = {
+        length,
+        nulls: p.nulls,
+        validity,
+        values: view(bytes, p.valuesAt, length, Int32Array),
+        offsets: undefined,
+      };
+      break;
+    case "boolean":
+      chunk = {
+        length,
+        nulls: p.nulls,
+        validity,
+        values: new Uint8Array(bytes.buffer, bytes.byteOffset + p.valuesAt, bitmapBytes(length)),
+        offsets: undefined,
+      };
+      break;
+    case "string":
+      chunk = {
+        length,
+        nulls: p.nulls,
+        validity,
+        values: new Uint8Array(bytes.buffer, bytes.byteOffset + p.dataAt, p.dataLength),
+        offsets: view(bytes, p.valuesAt, length + 1, Int32Array),
+      };
+      break;
+  }
+  chunks[i] = chunk;
+  return chunk;
 }
 
 const isSet = (bitmap: Uint8Array, i: number) => (bitmap[i >>> 3]! & (1 << (i & 7))) !== 0;
@@ -901,10 +1037,10 @@ function toArrowTable(schema: DecodedSchema, batches: readonly Batch[]): Table {
     batches.map((b) => {
       // Data built directly (buffers: [offsets, values, validity]): makeData's visitor would
       // re-wrap every buffer, and these views are already of the type's array class.
-      const children = b.chunks.map(
-        (ch, i) =>
-          new Data(s.fields[i]!.type, 0, ch.length, ch.nulls, [ch.offsets, ch.values, ch.validity] as never),
-      );
+      const children = s.fields.map((f, i) => {
+        const ch = chunkOf(b, schema, i);
+        return new Data(f.type, 0, ch.length, ch.nulls, [ch.offsets, ch.values, ch.validity] as never);
+      });
       return new RecordBatch(s, new Data(struct, 0, b.length, 0, undefined, children));
     }),
   );
@@ -941,7 +1077,9 @@ class Decoded implements DecodedResult {
     let base = 0;
     for (const b of this.batches) {
       for (let r = 0; r < b.length; r++) out[base + r] = {};
-      for (let i = 0; i < cols.length; i++) if (use[i]) fillColumn(out, base, cols[i]!, b.chunks[i]!);
+      for (let i = 0; i < cols.length; i++) {
+        if (use[i]) fillColumn(out, base, cols[i]!, chunkOf(b, this.schema, i));
+      }
       base += b.length;
     }
     return out;
@@ -953,7 +1091,7 @@ class Decoded implements DecodedResult {
     const out: Cell[] = new Array(this.rowCount);
     let base = 0;
     for (const b of this.batches) {
-      columnCells(c, b.chunks[index]!, out, base, true);
+      columnCells(c, chunkOf(b, this.schema, index), out, base, true);
       base += b.length;
     }
     return out;
