@@ -423,6 +423,51 @@ describe("Diode: a hostile subject's direct frames are refused and cut its link"
     await h.close();
   });
 
+  it("replies in any order reach their own requests; abandoned ones drop their reply; the rest fail on close", async () => {
+    const N = 40;
+    let peerRef: RawPeer | undefined;
+    const ids: number[] = [];
+    const h = await hostileSubject(async (peer) => {
+      peerRef = peer;
+      for (;;) {
+        const f = await peer.nextFrame();
+        if (f.kind === FrameKind.Request) {
+          ids.push(new DataView(f.segments[0]!.buffer, f.segments[0]!.byteOffset, 8).getUint32(0));
+        }
+      }
+    });
+    const tickets = Array.from({ length: N }, () => ({ id: 0 }));
+    const pending = tickets.map((t) => h.link.request(1, [], t));
+    const settled = pending.map((p) =>
+      p.then(
+        (segments) => ({ ok: segments[0]![0]! }),
+        (e: { code?: string }) => ({ code: e.code }),
+      ),
+    );
+    while (ids.length < N) await new Promise((r) => setImmediate(r));
+    // A seeded order (xorshift) over the first 30; every fifth of them abandoned first.
+    let x = 0x9e3779b9;
+    const order = Array.from({ length: 30 }, (_, i) => i);
+    for (let i = order.length - 1; i > 0; i--) {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      const j = (x >>> 0) % (i + 1);
+      [order[i], order[j]] = [order[j]!, order[i]!];
+    }
+    for (let i = 0; i < 30; i += 5) h.link.abandon(tickets[i]!.id);
+    for (const i of order) {
+      peerRef!.sendFrameParts(encodeFrame(FrameKind.Reply, [head(tickets[i]!.id, 0), Uint8Array.of(i)]));
+    }
+    const answered = await Promise.all(settled.slice(0, 30));
+    answered.forEach((a, i) => expect(a).toEqual(i % 5 === 0 ? { code: "PSP_ERR_ABANDONED" } : { ok: i }));
+    expect(h.link.closed).toBe(false);
+    expect(h.violations).toHaveLength(0);
+    h.link.close();
+    for (const a of await Promise.all(settled.slice(30))) expect(a).toEqual({ code: "PSP_ERR_LINK_CLOSED" });
+    await h.close();
+  });
+
   it("a subject that stops replying gets no more requests than the bound; abandoned ones count until it replies", async () => {
     let peerRef: RawPeer | undefined;
     const ids: number[] = [];

@@ -142,11 +142,8 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
   #pingTimer: TimerHandle | undefined;
   #pingOutstanding = false;
   #lastFrameInAt: number;
-  /** Commander: direct requests sent and not yet answered, by id. */
-  readonly #requests = new Map<
-    number,
-    { resolve: (p: Uint8Array[]) => void; reject: (e: unknown) => void }
-  >();
+  /** Commander: direct requests sent and not yet answered. */
+  readonly #requests = new OpenRequests();
   #nextRequestId = 1;
   /** Subject: who answers direct requests (none: each is refused with PSP_ERR_METHOD_UNKNOWN). */
   #directHandler: DirectRequestHandler | undefined;
@@ -276,7 +273,7 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
     if (this.#closed) return Promise.reject(this.#closeReason());
     if (ticket) ticket.id = id;
     return new Promise<Uint8Array[]>((resolve, reject) => {
-      this.#requests.set(id, { resolve, reject });
+      this.#requests.add(id, { resolve, reject });
       // #write closing the link (this frame too large for the peer) rejects the entry just set.
       this.#write(directFrame(FrameKind.Request, id, method, payload), FrameKind.Request, 1);
     });
@@ -288,9 +285,8 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
    * against this link's bound until the subject replies. Unknown or answered ids are ignored.
    */
   abandon(id: number): void {
-    const pending = this.#requests.get(id);
+    const pending = this.#requests.take(id);
     if (!pending) return;
-    this.#requests.delete(id);
     pending.reject(new PspError("PSP_ERR_ABANDONED", "stopped waiting for this direct request"));
   }
 
@@ -396,9 +392,8 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
     const status = v.getUint32(4);
     this.#guard.replyIn(id); // the Diode: a subject answers only what it was asked, once
     this.stats.messagesIn++;
-    const pending = this.#requests.get(id);
+    const pending = this.#requests.take(id);
     if (!pending) return; // abandoned by its caller: the late reply is dropped
-    this.#requests.delete(id);
     if (status === REPLY_OK) {
       pending.resolve(segments.slice(1));
       return;
@@ -436,9 +431,7 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
     this.#waiter = undefined;
     w?.reject(error ?? new PspError("PSP_ERR_LINK_CLOSED", "link closed", { peer: this.peer.label }));
     if (this.#requests.size > 0) {
-      const pending = [...this.#requests.values()];
-      this.#requests.clear();
-      for (const r of pending) {
+      for (const r of this.#requests.takeAll()) {
         r.reject(error ?? new PspError("PSP_ERR_LINK_CLOSED", "link closed", { peer: this.peer.label }));
       }
     }
@@ -753,4 +746,53 @@ export function toPspError(e: unknown): PspError {
     return new PspError(x.code, x.message);
   }
   return new PspError("PSP_ERR_INTERNAL", "internal error", {}, { cause: e });
+}
+
+interface OpenRequest {
+  resolve(payload: Uint8Array[]): void;
+  reject(e: unknown): void;
+}
+
+/**
+ * A commander's open direct requests on one link: at most `maxCallsInFlight` (256 by default), and
+ * on a fan-out's links one or two. Two parallel arrays searched linearly rather than a Map: a Map
+ * emptied and refilled on every request and reply re-allocates its table each time (measured at
+ * ~270 bytes per reply at the hub), arrays that shrink by `pop` keep theirs.
+ */
+class OpenRequests {
+  #ids: number[] = [];
+  #entries: OpenRequest[] = [];
+
+  get size(): number {
+    return this.#ids.length;
+  }
+
+  add(id: number, entry: OpenRequest): void {
+    this.#ids.push(id);
+    this.#entries.push(entry);
+  }
+
+  /** Removes and returns request `id`'s entry, or undefined if it is not open. */
+  take(id: number): OpenRequest | undefined {
+    const ids = this.#ids;
+    for (let k = 0; k < ids.length; k++) {
+      if (ids[k] !== id) continue;
+      const entry = this.#entries[k]!;
+      const last = ids.length - 1;
+      ids[k] = ids[last]!;
+      this.#entries[k] = this.#entries[last]!;
+      ids.pop();
+      this.#entries.pop();
+      return entry;
+    }
+    return undefined;
+  }
+
+  /** Removes and returns every open entry. */
+  takeAll(): OpenRequest[] {
+    const all = this.#entries;
+    this.#ids = [];
+    this.#entries = [];
+    return all;
+  }
 }
