@@ -460,7 +460,9 @@ describe("Diode: a hostile subject's direct frames are refused and cut its link"
       peerRef!.sendFrameParts(encodeFrame(FrameKind.Reply, [head(tickets[i]!.id, 0), Uint8Array.of(i)]));
     }
     const answered = await Promise.all(settled.slice(0, 30));
-    answered.forEach((a, i) => expect(a).toEqual(i % 5 === 0 ? { code: "PSP_ERR_ABANDONED" } : { ok: i }));
+    answered.forEach((a, i) => {
+      expect(a).toEqual(i % 5 === 0 ? { code: "PSP_ERR_ABANDONED" } : { ok: i });
+    });
     expect(h.link.closed).toBe(false);
     expect(h.violations).toHaveLength(0);
     h.link.close();

@@ -892,7 +892,8 @@ function checkColumn(b: Batch, i: number, type: ColumnType): void {
 
 /** Column `i` of a batch as a chunk of views into the received bytes, made on first use. */
 function chunkOf(b: Batch, schema: DecodedSchema, i: number): Chunk {
-  const chunks = (b.chunks ??= new Array(schema.columns.length));
+  b.chunks ??= new Array(schema.columns.length);
+  const chunks = b.chunks;
   const made = chunks[i];
   if (made !== undefined) return made;
   const type = schema.columns[i]!.type;
