@@ -366,6 +366,9 @@ function recordedFanOut(args: {
   agg: Identity;
   clock: ManualClock;
   pool: LinkPool;
+  scheduler?: ManualScheduler;
+  toteboxTimeoutMs?: number;
+  deadlineMs?: number;
 }): FanOut {
   const plan: FanOutPlan = {
     kind: "read",
@@ -376,8 +379,8 @@ function recordedFanOut(args: {
     command: undefined,
     viewport: undefined,
     mode: "warn",
-    toteboxTimeoutMs: 60_000,
-    deadlineMs: 60_000,
+    toteboxTimeoutMs: args.toteboxTimeoutMs ?? 60_000,
+    deadlineMs: args.deadlineMs ?? 60_000,
     grant: args.grant,
     grantExpiresAt: T0 + 600_000,
     tenant: "t1",
@@ -388,7 +391,7 @@ function recordedFanOut(args: {
     pool: args.pool,
     signer: args.agg.privateKey,
     clock: args.clock,
-    scheduler: new ManualScheduler(T0),
+    scheduler: args.scheduler ?? new ManualScheduler(T0),
     limits: DEFAULT_ORCH_LIMITS,
     logger: pino({ level: "silent" }),
   });
@@ -499,6 +502,92 @@ describe("capabilities signed per dispatch slice", () => {
     expect(result.outcomes.map((o) => o.totebox)).toEqual(targets(600).map((t) => t.id));
     expect(result.outcomes.slice(256).every((o) => o.code === "ORCH_ERR_CANCELLED")).toBe(true);
     expect(result.error?.code).toBe("ORCH_ERR_CANCELLED");
+  });
+});
+
+/**
+ * Every Totebox's budget starts when the fan-out does, so one timer times out all that are still
+ * pending (fanout.ts start()). Here even-numbered Toteboxes refuse at once and odd ones never
+ * answer, on a scheduler the test moves by hand.
+ */
+describe("one timer for every Totebox's budget", () => {
+  async function run(opts: { n: number; toteboxTimeoutMs: number; deadlineMs: number }) {
+    const clock = new ManualClock(T0);
+    const scheduler = new ManualScheduler(T0);
+    const { agg, grant } = await grantOver(["position"], clock);
+    const pool = {
+      acquire: async (id: string) => ({
+        session: () => ({
+          stub: {
+            read: () =>
+              Number(id.slice(3)) % 2 === 0
+                ? Promise.reject(Object.assign(new Error("refused"), { code: "TOTEBOX_ERR_POLICY_DENIED" }))
+                : new Promise(() => {}),
+            cancel: () => Promise.resolve(),
+          },
+          authorized: false,
+          confirm() {},
+          end() {},
+        }),
+        link: { abandon() {} },
+        hello: {},
+        release() {},
+      }),
+      health: () => undefined,
+      cut() {},
+    } as unknown as LinkPool;
+    const f = recordedFanOut({
+      ...opts,
+      views: ["position"],
+      grant,
+      agg,
+      clock,
+      pool,
+      scheduler,
+    });
+    f.start();
+    // Let every Totebox be asked and the refusals settle.
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    return { f, scheduler };
+  }
+
+  it("times out exactly the Toteboxes still pending when the budget ends, and nothing fires after", async () => {
+    const { f, scheduler } = await run({ n: 6, toteboxTimeoutMs: 5_000, deadlineMs: 60_000 });
+    expect(f.events(0, 100).events.map((e) => e.totebox)).toEqual(["tb-0", "tb-2", "tb-4"]);
+    scheduler.advance(4_999);
+    expect(f.finished).toBe(false);
+    scheduler.advance(1);
+    const r = await f.done;
+    expect(r.outcomes.map((o) => [o.totebox, o.status, o.code])).toEqual([
+      ["tb-0", "denied", "TOTEBOX_ERR_POLICY_DENIED"],
+      ["tb-1", "timeout", "ORCH_ERR_TOTEBOX_TIMEOUT"],
+      ["tb-2", "denied", "TOTEBOX_ERR_POLICY_DENIED"],
+      ["tb-3", "timeout", "ORCH_ERR_TOTEBOX_TIMEOUT"],
+      ["tb-4", "denied", "TOTEBOX_ERR_POLICY_DENIED"],
+      ["tb-5", "timeout", "ORCH_ERR_TOTEBOX_TIMEOUT"],
+    ]);
+    // Every progress event counts the Toteboxes that answered: none did.
+    expect(f.events(0, 100).events.map((e) => e.answered)).toEqual([0, 0, 0, 0, 0, 0]);
+    expect(f.answered).toBe(0);
+    // Both timers (budget and deadline) are gone with the fan-out.
+    expect(scheduler.pending).toBe(0);
+  });
+
+  it("a fan-out settled before its budget ends leaves no timer behind", async () => {
+    const { f, scheduler } = await run({ n: 1, toteboxTimeoutMs: 5_000, deadlineMs: 60_000 });
+    expect((await f.done).outcomes.map((o) => o.status)).toEqual(["denied"]);
+    expect(scheduler.pending).toBe(0);
+  });
+
+  it("a deadline equal to the budget wins: the Toteboxes are reported as cut by the deadline", async () => {
+    const { f, scheduler } = await run({ n: 4, toteboxTimeoutMs: 5_000, deadlineMs: 5_000 });
+    scheduler.advance(5_000);
+    const r = await f.done;
+    expect(r.outcomes.filter((o) => o.status === "timeout").map((o) => o.code)).toEqual([
+      "ORCH_ERR_DEADLINE",
+      "ORCH_ERR_DEADLINE",
+    ]);
+    expect(scheduler.pending).toBe(0);
   });
 });
 

@@ -720,7 +720,7 @@ export class FanOut {
     const o = outcome;
     this.#outcomes.set(o.totebox, o);
     // Counted here, not by a walk over every outcome: each outcome's progress event carries the
-    // count, and the walk made a fan-out's bookkeeping quadratic (10^8 steps at 10,000 Toteboxes).
+    // count, and the walk made a fan-out's bookkeeping quadratic (5×10^7 steps at 10,000 Toteboxes).
     if (o.status === "ok" || o.status === "suppressed") this.#answered++;
     this.#events.push({
       seq: this.#events.length + 1,
@@ -763,7 +763,7 @@ export class FanOut {
     this.#timeout?.cancel();
     const { plan } = this;
     // Every target exactly once, in the order they were targeted.
-    // #record already dropped the answers of a fan-out that does not keep them.
+    // #settle already dropped the answers of a fan-out that does not keep them.
     const outcomes = plan.targets.map((e) => this.#outcomes.get(e.id)!);
     const answered = outcomes.filter((o) => o.status === "ok" || o.status === "suppressed").length;
     const partial = answered < outcomes.length;

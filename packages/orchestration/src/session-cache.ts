@@ -104,15 +104,15 @@ export class SessionCache<S> {
     }
     if (entry.cached) this.#last = key;
     entry.users++;
-    return new Handle(this, key, entry);
+    return new Handle(this.#endHold, key, entry);
   }
 
-  /** `handle.end(forget)`: internal to Handle. */
-  endHold(key: string, e: Entry<S>, forget: boolean): void {
+  /** What `handle.end(forget)` does: one function for every handle of this cache. */
+  readonly #endHold = (key: string, e: Entry<S>, forget: boolean): void => {
     e.users--;
     if (forget && e.cached && this.#entries.get(key) === e) this.#drop(key, e);
     else if (!e.cached && e.users === 0) this.#release(e.stub);
-  }
+  };
 
   #dropExpired(): void {
     if (this.#entries.size === 0) return;
@@ -133,29 +133,32 @@ export class SessionCache<S> {
  * fan-out makes one per Totebox per query.
  */
 class Handle<S> implements SessionHandle<S> {
+  readonly #endHold: (key: string, e: Entry<S>, forget: boolean) => void;
+  readonly #key: string;
+  readonly #entry: Entry<S>;
   #ended = false;
 
-  constructor(
-    private readonly cache: SessionCache<S>,
-    private readonly key: string,
-    private readonly entry: Entry<S>,
-  ) {}
+  constructor(endHold: (key: string, e: Entry<S>, forget: boolean) => void, key: string, entry: Entry<S>) {
+    this.#endHold = endHold;
+    this.#key = key;
+    this.#entry = entry;
+  }
 
   get stub(): S {
-    return this.entry.stub;
+    return this.#entry.stub;
   }
 
   get authorized(): boolean {
-    return this.entry.authorized;
+    return this.#entry.authorized;
   }
 
   confirm(): void {
-    this.entry.authorized = true;
+    this.#entry.authorized = true;
   }
 
   end(forget: boolean): void {
     if (this.#ended) return;
     this.#ended = true;
-    this.cache.endHold(this.key, this.entry, forget);
+    this.#endHold(this.#key, this.#entry, forget);
   }
 }

@@ -757,7 +757,7 @@ interface OpenRequest {
  * A commander's open direct requests on one link: at most `maxCallsInFlight` (256 by default), and
  * on a fan-out's links one or two. Two parallel arrays searched linearly rather than a Map: a Map
  * emptied and refilled on every request and reply re-allocates its table each time (measured at
- * ~270 bytes per reply at the hub), arrays that shrink by `pop` keep theirs.
+ * ~270 bytes per reply at the hub); arrays that shrink by `pop` keep theirs.
  */
 class OpenRequests {
   #ids: number[] = [];
@@ -772,23 +772,28 @@ class OpenRequests {
     this.#entries.push(entry);
   }
 
-  /** Removes and returns request `id`'s entry, or undefined if it is not open. */
+  /**
+   * Removes and returns request `id`'s entry, or undefined if it is not open. The rest keep their
+   * order (the oldest is usually first, so little moves): close rejects them in the order sent.
+   */
   take(id: number): OpenRequest | undefined {
     const ids = this.#ids;
+    const entries = this.#entries;
     for (let k = 0; k < ids.length; k++) {
       if (ids[k] !== id) continue;
-      const entry = this.#entries[k]!;
-      const last = ids.length - 1;
-      ids[k] = ids[last]!;
-      this.#entries[k] = this.#entries[last]!;
+      const entry = entries[k]!;
+      for (let j = k + 1; j < ids.length; j++) {
+        ids[j - 1] = ids[j]!;
+        entries[j - 1] = entries[j]!;
+      }
       ids.pop();
-      this.#entries.pop();
+      entries.pop();
       return entry;
     }
     return undefined;
   }
 
-  /** Removes and returns every open entry. */
+  /** Removes and returns every open entry, oldest first. */
   takeAll(): OpenRequest[] {
     const all = this.#entries;
     this.#ids = [];

@@ -897,7 +897,9 @@ function chunkOf(b: Batch, schema: DecodedSchema, i: number): Chunk {
   const made = chunks[i];
   if (made !== undefined) return made;
   const type = schema.columns[i]!.type;
-  // Checked when decoded: placing it again cannot throw.
+  // Checked when decoded: placing it again cannot throw, as long as the received bytes are not
+  // changed after decodeResult (the chunks are views of them; DecodedResult documents that the
+  // bytes are shared, and nothing in PSP writes into a frame it has handed over).
   const p = placeColumn(b, i, type, scratchPlace);
   const { bytes, length } = b;
   const validity =
