@@ -483,6 +483,16 @@ describe("portfolio", () => {
     expect(objects(none[0]!)[5]).toMatchObject({ level: "subtotal", grp: "(none)", toteboxes: 5 });
   });
 
+  it("frozen tags (one object per registry entry, as fan-outs hand them) give the same roll-up, run after run", async () => {
+    // The combine remembers the DuckDB map of a frozen tags object; a second run reuses it.
+    const frozen = FLEET.map((t) => ({ ...t, tags: Object.freeze({ ...t.tags }) }));
+    for (const groupBy of ["region", "kind", "region"]) {
+      const params = resolveViewportParams(vp("portfolio"), { group_by: groupBy }, AS_OF);
+      const out = await runCombine(inputFor(vp("portfolio"), frozen, params));
+      expect(out[0]!.rows).toEqual(expectedPortfolio(FLEET, groupBy));
+    }
+  });
+
   it("an estate where nobody answered still has its grand total row (zero Toteboxes, unknown sums)", async () => {
     const down = FLEET.map((t) => ({ ...t, status: "offline" as const }));
     const out = await runCombine(inputFor(vp("portfolio"), down, { group_by: "region", as_of: AS_OF }));

@@ -508,14 +508,25 @@ function checkInput(
   return { batches: out, tagsOf };
 }
 
+/**
+ * DuckDB MAP values of frozen tag objects, made once: a fan-out's outcomes carry one frozen tags
+ * object per registry entry (fanout.ts), so each query would otherwise build the same map per
+ * Totebox again. Only frozen objects are remembered: their entries cannot change afterwards.
+ */
+const tagMaps = new WeakMap<object, DuckDBMapValue>();
+
 function tagMap(tags: Readonly<Record<string, string>>, totebox: string): DuckDBMapValue {
   if (typeof tags !== "object" || tags === null)
     throw combineError("coverage tags are malformed", { totebox });
+  const known = tagMaps.get(tags);
+  if (known !== undefined) return known;
   const entries = Object.entries(tags);
   for (const [, value] of entries) {
     if (typeof value !== "string") throw combineError("coverage tags are malformed", { totebox });
   }
-  return mapValue(entries.map(([key, value]) => ({ key, value })));
+  const m = mapValue(entries.map(([key, value]) => ({ key, value })));
+  if (Object.isFrozen(tags)) tagMaps.set(tags, m);
+  return m;
 }
 
 /**

@@ -566,6 +566,10 @@ describe("one timer for every Totebox's budget", () => {
       ["tb-4", "denied", "TOTEBOX_ERR_POLICY_DENIED"],
       ["tb-5", "timeout", "ORCH_ERR_TOTEBOX_TIMEOUT"],
     ]);
+    // Each outcome carries its Totebox's tags as a frozen plain object.
+    expect(r.outcomes[0]!.tags).toEqual({ region: "west" });
+    expect(Object.isFrozen(r.outcomes[0]!.tags)).toBe(true);
+    expect(Object.getPrototypeOf(r.outcomes[0]!.tags)).toBe(Object.prototype);
     // Every progress event counts the Toteboxes that answered: none did.
     expect(f.events(0, 100).events.map((e) => e.answered)).toEqual([0, 0, 0, 0, 0, 0]);
     expect(f.answered).toBe(0);

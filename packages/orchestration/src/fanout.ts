@@ -233,6 +233,23 @@ interface Pending {
   ctis: Uint8Array[];
 }
 
+/**
+ * Each registry entry's tags as one frozen plain object, made once per entry (a registry reload
+ * makes new entries): every outcome of every fan-out carries its Totebox's tags, and copying the
+ * registry's null-prototype maps took V8's slow clone path once per Totebox per query. Frozen, so
+ * that no holder of one outcome can change another's.
+ */
+const tagsOfEntry = new WeakMap<ToteboxEntry, Readonly<Record<string, string>>>();
+
+function plainTags(entry: ToteboxEntry): Readonly<Record<string, string>> {
+  let t = tagsOfEntry.get(entry);
+  if (t === undefined) {
+    t = Object.freeze({ ...entry.tags });
+    tagsOfEntry.set(entry, t);
+  }
+  return t;
+}
+
 export class FanOut {
   readonly id: string;
   readonly plan: FanOutPlan;
@@ -690,7 +707,7 @@ export class FanOut {
     this.#record({
       totebox: p.entry.id,
       name: p.entry.name,
-      tags: { ...p.entry.tags },
+      tags: plainTags(p.entry),
       status,
       code,
       reason,
