@@ -638,10 +638,10 @@ describe("direct or capnweb, and the fallback", () => {
         direct.push(hexOf(payload[0]!));
         const how = script.direct(i);
         if (ticket) ticket.id = 100 + i;
-        if (how === "hang") {
-          if (direct.length === script.views.length) queueMicrotask(() => f!.cancel());
-          return new Promise(() => {});
-        }
+        // Once every read is sent, a Totebox with a hanging read is cancelled.
+        const hangs = script.views.some((_, k) => script.direct(k) === "hang");
+        if (hangs && direct.length === script.views.length) queueMicrotask(() => f!.cancel());
+        if (how === "hang") return new Promise(() => {});
         if (how === "answered") return Promise.resolve([new Uint8Array(8), new Uint8Array(8)]);
         return refuse(how === "unknown" ? "TOTEBOX_ERR_SESSION_UNKNOWN" : "TOTEBOX_ERR_POLICY_DENIED");
       },
@@ -710,6 +710,18 @@ describe("direct or capnweb, and the fallback", () => {
     expect(r3.confirmed).toBe(1);
     // Both answers were then checked, each by its own path's rules, and refused (cut as forged).
     expect(r3.result.outcomes[0]).toMatchObject({ status: "error" });
+  });
+
+  it("a read refused while an earlier one still hangs is no unhandled rejection; the Totebox is cancelled whole", async () => {
+    // Read 1 is refused at once, read 0 never answers: the refusal waits, handled, for read 0.
+    const r = await run({
+      views: ["position", "ledger"],
+      directMethods: [1],
+      direct: (i) => (i === 0 ? "hang" : "denied"),
+    });
+    expect(r.direct).toHaveLength(2);
+    expect(r.result.outcomes[0]).toMatchObject({ code: "ORCH_ERR_CANCELLED" });
+    expect(r.abandoned).toEqual([100, 101]);
   });
 
   it("a Totebox settled without its answers (here: cancelled) has its direct reads abandoned at the link", async () => {

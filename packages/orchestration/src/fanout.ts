@@ -250,6 +250,9 @@ function plainTags(entry: ToteboxEntry): Readonly<Record<string, string>> {
   return t;
 }
 
+/** Handles a rejection whose outcome is read later (by awaiting the same promise). */
+const ignore = (): void => {};
+
 export class FanOut {
   readonly id: string;
   readonly plan: FanOutPlan;
@@ -470,7 +473,7 @@ export class FanOut {
         // Direct reads (psp direct-read.ts) once this link's session has answered, and only to a
         // Totebox that announced them in hello (an older one would cut the link on the frame).
         const direct = handle.authorized && lease.hello.directMethods?.includes(DIRECT_READ_METHOD) === true;
-        const viaDirect: boolean[] = plan.reads.map(() => direct);
+        const viaDirect: boolean[] = new Array(plan.reads.length).fill(direct);
         if (direct) {
           raw = await this.#readDirect(p, lease, viaDirect);
         } else {
@@ -480,20 +483,23 @@ export class FanOut {
         }
         if (p.settled) return;
         checking = true;
-        const replies = raw.map((reply, i) =>
-          viaDirect[i] ? directReply(reply) : capnwebReply(reply, plan.reads[i]!, p.entry.id),
-        );
         const answers: PassedAnswer[] = [];
         const decoded = new Map<string, DecodedResult>();
         let suppressed = 0;
         let rows = 0;
-        plan.reads.forEach((r, i) => {
+        // Every reply is read (refused if malformed) before any is checked, as before.
+        const replies: ReadReply[] = new Array(raw.length);
+        for (let i = 0; i < raw.length; i++) {
+          replies[i] = viaDirect[i] ? directReply(raw[i]) : capnwebReply(raw[i], plan.reads[i]!, p.entry.id);
+        }
+        for (let i = 0; i < plan.reads.length; i++) {
+          const r = plan.reads[i]!;
           const { answer, result } = this.#checkRead(replies[i]!, r, p.ctis[i]!, p.entry.id, lease);
           answers.push(answer);
           decoded.set(r.as, result);
           suppressed += answer.suppressedGroups;
           rows += answer.rowCount;
-        });
+        }
         this.#decoded.set(p.entry.id, decoded);
         // A Totebox whose every group fell under the owner's privacy floor answered, but with nothing.
         if (rows === 0 && suppressed > 0) {
@@ -547,23 +553,40 @@ export class FanOut {
     // Tickets, so that a read settled without its answer (timeout, deadline, cancel) is abandoned
     // at the link (#cancelAtTotebox): nothing of this fan-out stays waiting on a Totebox that
     // never replies, and the link's bound on unanswered requests keeps a mute one from piling up.
-    const tickets = this.plan.reads.map(() => ({ id: 0 }));
-    p.directTickets = tickets;
-    const settled = await Promise.allSettled(
-      this.plan.reads.map((r, i) =>
-        link.request(DIRECT_READ_METHOD, directReadPayload(p.caps[i]!, this.#directBodyOf(r)), tickets[i]),
-      ),
-    );
-    p.directTickets = undefined;
-    const out: unknown[] = [];
-    const retry: number[] = [];
-    for (let i = 0; i < settled.length; i++) {
-      const s = settled[i]!;
-      if (s.status === "fulfilled") out[i] = s.value;
-      else if (errorInfo(s.reason).code === "TOTEBOX_ERR_SESSION_UNKNOWN") retry.push(i);
-      else throw s.reason;
+    const reads = this.plan.reads;
+    const n = reads.length;
+    const tickets: { id: number }[] = new Array(n);
+    const sent: Promise<Uint8Array[]>[] = new Array(n);
+    for (let i = 0; i < n; i++) {
+      tickets[i] = { id: 0 };
+      const payload = directReadPayload(p.caps[i]!, this.#directBodyOf(reads[i]!));
+      sent[i] = link.request(DIRECT_READ_METHOD, payload, tickets[i]);
     }
-    if (retry.length === 0 || p.settled) return out;
+    p.directTickets = tickets;
+    // Every read is waited for, in order, as Promise.allSettled would (without its per-read
+    // objects: a fan-out's Toteboxes mostly get one read each). Later reads get a handler now, so
+    // that one refused while an earlier one is awaited is never an unhandled rejection.
+    if (n > 1) for (let i = 1; i < n; i++) sent[i]!.catch(ignore);
+    const out: unknown[] = new Array(n);
+    let retry: number[] | undefined;
+    let failed = false;
+    let failure: unknown;
+    for (let i = 0; i < n; i++) {
+      try {
+        out[i] = await sent[i];
+      } catch (e) {
+        if (errorInfo(e).code === "TOTEBOX_ERR_SESSION_UNKNOWN") {
+          retry ??= [];
+          retry.push(i);
+        } else if (!failed) {
+          failed = true;
+          failure = e;
+        }
+      }
+    }
+    p.directTickets = undefined;
+    if (failed) throw failure;
+    if (retry === undefined || p.settled) return out;
     // The Totebox holds no session under this grant on this link although ours is held (it
     // restarted its session table, or is not the software we think). Authorize again, once, over
     // capnweb, and send only the refused reads: their capabilities are unused (a read naming no

@@ -319,7 +319,12 @@ export function selectorMatches(selector: string, tags: Readonly<Record<string, 
     parsedSelectors.set(selector, pairs);
   }
   if (pairs === null) return false;
-  for (const [k, v] of pairs) if (!Object.hasOwn(tags, k) || tags[k] !== v) return false;
+  // An index loop: destructuring each pair made an iterator per pair per call.
+  for (let i = 0; i < pairs.length; i++) {
+    const pair = pairs[i]!;
+    const k = pair[0];
+    if (!Object.hasOwn(tags, k) || tags[k] !== pair[1]) return false;
+  }
   return true;
 }
 
