@@ -367,6 +367,8 @@ function recordedFanOut(args: {
   clock: ManualClock;
   pool: LinkPool;
   scheduler?: ManualScheduler;
+  /** A row every read names (row-scoped capabilities). */
+  row?: string;
   toteboxTimeoutMs?: number;
   deadlineMs?: number;
 }): FanOut {
@@ -375,7 +377,7 @@ function recordedFanOut(args: {
     name: "position",
     params: {},
     targets: targets(args.n),
-    reads: args.views.map((v) => ({ view: v, as: v, params: {} })),
+    reads: args.views.map((v) => ({ view: v, as: v, params: {}, ...(args.row ? { row: args.row } : {}) })),
     command: undefined,
     viewport: undefined,
     mode: "warn",
@@ -409,6 +411,7 @@ describe("capabilities signed per dispatch slice", () => {
     readonly onRead?: (seen: number, clock: ManualClock, f: FanOut) => void;
     /** Moves the clock this far before the fan-out starts. */
     readonly startAfterMs?: number;
+    readonly row?: string;
   }
 
   async function run(n: number, opts: RunOptions = {}) {
@@ -427,7 +430,7 @@ describe("capabilities signed per dispatch slice", () => {
     const lease = { session: () => ({ stub: session, end() {} }), release() {} };
     const pool = { acquire: async () => lease, health: () => undefined, cut() {} } as unknown as LinkPool;
     // No timer fires: every Totebox refuses at once.
-    f = recordedFanOut({ n, views, grant, agg, clock, pool });
+    f = recordedFanOut({ n, views, grant, agg, clock, pool, ...(opts.row ? { row: opts.row } : {}) });
     if (opts.startAfterMs) clock.advance(opts.startAfterMs);
     f.start();
     return { result: await f.done, seen };
@@ -490,6 +493,20 @@ describe("capabilities signed per dispatch slice", () => {
       expect(u.batch!.index).toBe(k % 512);
     });
     expect(result.outcomes).toHaveLength(300);
+  });
+
+  it("a read naming a row: every capability carries that row, and one without carries none", async () => {
+    const { seen } = await run(3, { views: ["position", "ledger"], row: "unit-7" });
+    expect(seen).toHaveLength(6);
+    for (const cap of seen) {
+      const c = decodeUnverified(cap).claims;
+      expect(c.kind === "call" && c.row).toBe("unit-7");
+    }
+    const plain = await run(2);
+    for (const cap of plain.seen) {
+      const c = decodeUnverified(cap).claims;
+      expect(c.kind === "call" && c.row).toBeUndefined();
+    }
   });
 
   it("cancelled between slices: the next slice is never signed nor sent, and every Totebox is reported once", async () => {
