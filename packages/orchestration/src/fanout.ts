@@ -366,33 +366,22 @@ export class FanOut {
           },
         ];
       }
-      // Two literal shapes rather than a spread of a conditional object: this runs per Totebox
-      // per read, and the spread took V8's slow clone path.
+      // One literal shape, `row` undefined when the read names none (capability.ts treats an
+      // undefined row as absent): a spread of a conditional object took V8's slow clone path,
+      // per Totebox per read.
       const out: CallInput[] = new Array(per);
       for (let k = 0; k < per; k++) {
         const r = plan.reads[k]!;
-        const c = cti(i * per + k);
-        out[k] =
-          r.row !== undefined
-            ? {
-                grant: plan.grant,
-                totebox: entry.id,
-                view: r.view,
-                action: "read",
-                row: r.row,
-                cti: c,
-                lifetimeSeconds,
-                clock: ctx.clock,
-              }
-            : {
-                grant: plan.grant,
-                totebox: entry.id,
-                view: r.view,
-                action: "read",
-                cti: c,
-                lifetimeSeconds,
-                clock: ctx.clock,
-              };
+        out[k] = {
+          grant: plan.grant,
+          totebox: entry.id,
+          view: r.view,
+          action: "read",
+          row: r.row,
+          cti: cti(i * per + k),
+          lifetimeSeconds,
+          clock: ctx.clock,
+        };
       }
       return out;
     };
@@ -590,7 +579,7 @@ export class FanOut {
     // Every read is waited for, in order, as Promise.allSettled would (without its per-read
     // objects: a fan-out's Toteboxes mostly get one read each). Later reads get a handler now, so
     // that one refused while an earlier one is awaited is never an unhandled rejection.
-    if (n > 1) for (let i = 1; i < n; i++) sent[i]!.catch(ignore);
+    for (let i = 1; i < n; i++) sent[i]!.catch(ignore);
     const out: unknown[] = new Array(n);
     let retry: number[] | undefined;
     let failed = false;
@@ -779,9 +768,8 @@ export class FanOut {
     }
   }
 
-  #record(outcome: ToteboxOutcome): void {
-    if (this.#outcomes.has(outcome.totebox)) return;
-    const o = outcome;
+  #record(o: ToteboxOutcome): void {
+    if (this.#outcomes.has(o.totebox)) return;
     this.#outcomes.set(o.totebox, o);
     // Counted here, not by a walk over every outcome: each outcome's progress event carries the
     // count, and the walk made a fan-out's bookkeeping quadratic (5×10^7 steps at 10,000 Toteboxes).
@@ -829,7 +817,7 @@ export class FanOut {
     // Every target exactly once, in the order they were targeted.
     // #settle already dropped the answers of a fan-out that does not keep them.
     const outcomes = plan.targets.map((e) => this.#outcomes.get(e.id)!);
-    const answered = outcomes.filter((o) => o.status === "ok" || o.status === "suppressed").length;
+    const answered = this.#answered; // every target is recorded exactly once by now
     const partial = answered < outcomes.length;
     let error = this.#failure;
     if (!error && partial && plan.mode === "abort") {
