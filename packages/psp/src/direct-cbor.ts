@@ -81,28 +81,32 @@ export function expectBytes(c: Cursor, bytes: Uint8Array): void {
   c.p += bytes.byteLength;
 }
 
-/** A byte string of min..max bytes, as a view into the cursor's bytes (no copy). */
-export function readByteView(c: Cursor, min: number, max: number): Uint8Array {
+/**
+ * Reads a byte string's head and steps over its min..max bytes; returns where they start, or -1
+ * (and `ok` false) when the head or length is out of bounds.
+ */
+function byteString(c: Cursor, min: number, max: number): number {
   const len = readHead(c, 2);
   if (len < min || len > max || c.p + len > c.b.byteLength) {
     c.ok = false;
-    return EMPTY;
+    return -1;
   }
   c.p += len;
-  return c.b.subarray(c.p - len, c.p);
+  return c.p - len;
+}
+
+/** A byte string of min..max bytes, as a view into the cursor's bytes (no copy). */
+export function readByteView(c: Cursor, min: number, max: number): Uint8Array {
+  const at = byteString(c, min, max);
+  return at < 0 ? EMPTY : c.b.subarray(at, c.p);
 }
 
 /** A byte string of min..max bytes, copied into a plain Uint8Array (even when `b` is a Buffer). */
 export function readByteCopy(c: Cursor, min: number, max: number): Uint8Array {
-  const len = readHead(c, 2);
+  const at = byteString(c, min, max);
+  if (at < 0 || !c.ok) return EMPTY;
   const b = c.b;
-  const at = c.p;
-  if (len < min || len > max || at + len > b.byteLength) {
-    c.ok = false;
-    return EMPTY;
-  }
-  c.p += len;
-  if (!c.ok) return EMPTY;
+  const len = c.p - at;
   // Ids and digests (16-64 bytes) are copied by hand: no view of `b` made just to copy from it.
   const out = new Uint8Array(len);
   if (len <= 64) for (let i = 0; i < len; i++) out[i] = b[at + i]!;
