@@ -1,10 +1,10 @@
 import { RpcTarget } from "capnweb";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { PspError } from "./errors.ts";
 import { encodeFrame, FrameKind } from "./frame-codec.ts";
 import { createIdentity, type Identity } from "./identity.ts";
 import type { PspLimits } from "./limits.ts";
-import type { DirectRequestHandler, PspLink } from "./link.ts";
+import type { DirectRequestHandler, PspLink, ReplySink } from "./link.ts";
 import { decodeValue, encodeValue } from "./message-codec.ts";
 import { openCommander, serveSubject } from "./rpc.ts";
 import { closedWith, hostileSubjectLink, type RawPeer, rawConnect, rawListen } from "./test-peers.ts";
@@ -528,6 +528,164 @@ describe("Diode: a hostile subject's direct frames are refused and cut its link"
     expect([...r[0]!]).toEqual([1]);
     expect((await closedWith(h.link))?.code).toBe("PSP_ERR_DIODE");
     await h.close();
+  });
+});
+
+describe("requestWith: a direct request's outcome to a sink, with no promise per request", () => {
+  const scriptedSubject = (limits: Partial<PspLimits> = {}) => {
+    const ids: number[] = [];
+    let peerRef: RawPeer | undefined;
+    const ready = hostileSubjectLink({
+      subject: subjectId,
+      commander: commanderId,
+      limits,
+      script: async (peer) => {
+        peerRef = peer;
+        for (;;) {
+          const f = await peer.nextFrame();
+          if (f.kind === FrameKind.Request) {
+            ids.push(new DataView(f.segments[0]!.buffer, f.segments[0]!.byteOffset, 8).getUint32(0));
+          }
+        }
+      },
+    });
+    const reply = (id: number, status: number, body: Uint8Array) =>
+      peerRef!.sendFrameParts(encodeFrame(FrameKind.Reply, [head(id, status), body]));
+    return { ready, ids, reply };
+  };
+
+  /** A sink that records every call, in order, and whether it came from inside requestWith. */
+  const recordingSink = () => {
+    const calls: Array<{ tag: number; ok?: number; code?: string; inside: boolean }> = [];
+    let inside = false;
+    const sink: ReplySink = {
+      reply: (tag, payload) => calls.push({ tag, ok: payload[0]![0]!, inside }),
+      fail: (tag, e) => calls.push({ tag, code: (e as { code?: string }).code, inside }),
+    };
+    const send = (link: PspLink, tag: number) => {
+      inside = true;
+      try {
+        return link.requestWith(1, [Uint8Array.of(tag)], sink, tag);
+      } finally {
+        inside = false;
+      }
+    };
+    return { calls, send };
+  };
+
+  it("each reply or error reaches the sink once with its own tag; abandon fails at once; close fails the rest in order", async () => {
+    const s = scriptedSubject();
+    const h = await s.ready;
+    const r = recordingSink();
+    const N = 24;
+    // Tags chosen apart from ids, so a mix-up of the two shows.
+    const ids = Array.from({ length: N }, (_, i) => r.send(h.link, 1000 + i));
+    expect(r.calls).toEqual([]);
+    while (s.ids.length < N) await new Promise((res) => setImmediate(res));
+    expect(s.ids).toEqual(ids);
+    // A seeded order (xorshift) over the first 16: every fourth abandoned, every third refused.
+    let x = 0x2545f491;
+    const order = Array.from({ length: 16 }, (_, i) => i);
+    for (let i = order.length - 1; i > 0; i--) {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      const j = (x >>> 0) % (i + 1);
+      [order[i], order[j]] = [order[j]!, order[i]!];
+    }
+    for (let i = 0; i < 16; i += 4) h.link.abandon(ids[i]!);
+    expect(r.calls.map((c) => c.tag)).toEqual([1000, 1004, 1008, 1012]);
+    for (const i of order) {
+      if (i % 3 === 0) s.reply(ids[i]!, 1, encodeValue({ code: "TOTEBOX_ERR_PARAM", message: "no" }));
+      else s.reply(ids[i]!, 0, Uint8Array.of(i));
+    }
+    while (r.calls.length < 16) await new Promise((res) => setImmediate(res));
+    const byTag = new Map(r.calls.map((c) => [c.tag, c]));
+    expect(byTag.size).toBe(16);
+    for (let i = 0; i < 16; i++) {
+      const c = byTag.get(1000 + i)!;
+      if (i % 4 === 0) expect(c.code).toBe("PSP_ERR_ABANDONED");
+      else if (i % 3 === 0) expect(c.code).toBe("TOTEBOX_ERR_PARAM");
+      else expect(c.ok).toBe(i);
+    }
+    expect(h.link.closed).toBe(false);
+    expect(h.violations).toHaveLength(0);
+    h.link.close();
+    // A microtask later, the open ones in the order sent.
+    expect(r.calls).toHaveLength(16);
+    await Promise.resolve();
+    expect(r.calls.slice(16)).toEqual(
+      Array.from({ length: 8 }, (_, i) => ({ tag: 1016 + i, code: "PSP_ERR_LINK_CLOSED", inside: false })),
+    );
+    expect(r.calls.every((c) => !c.inside)).toBe(true);
+    await h.close();
+  });
+
+  it("a request that is not sent throws and never reaches the sink", async () => {
+    const s = scriptedSubject({ maxCallsInFlight: 2 });
+    const h = await s.ready;
+    const r = recordingSink();
+    r.send(h.link, 1);
+    r.send(h.link, 2);
+    expect(() => r.send(h.link, 3)).toThrow(expect.objectContaining({ code: "PSP_ERR_CALLS_IN_FLIGHT" }));
+    expect(() => h.link.requestWith(-1, [], { reply() {}, fail() {} }, 0)).toThrow(RangeError);
+    h.link.close();
+    expect(() => r.send(h.link, 4)).toThrow(expect.objectContaining({ code: "PSP_ERR_LINK_CLOSED" }));
+    await Promise.resolve();
+    expect(r.calls.map((c) => [c.tag, c.code])).toEqual([
+      [1, "PSP_ERR_LINK_CLOSED"],
+      [2, "PSP_ERR_LINK_CLOSED"],
+    ]);
+    await h.close();
+  });
+
+  it("a sink that throws is the caller's bug, not the peer's: the link stays up and the error surfaces", async () => {
+    const s = scriptedSubject();
+    const h = await s.ready;
+    const surfaced: unknown[] = [];
+    const original = globalThis.queueMicrotask;
+    // What the link rethrows would be an uncaught exception: caught here instead.
+    vi.stubGlobal("queueMicrotask", (cb: () => void) =>
+      original(() => {
+        try {
+          cb();
+        } catch (e) {
+          surfaced.push(e);
+        }
+      }),
+    );
+    try {
+      const bug = new Error("sink bug");
+      let replied = 0;
+      const id = h.link.requestWith(
+        1,
+        [],
+        {
+          reply: () => {
+            replied++;
+            throw bug;
+          },
+          fail: () => {},
+        },
+        0,
+      );
+      while (s.ids.length < 1) await new Promise((res) => setImmediate(res));
+      s.reply(id, 0, Uint8Array.of(7));
+      while (surfaced.length < 1 && !h.link.closed) await new Promise((res) => setImmediate(res));
+      expect(surfaced).toEqual([bug]);
+      expect(replied).toBe(1);
+      expect(h.link.closed).toBe(false);
+      expect(h.violations).toHaveLength(0);
+      // The link still carries requests.
+      const next = h.link.request(1, []);
+      while (s.ids.length < 2) await new Promise((res) => setImmediate(res));
+      s.reply(s.ids[1]!, 0, Uint8Array.of(8));
+      expect([...(await next)[0]!]).toEqual([8]);
+    } finally {
+      vi.unstubAllGlobals();
+      h.link.close();
+      await h.close();
+    }
   });
 });
 

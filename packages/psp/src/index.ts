@@ -60,7 +60,14 @@ export {
   saveIdentity,
 } from "./identity.ts";
 export { DEFAULT_PSP_LIMITS, type PspLimits, resolveLimits } from "./limits.ts";
-export { type DirectRequestHandler, type LinkStats, type PeerInfo, PspLink, toPspError } from "./link.ts";
+export {
+  type DirectRequestHandler,
+  type LinkStats,
+  type PeerInfo,
+  PspLink,
+  type ReplySink,
+  toPspError,
+} from "./link.ts";
 export {
   consistencyProof,
   inclusionProof,
