@@ -39,6 +39,7 @@ import {
   issueGrant,
   keyIdOfPublicKey,
   PspLink,
+  type ReplySink,
   requestHash,
   signReceipt,
   systemClock,
@@ -250,46 +251,64 @@ function ours(fleet: Fleet, seed: number): Contender {
     },
     async run() {
       queries++;
-      const inputs: CallInput[] = new Array(n);
-      for (let i = 0; i < n; i++) {
-        inputs[i] = {
-          grant,
-          totebox: ids[i]!,
-          view: "position",
-          action: "read",
-          clock: systemClock,
-          cti: ctis.subarray(16 * i, 16 * i + 16),
-        };
-      }
+      const ctiOf = (i: number) => ctis.subarray(16 * i, 16 * i + 16);
       let sum = 0n;
-      const pending: Promise<void>[] = [];
+      let left = n;
+      let failure: unknown;
+      let finish!: () => void;
+      const done = new Promise<void>((r) => {
+        finish = r;
+      });
+      // As fanout.ts's ours and the aggregator (#onDirect): one sink, tagged by Totebox.
+      const sink: ReplySink = {
+        reply(i, payload) {
+          try {
+            const a = decodeDirectReadReply(payload);
+            verifyReceipt({
+              token: a.receipt,
+              subjectPublicKey: keys[i]!,
+              expect: {
+                arrowBytes: a.arrow,
+                capabilityId: ctiOf(i),
+                requestHash: reqHash,
+                subjectId: ids[i]!,
+              },
+              checkSignature: sampler.shouldCheck(links[i]!),
+            });
+            const r = decodeResult(a.arrow, POSITION_COLUMNS);
+            const cell = r.rowCount === 1 ? r.column(NET_VALUE_COLUMN)[0] : undefined;
+            sum += typeof cell === "bigint" ? cell : BigInt(cell as number);
+          } catch (e) {
+            failure ??= e;
+          }
+          if (--left === 0) finish();
+        },
+        fail(_i, e) {
+          failure ??= e;
+          if (--left === 0) finish();
+        },
+      };
       for (let from = 0; from < n; from += SEND_SLICE) {
         if (from > 0) await new Promise<void>((r) => setImmediate(r));
-        const caps = issueCallCapabilityBatch(inputs.slice(from, from + SEND_SLICE), agg.privateKey);
-        for (let k = 0; k < caps.length; k++) {
-          const i = from + k;
-          pending.push(
-            links[i]!.request(DIRECT_READ_METHOD, directReadPayload(caps[k]!, body)).then((payload) => {
-              const a = decodeDirectReadReply(payload);
-              verifyReceipt({
-                token: a.receipt,
-                subjectPublicKey: keys[i]!,
-                expect: {
-                  arrowBytes: a.arrow,
-                  capabilityId: inputs[i]!.cti!,
-                  requestHash: reqHash,
-                  subjectId: ids[i]!,
-                },
-                checkSignature: sampler.shouldCheck(links[i]!),
-              });
-              const r = decodeResult(a.arrow, POSITION_COLUMNS);
-              const cell = r.rowCount === 1 ? r.column(NET_VALUE_COLUMN)[0] : undefined;
-              sum += typeof cell === "bigint" ? cell : BigInt(cell as number);
-            }),
-          );
+        const to = Math.min(n, from + SEND_SLICE);
+        const inputs: CallInput[] = new Array(to - from);
+        for (let i = from; i < to; i++) {
+          inputs[i - from] = {
+            grant,
+            totebox: ids[i]!,
+            view: "position",
+            action: "read",
+            clock: systemClock,
+            cti: ctiOf(i),
+          };
+        }
+        const caps = issueCallCapabilityBatch(inputs, agg.privateKey);
+        for (let i = from; i < to; i++) {
+          links[i]!.requestWith(DIRECT_READ_METHOD, directReadPayload(caps[i - from]!, body), sink, i);
         }
       }
-      await Promise.all(pending);
+      await done;
+      if (failure !== undefined) throw failure;
       if (sum === 0n) throw new Error("hubpath: every answer summed to zero");
     },
   };

@@ -18,6 +18,7 @@ import {
   issueGrant,
   ManualClock,
   ManualScheduler,
+  type ReplySink,
   rawEd25519PublicKey,
   releaseStub,
 } from "@os-orchestration/psp";
@@ -649,22 +650,43 @@ describe("direct or capnweb, and the fallback", () => {
     };
     const abandoned: number[] = [];
     let f: FanOut | undefined;
+    // As psp's link: requestWith returns the request's id and calls the sink later, once; abandon
+    // fails an open request at once.
+    const open = new Map<number, { sink: ReplySink; tag: number }>();
     const link = {
-      request(_method: number, payload: Uint8Array[], ticket?: { id: number }) {
+      requestWith(_method: number, payload: Uint8Array[], sink: ReplySink, tag: number) {
         const i = direct.length;
         direct.push(hexOf(payload[0]!));
         const how = script.direct(i);
-        if (ticket) ticket.id = 100 + i;
+        const id = 100 + i;
+        open.set(id, { sink, tag });
+        const settle = (then: (s: ReplySink, t: number) => void) =>
+          queueMicrotask(() => {
+            const o = open.get(id);
+            if (!o) return;
+            open.delete(id);
+            then(o.sink, o.tag);
+          });
         // Once every read is sent, a Totebox with a hanging read is cancelled.
         const hangs = script.views.some((_, k) => script.direct(k) === "hang");
         if (hangs && direct.length === script.views.length) queueMicrotask(() => f!.cancel());
-        if (how === "hang") return new Promise(() => {});
-        if (how === "answered") return Promise.resolve([new Uint8Array(8), new Uint8Array(8)]);
-        return refuse(how === "unknown" ? "TOTEBOX_ERR_SESSION_UNKNOWN" : "TOTEBOX_ERR_POLICY_DENIED");
+        if (how === "answered") settle((s, t) => s.reply(t, [new Uint8Array(8), new Uint8Array(8)]));
+        else if (how !== "hang") {
+          const code = how === "unknown" ? "TOTEBOX_ERR_SESSION_UNKNOWN" : "TOTEBOX_ERR_POLICY_DENIED";
+          settle((s, t) => s.fail(t, Object.assign(new Error(code), { code })));
+        }
+        return id;
+      },
+      abandon(id: number) {
+        abandoned.push(id);
+        const o = open.get(id);
+        if (!o) return;
+        open.delete(id);
+        o.sink.fail(o.tag, Object.assign(new Error("abandoned"), { code: "PSP_ERR_ABANDONED" }));
       },
     };
     const lease = {
-      link: { ...link, abandon: (id: number) => abandoned.push(id) },
+      link,
       hello: { directMethods: script.directMethods },
       // The first handle is a session the pool believes authorized; any later one a fresh one.
       session: () => {
@@ -729,8 +751,8 @@ describe("direct or capnweb, and the fallback", () => {
     expect(r3.result.outcomes[0]).toMatchObject({ status: "error" });
   });
 
-  it("a read refused while an earlier one still hangs is no unhandled rejection; the Totebox is cancelled whole", async () => {
-    // Read 1 is refused at once, read 0 never answers: the refusal waits, handled, for read 0.
+  it("a read refused while an earlier one still hangs waits for it; the Totebox is cancelled whole", async () => {
+    // Read 1 is refused at once, read 0 never answers: the refusal waits for read 0.
     const r = await run({
       views: ["position", "ledger"],
       directMethods: [1],

@@ -13,6 +13,7 @@ import {
   encodeDirectReadBody,
   isPspError,
   issueCallCapabilityBatch,
+  type ReplySink,
   requestHash,
   type Scheduler,
   type TimerHandle,
@@ -221,16 +222,38 @@ function directReply(payload: unknown): ReadReply {
 
 interface Pending {
   readonly entry: ToteboxEntry;
+  /** Its place in the plan's targets: its direct reads' sink tags are `index × reads + read`. */
+  readonly index: number;
   readonly started: number;
   settled: boolean;
   session: ToteboxSessionRemote | undefined;
-  /** Direct reads in flight (their request ids), abandoned if this Totebox settles without them. */
-  directTickets?: { id: number }[] | undefined;
+  /** Direct reads in flight, abandoned if this Totebox settles without them. */
+  direct: DirectReads | undefined;
   /** Our hold on the link's session for this grant (session-cache.ts); ended once settled. */
   sessionHandle: SessionHandle<ToteboxSessionRemote> | undefined;
   lease: LinkLease | undefined;
   caps: Uint8Array[];
   ctis: Uint8Array[];
+}
+
+/**
+ * One Totebox's direct reads while they are in flight (FanOut #sendDirect): what came back so far.
+ * Replies reach the fan-out's one sink (psp `requestWith`), so a read waiting on its Totebox holds
+ * no promise, closure or task of its own: at 1,000 Toteboxes those were promoted to V8's old
+ * generation within a query and collected by full mark-compacts.
+ */
+interface DirectReads {
+  /** Request ids on the lease's link (0: not sent), for abandon. */
+  readonly ids: number[];
+  /** Each read's reply payload, as it arrives. */
+  readonly out: unknown[];
+  /** Reads not yet back. */
+  left: number;
+  /** Reads the Totebox refused as naming no session it holds (TOTEBOX_ERR_SESSION_UNKNOWN). */
+  retry: number[] | undefined;
+  /** The first read (in read order) that failed otherwise, and why. */
+  failedAt: number;
+  failure: unknown;
 }
 
 /**
@@ -249,9 +272,6 @@ function plainTags(entry: ToteboxEntry): Readonly<Record<string, string>> {
   }
   return t;
 }
-
-/** Handles a rejection whose outcome is read later (by awaiting the same promise). */
-const ignore = (): void => {};
 
 export class FanOut {
   readonly id: string;
@@ -399,9 +419,11 @@ export class FanOut {
     const all: Pending[] = plan.targets.map((entry, i) => {
       const p: Pending = {
         entry,
+        index: i,
         started,
         settled: false,
         session: undefined,
+        direct: undefined,
         sessionHandle: undefined,
         lease: undefined,
         caps: [],
@@ -410,6 +432,7 @@ export class FanOut {
       this.#pending.set(entry.id, p);
       return p;
     });
+    this.#all = all;
     // Every Totebox's budget starts now, so one timer times them all out: a timer per Totebox was
     // a timer object, a closure and a cancel per Totebox per query, for the same instant.
     this.#timeout = ctx.scheduler.after(budget, () => {
@@ -471,6 +494,17 @@ export class FanOut {
     const session = handle.stub;
     p.session = session;
     p.sessionHandle = handle;
+    // Direct reads (psp direct-read.ts) once this link's session has answered, and only to a
+    // Totebox that announced them in hello (an older one would cut the link on the frame). Their
+    // replies come to #onDirect; nothing here waits for them.
+    if (
+      !plan.command &&
+      handle.authorized &&
+      lease.hello.directMethods?.includes(DIRECT_READ_METHOD) === true
+    ) {
+      this.#sendDirect(p, lease);
+      return;
+    }
     // Set once the Totebox's reply is in hand: a failure from then on is a failure of its answer.
     let checking = false;
     try {
@@ -482,64 +516,71 @@ export class FanOut {
         const checked = checkCommandReply(reply, p.entry.id, c, p.ctis[0]!, lease);
         this.#settle(p, "ok", null, "", [], checked);
       } else {
-        let raw: unknown[];
-        // Direct reads (psp direct-read.ts) once this link's session has answered, and only to a
-        // Totebox that announced them in hello (an older one would cut the link on the frame).
-        const direct = handle.authorized && lease.hello.directMethods?.includes(DIRECT_READ_METHOD) === true;
-        const viaDirect: boolean[] = new Array(plan.reads.length).fill(direct);
-        if (direct) {
-          raw = await this.#readDirect(p, lease, viaDirect);
-        } else {
-          raw = await this.#readCapnweb(p, session);
-          // Answered: the Totebox authorized the session and holds it. Later reads on it go direct.
-          handle.confirm();
-        }
+        const raw = await this.#readCapnweb(p, session);
+        // Answered: the Totebox authorized the session and holds it. Later reads on it go direct.
+        handle.confirm();
         if (p.settled) return;
         checking = true;
-        const answers: PassedAnswer[] = [];
-        const decoded = new Map<string, DecodedResult>();
-        let suppressed = 0;
-        let rows = 0;
-        // Every reply is read (refused if malformed) before any is checked, as before.
-        const replies: ReadReply[] = new Array(raw.length);
-        for (let i = 0; i < raw.length; i++) {
-          replies[i] = viaDirect[i] ? directReply(raw[i]) : capnwebReply(raw[i], plan.reads[i]!, p.entry.id);
-        }
-        for (let i = 0; i < plan.reads.length; i++) {
-          const r = plan.reads[i]!;
-          const { answer, result } = this.#checkRead(replies[i]!, r, p.ctis[i]!, p.entry.id, lease);
-          answers.push(answer);
-          decoded.set(r.as, result);
-          suppressed += answer.suppressedGroups;
-          rows += answer.rowCount;
-        }
-        this.#decoded.set(p.entry.id, decoded);
-        // A Totebox whose every group fell under the owner's privacy floor answered, but with nothing.
-        if (rows === 0 && suppressed > 0) {
-          this.#settle(
-            p,
-            "suppressed",
-            "TOTEBOX_PRIVACY_FLOOR",
-            `${suppressed} group(s) below the owner's privacy floor`,
-            answers,
-          );
-        } else
-          this.#settle(p, "ok", null, suppressed > 0 ? `${suppressed} group(s) suppressed` : "", answers);
+        this.#checkReads(p, lease, raw, new Array(raw.length).fill(false));
       }
     } catch (e) {
-      let info = errorInfo(e);
-      if (checking && isForgedAnswer(e)) this.#ctx.pool.cut(p.entry.id, lease.link, info);
-      // A link torn down because the registry suspended or archived the Totebox mid-query says
-      // only "link closed": report the reason the operator can act on.
-      const h = this.#ctx.pool.health(p.entry.id)?.health;
-      if (h === "suspended" || h === "archived") {
-        info = {
-          code: h === "suspended" ? "ORCH_ERR_TOTEBOX_SUSPENDED" : "ORCH_ERR_TOTEBOX_ARCHIVED",
-          message: `Totebox was ${h} in the registry while the query ran`,
-        };
-      }
-      this.#settle(p, statusOf(info.code), info.code, info.message);
+      this.#fail(p, lease, e, checking);
     }
+  }
+
+  /**
+   * Settles `p` with what went wrong. A forged answer (one that fails its checks once in hand,
+   * `checking`) also cuts the link.
+   */
+  #fail(p: Pending, lease: LinkLease, e: unknown, checking: boolean): void {
+    let info = errorInfo(e);
+    if (checking && isForgedAnswer(e)) this.#ctx.pool.cut(p.entry.id, lease.link, info);
+    // A link torn down because the registry suspended or archived the Totebox mid-query says
+    // only "link closed": report the reason the operator can act on.
+    const h = this.#ctx.pool.health(p.entry.id)?.health;
+    if (h === "suspended" || h === "archived") {
+      info = {
+        code: h === "suspended" ? "ORCH_ERR_TOTEBOX_SUSPENDED" : "ORCH_ERR_TOTEBOX_ARCHIVED",
+        message: `Totebox was ${h} in the registry while the query ran`,
+      };
+    }
+    this.#settle(p, statusOf(info.code), info.code, info.message);
+  }
+
+  /**
+   * Checks every reply of this Totebox (`raw[i]` for read i, a direct reply where `viaDirect[i]`)
+   * and settles it. Throws what a reply fails on: the caller settles with it as a forged answer.
+   */
+  #checkReads(p: Pending, lease: LinkLease, raw: readonly unknown[], viaDirect: readonly boolean[]): void {
+    const { plan } = this;
+    const answers: PassedAnswer[] = [];
+    const decoded = new Map<string, DecodedResult>();
+    let suppressed = 0;
+    let rows = 0;
+    // Every reply is read (refused if malformed) before any is checked, as before.
+    const replies: ReadReply[] = new Array(raw.length);
+    for (let i = 0; i < raw.length; i++) {
+      replies[i] = viaDirect[i] ? directReply(raw[i]) : capnwebReply(raw[i], plan.reads[i]!, p.entry.id);
+    }
+    for (let i = 0; i < plan.reads.length; i++) {
+      const r = plan.reads[i]!;
+      const { answer, result } = this.#checkRead(replies[i]!, r, p.ctis[i]!, p.entry.id, lease);
+      answers.push(answer);
+      decoded.set(r.as, result);
+      suppressed += answer.suppressedGroups;
+      rows += answer.rowCount;
+    }
+    this.#decoded.set(p.entry.id, decoded);
+    // A Totebox whose every group fell under the owner's privacy floor answered, but with nothing.
+    if (rows === 0 && suppressed > 0) {
+      this.#settle(
+        p,
+        "suppressed",
+        "TOTEBOX_PRIVACY_FLOOR",
+        `${suppressed} group(s) below the owner's privacy floor`,
+        answers,
+      );
+    } else this.#settle(p, "ok", null, suppressed > 0 ? `${suppressed} group(s) suppressed` : "", answers);
   }
 
   /**
@@ -556,71 +597,110 @@ export class FanOut {
     );
   }
 
+  /** Every target, by its place in the plan (direct reads' tags name it). */
+  #all: readonly Pending[] = [];
+
+  /** Where every direct read of this fan-out replies: tag = target index × reads + read. */
+  readonly #directSink: ReplySink = {
+    reply: (tag, payload) => this.#onDirect(tag, payload, undefined),
+    fail: (tag, error) => this.#onDirect(tag, undefined, error),
+  };
+
   /**
    * Every read of this Totebox as direct reads (psp direct-read.ts) under the session the link
    * already authorized: one frame per read, no capnweb objects on either side. The reply is the
-   * Arrow stream and the receipt alone; everything else is a claim of the receipt.
+   * Arrow stream and the receipt alone; everything else is a claim of the receipt. Replies go to
+   * #onDirect; a read the link refuses at once (closed, too many unanswered) fails the same way.
    */
-  async #readDirect(p: Pending, lease: LinkLease, viaDirect: boolean[]): Promise<unknown[]> {
-    const link = lease.link;
-    // Tickets, so that a read settled without its answer (timeout, deadline, cancel) is abandoned
-    // at the link (#cancelAtTotebox): nothing of this fan-out stays waiting on a Totebox that
-    // never replies, and the link's bound on unanswered requests keeps a mute one from piling up.
+  #sendDirect(p: Pending, lease: LinkLease): void {
     const reads = this.plan.reads;
     const n = reads.length;
-    const tickets: { id: number }[] = new Array(n);
-    const sent: Promise<Uint8Array[]>[] = new Array(n);
-    for (let i = 0; i < n; i++) {
-      tickets[i] = { id: 0 };
-      const payload = directReadPayload(p.caps[i]!, this.#directBodyOf(reads[i]!));
-      sent[i] = link.request(DIRECT_READ_METHOD, payload, tickets[i]);
-    }
-    p.directTickets = tickets;
-    // Every read is waited for, in order, as Promise.allSettled would (without its per-read
-    // objects: a fan-out's Toteboxes mostly get one read each). Later reads get a handler now, so
-    // that one refused while an earlier one is awaited is never an unhandled rejection.
-    for (let i = 1; i < n; i++) sent[i]!.catch(ignore);
-    const out: unknown[] = new Array(n);
-    let retry: number[] | undefined;
-    let failed = false;
-    let failure: unknown;
-    for (let i = 0; i < n; i++) {
+    const d: DirectReads = {
+      ids: new Array<number>(n).fill(0),
+      out: new Array<unknown>(n),
+      left: n,
+      retry: undefined,
+      failedAt: n,
+      failure: undefined,
+    };
+    // Set before the first send: abandon on settle (#cancelAtTotebox) reaches every read sent.
+    p.direct = d;
+    const link = lease.link;
+    for (let k = 0; k < n; k++) {
+      const payload = directReadPayload(p.caps[k]!, this.#directBodyOf(reads[k]!));
       try {
-        out[i] = await sent[i];
+        d.ids[k] = link.requestWith(DIRECT_READ_METHOD, payload, this.#directSink, p.index * n + k);
       } catch (e) {
-        if (errorInfo(e).code === "TOTEBOX_ERR_SESSION_UNKNOWN") {
-          retry ??= [];
-          retry.push(i);
-        } else if (!failed) {
-          failed = true;
-          failure = e;
-        }
+        this.#onDirect(p.index * n + k, undefined, e);
       }
     }
-    p.directTickets = undefined;
-    if (failed) throw failure;
-    if (retry === undefined || p.settled) return out;
-    // The Totebox holds no session under this grant on this link although ours is held (it
-    // restarted its session table, or is not the software we think). Authorize again, once, over
-    // capnweb, and send only the refused reads: their capabilities are unused (a read naming no
-    // session is refused before any check), the others' were consumed by their answers.
-    p.sessionHandle?.end(true);
-    const again = lease.session(this.plan.grant, this.#grantKey, this.plan.grantExpiresAt);
-    p.sessionHandle = again;
-    p.session = again.stub;
-    const stub = again.stub;
-    const answers = await Promise.all(
-      retry.map((i) => {
-        const r = this.plan.reads[i]!;
-        return stub.read(p.caps[i]!, r.view, { ...r.params }, r.row) as Promise<unknown>;
-      }),
-    );
-    again.confirm();
-    retry.forEach((i, k) => {
-      out[i] = answers[k];
-      viaDirect[i] = false;
-    });
-    return out;
+  }
+
+  /** A direct read's reply or failure (the link's sink); the Totebox is checked once all are in. */
+  #onDirect(tag: number, payload: Uint8Array[] | undefined, error: unknown): void {
+    const n = this.plan.reads.length;
+    const p = this.#all[Math.floor(tag / n)];
+    const d = p?.direct;
+    if (!p || !d) return; // settled, and its reads abandoned
+    const k = tag % n;
+    if (payload !== undefined) d.out[k] = payload;
+    else if (errorInfo(error).code === "TOTEBOX_ERR_SESSION_UNKNOWN") (d.retry ??= []).push(k);
+    else if (k < d.failedAt) {
+      d.failedAt = k;
+      d.failure = error;
+    }
+    if (--d.left > 0) return;
+    p.direct = undefined;
+    const lease = p.lease;
+    if (p.settled || !lease) return;
+    if (d.failedAt < n) {
+      this.#fail(p, lease, d.failure, false);
+      return;
+    }
+    if (d.retry !== undefined) {
+      void this.#retryOverCapnweb(p, lease, d);
+      return;
+    }
+    try {
+      this.#checkReads(p, lease, d.out, new Array(n).fill(true));
+    } catch (e) {
+      this.#fail(p, lease, e, true);
+    }
+  }
+
+  /**
+   * The Totebox holds no session under this grant on this link although ours is held (it
+   * restarted its session table, or is not the software we think). Authorize again, once, over
+   * capnweb, and send only the refused reads: their capabilities are unused (a read naming no
+   * session is refused before any check), the others' were consumed by their answers.
+   */
+  async #retryOverCapnweb(p: Pending, lease: LinkLease, d: DirectReads): Promise<void> {
+    const retry = d.retry!.sort((a, b) => a - b);
+    const viaDirect: boolean[] = new Array(this.plan.reads.length).fill(true);
+    let checking = false;
+    try {
+      p.sessionHandle?.end(true);
+      const again = lease.session(this.plan.grant, this.#grantKey, this.plan.grantExpiresAt);
+      p.sessionHandle = again;
+      p.session = again.stub;
+      const stub = again.stub;
+      const answers = await Promise.all(
+        retry.map((i) => {
+          const r = this.plan.reads[i]!;
+          return stub.read(p.caps[i]!, r.view, { ...r.params }, r.row) as Promise<unknown>;
+        }),
+      );
+      again.confirm();
+      retry.forEach((i, k) => {
+        d.out[i] = answers[k];
+        viaDirect[i] = false;
+      });
+      if (p.settled) return;
+      checking = true;
+      this.#checkReads(p, lease, d.out, viaDirect);
+    } catch (e) {
+      this.#fail(p, lease, e, checking);
+    }
   }
 
   /** The shared segment of this fan-out's direct reads: the same bytes to every Totebox. */
@@ -758,7 +838,12 @@ export class FanOut {
   #cancelAtTotebox(p: Pending): void {
     const s = p.session;
     if (!s || !p.lease) return;
-    if (p.directTickets) for (const t of p.directTickets) if (t.id > 0) p.lease.link.abandon(t.id);
+    const d = p.direct;
+    if (d) {
+      // Cleared first: the abandoned reads' failures (at once, from the link) find nothing to do.
+      p.direct = undefined;
+      for (const id of d.ids) if (id > 0) p.lease.link.abandon(id);
+    }
     for (const cap of p.caps) {
       try {
         void Promise.resolve(s.cancel(cap)).catch(() => {});
