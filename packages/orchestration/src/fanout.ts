@@ -644,8 +644,10 @@ export class FanOut {
     if (!p || !d) return; // settled, and its reads abandoned
     const k = tag % n;
     if (payload !== undefined) d.out[k] = payload;
-    else if (errorInfo(error).code === "TOTEBOX_ERR_SESSION_UNKNOWN") (d.retry ??= []).push(k);
-    else if (k < d.failedAt) {
+    else if (errorInfo(error).code === "TOTEBOX_ERR_SESSION_UNKNOWN") {
+      d.retry ??= [];
+      d.retry.push(k);
+    } else if (k < d.failedAt) {
       d.failedAt = k;
       d.failure = error;
     }
