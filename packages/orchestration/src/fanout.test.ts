@@ -614,7 +614,7 @@ describe("one timer for every Totebox's budget", () => {
 });
 
 /**
- * Which way each read goes (fanout.ts #ask): a pool whose link records direct requests and whose
+ * Which way each read goes (fanout.ts #ask, #sendDirect, #onDirect): a pool whose link records direct requests and whose
  * session stub records capnweb reads, both refusing or answering as the test says.
  */
 describe("direct or capnweb, and the fallback", () => {
@@ -768,6 +768,44 @@ describe("direct or capnweb, and the fallback", () => {
     expect(r.direct).toHaveLength(2);
     expect(r.abandoned).toEqual([100, 101]);
     expect(r.result.outcomes[0]).toMatchObject({ code: "ORCH_ERR_CANCELLED" });
+  });
+
+  it("direct replies reach their own Totebox in any order; each reports its first refusal in read order", async () => {
+    const clock = new ManualClock(T0);
+    const views = ["position", "ledger"];
+    const { agg, grant } = await grantOver(views, clock);
+    // Who each request is for, read from its capability (not from the tag the fan-out chose).
+    const sent: Array<{ sink: ReplySink; tag: number; aud: string; view: string }> = [];
+    const link = {
+      requestWith(_method: number, payload: Uint8Array[], sink: ReplySink, tag: number) {
+        const c = decodeUnverified(payload[0]!).claims;
+        sent.push({ sink, tag, aud: c.aud, view: c.kind === "call" ? (c.view ?? "") : "" });
+        return sent.length;
+      },
+      abandon() {},
+    };
+    const session = { read: () => Promise.reject(new Error("no capnweb read expected")) };
+    const lease = {
+      link,
+      hello: { directMethods: [1] },
+      session: () => ({ stub: session, authorized: true, confirm() {}, end() {} }),
+      release() {},
+    };
+    const pool = { acquire: async () => lease, health: () => undefined, cut() {} } as unknown as LinkPool;
+    const f = recordedFanOut({ n: 3, views, grant, agg, clock, pool });
+    f.start();
+    while (sent.length < 6) await new Promise((r) => setImmediate(r));
+    // Last sent first: each Totebox's ledger read is refused before its position read.
+    for (const x of [...sent].reverse()) {
+      const code = `TOTEBOX_ERR_${x.aud.replace("-", "").toUpperCase()}_${x.view.toUpperCase()}`;
+      x.sink.fail(x.tag, Object.assign(new Error(code), { code }));
+    }
+    const r = await f.done;
+    expect(r.outcomes.map((o) => [o.totebox, o.code])).toEqual([
+      ["tb-0", "TOTEBOX_ERR_TB0_POSITION"],
+      ["tb-1", "TOTEBOX_ERR_TB1_POSITION"],
+      ["tb-2", "TOTEBOX_ERR_TB2_POSITION"],
+    ]);
   });
 
   it("a Totebox that did not announce direct reads in hello is read over capnweb only", async () => {

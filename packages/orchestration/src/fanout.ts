@@ -499,6 +499,7 @@ export class FanOut {
     // replies come to #onDirect; nothing here waits for them.
     if (
       !plan.command &&
+      plan.reads.length > 0 &&
       handle.authorized &&
       lease.hello.directMethods?.includes(DIRECT_READ_METHOD) === true
     ) {
@@ -627,8 +628,8 @@ export class FanOut {
     p.direct = d;
     const link = lease.link;
     for (let k = 0; k < n; k++) {
-      const payload = directReadPayload(p.caps[k]!, this.#directBodyOf(reads[k]!));
       try {
+        const payload = directReadPayload(p.caps[k]!, this.#directBodyOf(reads[k]!));
         d.ids[k] = link.requestWith(DIRECT_READ_METHOD, payload, this.#directSink, p.index * n + k);
       } catch (e) {
         this.#onDirect(p.index * n + k, undefined, e);
@@ -898,6 +899,9 @@ export class FanOut {
   async #complete(): Promise<void> {
     if (this.#result || this.#completing) return;
     this.#completing = true;
+    // Every target is settled: nothing may reach them through the direct sink any more, and a
+    // retained fan-out must not keep their leases (links, sessions) and capabilities alive.
+    this.#all = [];
     this.#deadline?.cancel();
     this.#timeout?.cancel();
     const { plan } = this;

@@ -45,6 +45,17 @@ interface ExprCheck {
 }
 
 /** Special forms a commander may use inside call arguments. */
+/** Removes `id` from `ids` (order kept); false if it is not there. */
+function removeId(ids: number[], id: number): boolean {
+  for (let k = 0; k < ids.length; k++) {
+    if (ids[k] !== id) continue;
+    for (let j = k + 1; j < ids.length; j++) ids[j - 1] = ids[j]!;
+    ids.pop();
+    return true;
+  }
+  return false;
+}
+
 const COMMANDER_ARG_FORMS = new Set([
   "bytes",
   "date",
@@ -87,9 +98,13 @@ export class DiodeGuard {
   // ids received and not yet answered (they count as calls in flight with the pushes), and the
   // last id seen (ids strictly increase, so an id is never answered twice). Commander: the ids
   // sent and not yet answered, the only replies it accepts.
-  readonly #directIn = new Set<number>();
+  //
+  // Arrays in increasing id order, not Sets: ids are added in increasing order and at most
+  // maxCallsInFlight are open, mostly one or two, answered oldest first; a Set emptied and
+  // refilled on every request re-allocates its table each time (as a Map did: link.ts).
+  readonly #directIn: number[] = [];
   #lastDirectIn = 0;
-  readonly #directOut = new Set<number>();
+  readonly #directOut: number[] = [];
 
   constructor(
     role: PspRole,
@@ -101,12 +116,12 @@ export class DiodeGuard {
 
   /** Calls currently open on this link (subject side): capnweb pushes and direct requests. */
   get callsInFlight(): number {
-    return this.#livePushes.size + this.#directIn.size;
+    return this.#livePushes.size + this.#directIn.length;
   }
 
   /** Direct requests sent and not yet answered (commander side), abandoned ones included. */
   get directOutstanding(): number {
-    return this.#directOut.size;
+    return this.#directOut.length;
   }
 
   /** A direct request arrived (subject side; at a commander it breaks the Diode). */
@@ -115,19 +130,19 @@ export class DiodeGuard {
     if (id <= this.#lastDirectIn) throw malformed("direct request ids must strictly increase");
     this.#checkCapacity();
     this.#lastDirectIn = id;
-    this.#directIn.add(id);
+    this.#directIn.push(id);
   }
 
   /** We are about to answer a direct request (subject side). */
   replyOut(id: number): void {
     if (this.role === "commander") throw violation("self", "a commander never answers", "reply");
-    if (!this.#directIn.delete(id)) throw violation("self", "reply to a request never received", "reply");
+    if (!removeId(this.#directIn, id)) throw violation("self", "reply to a request never received", "reply");
   }
 
   /** We are about to send a direct request (commander side). */
   requestOut(id: number): void {
     if (this.role === "subject") throw violation("self", "a subject never calls", "request");
-    this.#directOut.add(id);
+    this.#directOut.push(id);
   }
 
   /** A reply arrived (commander side; at a subject it breaks the Diode). */
@@ -135,7 +150,7 @@ export class DiodeGuard {
     if (this.role === "subject") {
       throw violation("peer", "a commander never answers: the subject asked it nothing", "reply");
     }
-    if (!this.#directOut.delete(id)) {
+    if (!removeId(this.#directOut, id)) {
       throw violation("peer", "answer to something that was never asked", "reply");
     }
   }

@@ -639,6 +639,59 @@ describe("requestWith: a direct request's outcome to a sink, with no promise per
     await h.close();
   });
 
+  it("a request too large for a frame closes the link inside requestWith; its sink fails once, after, and request() rejects", async () => {
+    const s = scriptedSubject({ maxFrameBytes: 16 * 1024 });
+    const h = await s.ready;
+    const r = recordingSink();
+    const earlier = r.send(h.link, 1);
+    const big = new Uint8Array(20 * 1024);
+    let id = 0;
+    const calls = r.calls;
+    id = h.link.requestWith(
+      1,
+      [big],
+      {
+        reply: () => calls.push({ tag: 2, ok: 0, inside: false }),
+        fail: (t, e) => calls.push({ tag: t, code: (e as { code?: string }).code, inside: id === 0 }),
+      },
+      2,
+    );
+    expect(id).toBeGreaterThan(earlier);
+    expect(h.link.closed).toBe(true);
+    expect(calls).toEqual([]);
+    await Promise.resolve();
+    expect(calls).toEqual([
+      { tag: 1, code: "PSP_ERR_FRAME_TOO_LARGE", inside: false },
+      { tag: 2, code: "PSP_ERR_FRAME_TOO_LARGE", inside: false },
+    ]);
+    await new Promise((res) => setImmediate(res));
+    expect(calls).toHaveLength(2);
+    await h.close();
+    const t = scriptedSubject({ maxFrameBytes: 16 * 1024 });
+    const h2 = await t.ready;
+    expect((await rejectionOf(h2.link.request(1, [big]))).code).toBe("PSP_ERR_FRAME_TOO_LARGE");
+    await h2.close();
+  });
+
+  it("a payload that cannot be framed throws before anything is recorded: no sink call, the link stays up", async () => {
+    const s = scriptedSubject();
+    const h = await s.ready;
+    const r = recordingSink();
+    const segments = Array.from({ length: 0xffff }, () => new Uint8Array(0));
+    expect(() => h.link.requestWith(1, segments, { reply() {}, fail() {} }, 9)).toThrow(RangeError);
+    expect((await rejectionOf(h.link.request(1, segments))).name).toBe("RangeError");
+    expect(h.link.closed).toBe(false);
+    // Nothing of them counts against the bound or reaches a sink; the next request goes out.
+    const id = r.send(h.link, 3);
+    while (s.ids.length < 1) await new Promise((res) => setImmediate(res));
+    expect(s.ids).toEqual([id]);
+    s.reply(id, 0, Uint8Array.of(3));
+    while (r.calls.length < 1) await new Promise((res) => setImmediate(res));
+    expect(r.calls).toEqual([{ tag: 3, ok: 3, inside: false }]);
+    h.link.close();
+    await h.close();
+  });
+
   it("a sink that throws is the caller's bug, not the peer's: the link stays up and the error surfaces", async () => {
     const s = scriptedSubject();
     const h = await s.ready;

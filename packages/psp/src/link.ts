@@ -286,6 +286,9 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
       this.close(new PspError("PSP_ERR_LINK_CLOSED", "direct request ids exhausted; reconnect"));
       throw this.#closeReason();
     }
+    // Encoded before anything records the request: a payload that cannot be framed (65,535
+    // segments or more) throws here, leaving nothing open, no sink to call and the link up.
+    const frame = directFrame(FrameKind.Request, id, method, payload);
     try {
       this.#guard.requestOut(id);
       // Messages capnweb queued before this request leave before it (their releases lower the
@@ -302,13 +305,14 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
     this.#requests.add(id, sink, tag);
     // #write closing the link (this frame too large for the peer) fails the entry just set, a
     // microtask later (close).
-    this.#write(directFrame(FrameKind.Request, id, method, payload), FrameKind.Request, 1);
+    this.#write(frame, FrameKind.Request, 1);
     return id;
   }
 
   /**
-   * Commander: stops waiting for request `id` (from `request`'s ticket): its promise rejects with
-   * PSP_ERR_ABANDONED now, and the reply, when it comes, is dropped. The request still counts
+   * Commander: stops waiting for request `id` (from `request`'s ticket or `requestWith`): its
+   * sink's `fail` is called with PSP_ERR_ABANDONED at once (`request`'s promise rejects), and the
+   * reply, when it comes, is dropped. The request still counts
    * against this link's bound until the subject replies. Unknown or answered ids are ignored.
    */
   abandon(id: number): void {
