@@ -795,8 +795,19 @@ describe("direct or capnweb, and the fallback", () => {
     const f = recordedFanOut({ n: 3, views, grant, agg, clock, pool });
     f.start();
     while (sent.length < 6) await new Promise((r) => setImmediate(r));
-    // Last sent first: each Totebox's ledger read is refused before its position read.
-    for (const x of [...sent].reverse()) {
+    // Not in the order sent, and not the same order for every Totebox: tb-0 and tb-2 have their
+    // ledger read refused first, tb-1 its position read. Read order decides, not arrival.
+    const order = [
+      "tb-0 ledger",
+      "tb-1 position",
+      "tb-2 ledger",
+      "tb-1 ledger",
+      "tb-0 position",
+      "tb-2 position",
+    ];
+    const byName = new Map(sent.map((x) => [`${x.aud} ${x.view}`, x]));
+    for (const name of order) {
+      const x = byName.get(name)!;
       const code = `TOTEBOX_ERR_${x.aud.replace("-", "").toUpperCase()}_${x.view.toUpperCase()}`;
       x.sink.fail(x.tag, Object.assign(new Error(code), { code }));
     }
