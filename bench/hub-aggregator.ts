@@ -5,26 +5,32 @@
  * (`GROUP BY ROLLUP`). The simulated Toteboxes serve the `position` view only, so the viewport
  * reads position (the built-in `portfolio` also reads occupancy).
  *
- * Hub CPU and RSS here include the console's end of one link (small: one request, one answer of a
- * few rows per query).
+ * The console runs in a process of its own (hub-console.ts), as it does in deployment: hub CPU and
+ * RSS are the aggregator's alone. The console's end of the link decodes a result with one outcome
+ * per Totebox per query, which is not the aggregator's work.
  */
+
+import type { ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type AggregatorConnection, connectAggregator, signGrant } from "@os-orchestration/console";
+import { fileURLToPath } from "node:url";
 import { OrchestrationServer } from "@os-orchestration/orchestration";
 import { rawEd25519PublicKey } from "@os-orchestration/psp";
 import pino from "pino";
 import { stringify } from "yaml";
 import type { HubContender, HubContext, QueryOutcome } from "./fanout.ts";
+import type { ConsoleAnswer, ConsoleStart } from "./hub-console.ts";
+import { endChild, forkTs, nextMessage } from "./sim-fleet.ts";
+
+const CONSOLE_FILE = fileURLToPath(new URL("./hub-console.ts", import.meta.url));
 
 const REGIONS = ["west", "east", "north", "south"];
 
 export function aggregatorContender(ctx: HubContext): HubContender {
   let dir: string | undefined;
   let server: OrchestrationServer | undefined;
-  let conn: AggregatorConnection | undefined;
-  let grant: Uint8Array | undefined;
+  let consoleProc: ChildProcess | undefined;
   const n = ctx.targets.length;
   return {
     name: "aggregator",
@@ -80,45 +86,39 @@ export function aggregatorContender(ctx: HubContext): HubContender {
         if (c.connecting === 0 && c.online + c.offline >= n && c.offline > 0) break;
         await new Promise((r) => setTimeout(r, 50));
       }
-      conn = await connectAggregator({
-        identity: ctx.operator,
+      consoleProc = forkTs(CONSOLE_FILE);
+      const start: ConsoleStart = {
+        type: "start",
         host: server.address.host,
         port: server.address.port,
         fingerprint: ctx.aggregator.fingerprint,
-      });
-      grant = signGrant({
-        operator: ctx.operator,
+        operator: { keyPem: ctx.operator.keyPem, certPem: ctx.operator.certPem },
         operatorId: "bench-operator",
         tenant: "bench",
-        aggregator: conn.hello,
         toteboxSelectors: REGIONS.map((r) => `region=${r}`),
-        views: ["position"],
-        actions: ["read"],
-        lifetimeSeconds: 12 * 3600,
-      });
+        viewport: "portfolio-position",
+      };
+      consoleProc.send(start);
+      await nextMessage(
+        consoleProc,
+        (m) => ((m as { type?: unknown }).type === "ready" ? true : undefined),
+        60_000,
+        "console start",
+      );
     },
     async query(): Promise<QueryOutcome> {
-      const session = conn!.aggregator.authorize(grant!);
-      const r = await session.viewport("portfolio-position", {
-        timeoutMs: 120_000,
-        deadlineMs: 120_000,
-        // The bench reads figures, not receipts: the aggregator still verifies every one.
-        answers: false,
-      });
-      const errors = new Map<string, number>();
-      for (const o of r.outcomes)
-        if (o.status !== "ok") errors.set(o.code ?? o.status, (errors.get(o.code ?? o.status) ?? 0) + 1);
-      if (r.error) errors.set(r.error.code, (errors.get(r.error.code) ?? 0) + 1);
-      const rollup = new Map<string, bigint>();
-      const s = r.sections.find((x) => x.name === "rollup");
-      for (const row of s?.rows ?? []) {
-        if (row[0] === null) continue; // the grand total
-        rollup.set(String(row[0]), BigInt(String(row[2])));
-      }
-      return { answered: r.answered, errors, rollup };
+      const c = consoleProc!;
+      c.send({ type: "query" });
+      const a = await nextMessage(
+        c,
+        (m) => ((m as { type?: unknown }).type === "answer" ? (m as ConsoleAnswer) : undefined),
+        150_000,
+        "console query",
+      );
+      return { answered: a.answered, errors: new Map(a.errors), rollup: new Map(a.rollup) };
     },
     async close() {
-      conn?.close();
+      if (consoleProc) await endChild(consoleProc);
       await server?.close();
       if (dir) rmSync(dir, { recursive: true, force: true });
     },

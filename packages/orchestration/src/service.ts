@@ -448,8 +448,9 @@ export class OperatorSession extends RpcTarget {
   }
 
   async #run(request: unknown): Promise<FanOutResult> {
-    const f = this.#plan(request);
-    return resultFor(f, await f.done);
+    // Sent as it is: Totebox answers are in it only if the request asked (plan.keepAnswers; a
+    // fan-out that does not keep them drops each as soon as it is checked).
+    return this.#plan(request).done;
   }
 
   /** One Totebox's audit log: checkpoint, consistency or inclusion proof, entries. */
@@ -626,7 +627,7 @@ export class OperatorSession extends RpcTarget {
       ctx.running.set(op.tenant, (ctx.running.get(op.tenant) ?? 1) - 1);
       this.#link.running--;
     });
-    this.#retain(f, req.answers);
+    this.#retain(f);
     ctx.logger.info(
       {
         fanout: f.id,
@@ -642,8 +643,7 @@ export class OperatorSession extends RpcTarget {
     return f;
   }
 
-  #retain(f: FanOut, answers: boolean): void {
-    answersWanted.set(f, answers);
+  #retain(f: FanOut): void {
     this.#fanouts.set(f.id, f);
     // Beyond maxRetainedFanouts the oldest finished fan-outs leave, except one whose result was
     // never fetched and that finished less than unfetchedResultGraceMs ago: its console may be
@@ -732,15 +732,8 @@ export class OperatorSession extends RpcTarget {
   }
 }
 
-const answersWanted = new WeakMap<FanOut, boolean>();
 /** Fan-outs whose result a console has fetched (result(), or next() reporting done). */
 const fetched = new WeakSet<FanOut>();
-
-/** The result as sent to the console: Totebox answers included unless the request said not to. */
-function resultFor(f: FanOut, r: FanOutResult): FanOutResult {
-  if (answersWanted.get(f) !== false) return r;
-  return { ...r, outcomes: r.outcomes.map((o) => ({ ...o, answers: [], command: null })) };
-}
 
 /**
  * A running or finished fan-out, as the console sees it.
@@ -820,7 +813,7 @@ export class FanOutHandle extends RpcTarget {
 
   async result(): Promise<FanOutResult> {
     const f = this.#fanout();
-    const r = resultFor(f, await f.done);
+    const r = await f.done;
     fetched.add(f);
     return r;
   }
