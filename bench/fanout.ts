@@ -131,6 +131,13 @@ export interface HubContext {
   expectedRollup: ReadonlyMap<string, bigint>;
   /** Floor frame sizes (whole frames, header included), measured on ours. */
   floor: { requestBytes: number; answerBytes: number };
+  /**
+   * Places a helper process of the hub (the aggregator's console) outside the hub's CPU: with
+   * BENCH_PIN_HUB, on the fleet's cores, not the hub's core it inherited.
+   */
+  placeHelper(pid: number | undefined): void;
+  /** Counts unhandled rejections a helper process reported, with the hub's own. */
+  countUnhandled(n: number): void;
 }
 
 export interface QueryOutcome {
@@ -997,6 +1004,12 @@ async function hubMain(): Promise<void> {
     asOf: req.asOf,
     expectedRollup: new Map(Object.entries(req.expectedRollup).map(([k, v]) => [k, BigInt(v)])),
     floor: req.floor,
+    placeHelper: (pid) => {
+      if (PIN_HUB) pinTo([pid], `1-${CORES - 1}`);
+    },
+    countUnhandled: (n) => {
+      unhandled += n;
+    },
   };
   const contender = await HUB_CONTENDERS[req.contender]!(ctx);
   const barrier = (name: string) =>

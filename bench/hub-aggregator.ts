@@ -22,6 +22,7 @@ import { stringify } from "yaml";
 import type { HubContender, HubContext, QueryOutcome } from "./fanout.ts";
 import type { ConsoleAnswer, ConsoleStart } from "./hub-console.ts";
 import { endChild, forkTs, nextMessage } from "./sim-fleet.ts";
+import { BenchError } from "./sim-fleet-worker.ts";
 
 const CONSOLE_FILE = fileURLToPath(new URL("./hub-console.ts", import.meta.url));
 
@@ -87,6 +88,10 @@ export function aggregatorContender(ctx: HubContext): HubContender {
         await new Promise((r) => setTimeout(r, 50));
       }
       consoleProc = forkTs(CONSOLE_FILE);
+      ctx.placeHelper(consoleProc.pid);
+      // A console that died between queries must fail the next query at once, not crash the hub
+      // (a send on a closed channel is an 'error' event) or wait out the query's timeout.
+      consoleProc.on("error", () => {});
       const start: ConsoleStart = {
         type: "start",
         host: server.address.host,
@@ -108,6 +113,12 @@ export function aggregatorContender(ctx: HubContext): HubContender {
     },
     async query(): Promise<QueryOutcome> {
       const c = consoleProc!;
+      if (c.exitCode !== null || c.signalCode !== null || !c.connected) {
+        throw new BenchError(
+          "BENCH_ERR_WORKER",
+          `the console process is gone (exit ${c.exitCode}, signal ${c.signalCode})`,
+        );
+      }
       c.send({ type: "query" });
       const a = await nextMessage(
         c,
@@ -115,6 +126,7 @@ export function aggregatorContender(ctx: HubContext): HubContender {
         150_000,
         "console query",
       );
+      ctx.countUnhandled(a.unhandled);
       return { answered: a.answered, errors: new Map(a.errors), rollup: new Map(a.rollup) };
     },
     async close() {

@@ -3,8 +3,8 @@
  * own as in deployment: it connects to the aggregator over PSP, signs the operator's grant and
  * asks for the viewport once per query. Run in the hub's process, its end of the link (decoding
  * and evaluating a result with one outcome per Totebox, 1,000 or 10,000 of them per query) was
- * counted as the aggregator's CPU: ~7 of ~81 MB of what outlived a scavenge there, sampled over
- * 5 s at 1,000 Toteboxes.
+ * counted as the aggregator's work. (Measured, moving it changed the hub's figure less than the
+ * host's noise: performance.md, eighth round.) With BENCH_PIN_HUB it runs on the fleet's cores.
  *
  * IPC (the hub is the parent): `start` → `ready`; `query` → `answer` (counts and the rollup only);
  * `close` ends the process. Any failure is reported as `{ type: "error", code, message }`.
@@ -27,6 +27,8 @@ export interface ConsoleStart {
 
 export interface ConsoleAnswer {
   type: "answer";
+  /** Unhandled rejections in this process since the last answer (the hub counts its own alike). */
+  unhandled: number;
   answered: number;
   errors: [string, number][];
   /** Region → net value (the grand total left out). */
@@ -42,6 +44,12 @@ async function consoleMain(): Promise<void> {
   const send = (m: unknown) => process.send?.(m);
   // The hub holds our lifetime: if it goes away (even killed), so do we.
   process.on("disconnect", () => process.exit(0));
+  // As in the hub: a link dropping mid-run can reject a promise nobody awaits. Counted and
+  // reported with the next answer, not fatal.
+  let unhandled = 0;
+  process.on("unhandledRejection", () => {
+    unhandled++;
+  });
   let conn: AggregatorConnection | undefined;
   let grant: Uint8Array | undefined;
   let viewport = "";
@@ -87,11 +95,19 @@ async function consoleMain(): Promise<void> {
       if (row[0] === null) continue; // the grand total
       rollup.push([String(row[0]), BigInt(String(row[2]))]);
     }
-    const answer: ConsoleAnswer = { type: "answer", answered: r.answered, errors: [...errors], rollup };
+    const answer: ConsoleAnswer = {
+      type: "answer",
+      unhandled,
+      answered: r.answered,
+      errors: [...errors],
+      rollup,
+    };
+    unhandled = 0;
     send(answer);
   };
 
-  const fail = (e: unknown) => send({ type: "error", code: codeOf(e), message: (e as Error).message });
+  const fail = (e: unknown) =>
+    send({ type: "error", code: codeOf(e), message: String((e as { message?: unknown } | null)?.message) });
   process.on("message", (raw: unknown) => {
     const m = raw as { type?: unknown } | null;
     switch (m?.type) {

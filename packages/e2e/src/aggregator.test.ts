@@ -442,6 +442,12 @@ describe("commands and progress", () => {
       expect(Buffer.from(o.command!.receipt).equals(Buffer.from(f.command!.receipt))).toBe(true);
     }
     expect(verifyAnswers(second, (id) => keyOf(id)).every((c) => c.verified)).toBe(true);
+    // Asked without answers: each Totebox reports ok, and no command receipt comes back.
+    const third = await crown.session.command("verify-ledger", { ...opts, answers: false });
+    expect(third.outcomes.length).toBe(first.outcomes.length);
+    expect(
+      third.outcomes.every((o) => o.status === "ok" && o.command === null && o.answers.length === 0),
+    ).toBe(true);
   });
 
   it("live progress arrives Totebox by Totebox, and cancel stops the rest", async () => {

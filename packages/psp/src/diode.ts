@@ -44,7 +44,6 @@ interface ExprCheck {
   readonly announcedPromises?: Set<number>;
 }
 
-/** Special forms a commander may use inside call arguments. */
 /** Removes `id` from `ids` (order kept); false if it is not there. */
 function removeId(ids: number[], id: number): boolean {
   for (let k = 0; k < ids.length; k++) {
@@ -56,6 +55,7 @@ function removeId(ids: number[], id: number): boolean {
   return false;
 }
 
+/** Special forms a commander may use inside call arguments. */
 const COMMANDER_ARG_FORMS = new Set([
   "bytes",
   "date",
