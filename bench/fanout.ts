@@ -38,7 +38,7 @@ import { createHash, type KeyObject, randomBytes, randomInt, webcrypto } from "n
 import { readdirSync, readFileSync } from "node:fs";
 import type { IncomingMessage } from "node:http";
 import https from "node:https";
-import { availableParallelism, loadavg } from "node:os";
+import { availableParallelism, loadavg, cpus as machineCpus } from "node:os";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import tls from "node:tls";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -1005,7 +1005,7 @@ async function hubMain(): Promise<void> {
     expectedRollup: new Map(Object.entries(req.expectedRollup).map(([k, v]) => [k, BigInt(v)])),
     floor: req.floor,
     placeHelper: (pid) => {
-      if (PIN_HUB) pinTo([pid], `1-${CORES - 1}`);
+      if (PIN_HUB) pinTo([pid], `1-${machineCpus().length - 1}`);
     },
     countUnhandled: (n) => {
       unhandled += n;
@@ -1046,8 +1046,9 @@ const HUB_NODE_FLAGS = (process.env.BENCH_HUB_NODE_FLAGS ?? "").split(/\s+/).fil
 function pinTo(pids: readonly (number | undefined)[], cpus: string): void {
   for (const pid of pids) {
     // -a: every thread of the process (V8's and libuv's helpers included).
+    // The machine's cores, not availableParallelism(): in a pinned hub that is its one core.
     const r =
-      pid === undefined || CORES < 2
+      pid === undefined || machineCpus().length < 2
         ? undefined
         : spawnSync("taskset", ["-a", "-p", "-c", cpus, String(pid)], { stdio: "ignore" });
     if (r?.status !== 0) {
