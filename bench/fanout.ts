@@ -1399,6 +1399,8 @@ function rowsFor(
         ? { goal: goal(r.m.cpuUsPerToteboxQuery <= 2 * floor.m.cpuUsPerToteboxQuery, "goal ≤ 2× floor") }
         : {}),
     });
+    // By thread, as for ours and the floor (the aggregator's others include DuckDB's threads).
+    rows.push(...threadRows(`${name} ${at}`, r.m));
     rows.push({ section, name: `${name} ${at}: hub RSS per held link`, value: r.m.rssPerLinkKB, unit: "KB" });
     rows.push({
       section,
