@@ -26,7 +26,7 @@ import {
 import fc from "fast-check";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type CombinedSection, type CombineInput, runCombine } from "./combine.ts";
+import { type CombinedSection, type CombineInput, combineSandboxCounts, runCombine } from "./combine.ts";
 import { isOrchError, type OrchErrorCode } from "./errors.ts";
 import {
   builtinViewports,
@@ -850,6 +850,43 @@ describe("combine values, limits and failures", () => {
     ]);
     return m.get("custom")!;
   };
+
+  it("a kept database starts each combine empty: nothing of the last combine's tables or rows is there", async () => {
+    // Every table of this viewport and every row in them, as the next combine sees it.
+    const v = await custom(
+      "SELECT (SELECT count(*) FROM duckdb_tables()) AS tables, (SELECT count(*) FROM position) AS positions, (SELECT count(*) FROM intercompany) AS pairs",
+      { tables: "integer", positions: "integer", pairs: "integer" },
+    );
+    const params = resolveViewportParams(v, {}, AS_OF);
+    const first = await runCombine(inputFor(v, FLEET, params));
+    const answered = FLEET.filter((t) => t.status === "ok" || t.status === "suppressed").length;
+    // coverage, position and intercompany; the fleet's rows loaded.
+    expect(first[0]!.rows[0]![0]).toBe(3);
+    expect(first[0]!.rows[0]![1]).toBeGreaterThanOrEqual(answered - 1);
+    const before = combineSandboxCounts();
+    const empty = await runCombine(inputFor(v, [], params));
+    const after = combineSandboxCounts();
+    // The same database, kept: reused, not opened again.
+    expect(after.reused).toBe(before.reused + 1);
+    expect(after.opened).toBe(before.opened);
+    expect(empty[0]!.rows).toEqual([[3, 0, 0]]);
+  });
+
+  it("a database whose combine failed is closed, not kept for the next", async () => {
+    // Compiles on empty tables (max of nothing is NULL); fails once a Totebox id is in them.
+    const v = await custom("SELECT CAST(max(totebox) AS INTEGER) AS n FROM position", { n: "integer" });
+    const ok = await custom("SELECT count(*) AS n FROM position", { n: "integer" });
+    const params = resolveViewportParams(v, {}, AS_OF);
+    await runCombine(inputFor(ok, [], params)); // at least one kept
+    const before = combineSandboxCounts();
+    expect(before.idle).toBeGreaterThan(0);
+    expect((await combineError(runCombine(inputFor(v, FLEET, params)))).code).toBe("ORCH_ERR_COMBINE");
+    const after = combineSandboxCounts();
+    expect(after.reused).toBe(before.reused + 1);
+    expect(after.idle).toBe(before.idle - 1);
+    await runCombine(inputFor(ok, [], params));
+    expect(combineSandboxCounts().idle).toBe(before.idle);
+  });
 
   it("converts cells: big integers to digit strings, dates to YYYY-MM-DD, decimals to numbers, NULL to null", async () => {
     const v = await custom(
