@@ -885,7 +885,7 @@ describe("combine values, limits and failures", () => {
     expect(after.reused).toBe(before.reused + 1);
     expect(after.idle).toBe(before.idle - 1);
     await runCombine(inputFor(ok, [], params));
-    expect(combineSandboxCounts().idle).toBe(before.idle);
+    expect(combineSandboxCounts().idle).toBe(Math.max(before.idle - 1, 1));
   });
 
   it("converts cells: big integers to digit strings, dates to YYYY-MM-DD, decimals to numbers, NULL to null", async () => {
@@ -982,6 +982,7 @@ describe("combine values, limits and failures", () => {
     // Cheap on the empty tables of compile time, endless once position has a row.
     const v = await custom("SELECT count(*) AS n FROM position, range(100000000000)", { n: "integer" });
     const started = performance.now();
+    const idle0 = combineSandboxCounts().idle;
     const e = await combineError(runCombine({ ...inputFor(v, FLEET, { as_of: AS_OF }), timeoutMs: 200 }));
     expect(e.code).toBe("ORCH_ERR_COMBINE_LIMIT");
     expect(e.detail).toMatchObject({ limit: "timeoutMs", section: "s" });
@@ -991,6 +992,8 @@ describe("combine values, limits and failures", () => {
     const running = runCombine({ ...inputFor(v, FLEET, { as_of: AS_OF }), signal: ac.signal });
     ac.abort();
     expect((await combineError(running)).code).toBe("ORCH_ERR_CANCELLED");
+    // Neither interrupted database was kept (each took a kept one, if any, and closed it).
+    expect(combineSandboxCounts().idle).toBe(Math.max(idle0 - 2, 0));
   });
 
   it("refuses malformed input: duplicate coverage, unknown Totebox or read, answers of the wrong shape", async () => {

@@ -2,8 +2,10 @@
  * The combine step of a viewport: the fleet's answers, loaded into a per-request in-memory DuckDB,
  * queried by the viewport's SQL sections.
  *
- * Stateless hub (DESIGN invariant 1): each request gets its own DuckDB instance, in memory, closed
- * when the request ends, and it is sandboxed so that no SQL can write a record anywhere:
+ * Stateless hub (DESIGN invariant 1): each combine runs in an in-memory DuckDB instance, inside
+ * one transaction that is rolled back when it ends (instances are kept between combines: opening
+ * one costs ~15 ms; withCombineSandbox), and it is sandboxed so that no SQL can write a record
+ * anywhere:
  * - `temp_directory` is empty (no spilling to disk: a combine that outgrows `memory_limit` fails
  *   instead of writing rows to a temp file), the memory limit is fixed;
  * - `enable_external_access=false` refuses every file and network access (COPY TO, ATTACH,
@@ -25,6 +27,7 @@
  * ORCH_ERR_COMBINE naming the section and DuckDB's error class, never DuckDB's message: at run time
  * that message can quote data values ("could not convert string 'x'").
  */
+import { randomInt } from "node:crypto";
 import {
   BIGINT,
   BOOLEAN,
@@ -160,8 +163,11 @@ export async function withSandbox<T>(fn: (box: SqlSandbox) => Promise<T>): Promi
  * query. A kept instance is reused only as it was left by a combine that ran to the end: every
  * combine runs in one transaction that is always rolled back, so no table, row or macro of one
  * operator's combine is there for the next (a section is one SELECT, checked when the viewport
- * loads, and the configuration is locked); an instance whose combine failed, was interrupted or
- * timed out is closed, not kept. Concurrent combines each take their own instance.
+ * loads, and the configuration is locked), and the random seed a section may set (`setseed`) is
+ * drawn afresh after each. Instance-wide counters do go on (transaction and object ids): a section
+ * that reads them sees how many combines ran before it, which no dashboard has a use for. An
+ * instance whose combine failed, was interrupted or timed out, or whose rollback failed, is
+ * closed, not kept. Concurrent combines each take their own instance.
  */
 const idleSandboxes: { instance: DuckDBInstance; connection: DuckDBConnection }[] = [];
 /** Instances kept idle at most (each a few MB once its rows are rolled back). */
@@ -188,32 +194,49 @@ async function openSandbox(): Promise<{ instance: DuckDBInstance; connection: Du
   return { instance, connection };
 }
 
+function closeSandbox(sb: { instance: DuckDBInstance; connection: DuckDBConnection }): void {
+  sb.connection.closeSync();
+  sb.instance.closeSync();
+}
+
+/** @internal Closes the instances kept idle (a server closing; tests). The next combine opens one. */
+export function closeCombineSandboxes(): void {
+  for (const sb of idleSandboxes.splice(0)) closeSandbox(sb);
+}
+
 /** Runs `fn` on a kept or new sandboxed DuckDB, inside a transaction that is rolled back after. */
 async function withCombineSandbox<T>(fn: (conn: DuckDBConnection) => Promise<T>): Promise<T> {
   const kept = idleSandboxes.pop();
   if (kept) sandboxCounts.reused++;
   const sb = kept ?? (await openSandbox());
+  const conn = sb.connection;
+  try {
+    await conn.run("BEGIN TRANSACTION");
+  } catch (cause) {
+    closeSandbox(sb);
+    throw new OrchError("ORCH_ERR_INTERNAL", "cannot start the combine's transaction", {}, { cause });
+  }
+  let out: T;
+  try {
+    out = await fn(conn);
+  } catch (e) {
+    // The combine's own error is the one reported; the instance is not kept.
+    await conn.run("ROLLBACK").catch(() => {});
+    closeSandbox(sb);
+    throw e;
+  }
+  // The result stands whatever happens next; an instance that cannot be put back as it was goes.
   let clean = false;
   try {
-    await sb.connection.run("BEGIN TRANSACTION");
-    let out: T;
-    try {
-      out = await fn(sb.connection);
-    } catch (e) {
-      // The combine's own error is the one reported; the instance is closed below either way.
-      await sb.connection.run("ROLLBACK").catch(() => {});
-      throw e;
-    }
-    await sb.connection.run("ROLLBACK");
+    await conn.run("ROLLBACK");
+    await conn.run(`SELECT setseed(${(randomInt(0, 2 ** 30) / 2 ** 30).toFixed(9)})`);
     clean = true;
-    return out;
-  } finally {
-    if (clean && idleSandboxes.length < MAX_IDLE_SANDBOXES) idleSandboxes.push(sb);
-    else {
-      sb.connection.closeSync();
-      sb.instance.closeSync();
-    }
+  } catch {
+    // closed below
   }
+  if (clean && idleSandboxes.length < MAX_IDLE_SANDBOXES) idleSandboxes.push(sb);
+  else closeSandbox(sb);
+  return out;
 }
 
 const DUCK_TYPES: Readonly<Record<ColumnType, DuckDBType>> = {

@@ -15,6 +15,7 @@ import {
   systemScheduler,
 } from "@os-orchestration/psp";
 import pino from "pino";
+import { closeCombineSandboxes } from "./combine.ts";
 import { OrchError } from "./errors.ts";
 import type { FanOutResult, ToteboxOutcome } from "./fanout.ts";
 import { type OrchLimits, resolveOrchLimits } from "./limits.ts";
@@ -390,6 +391,8 @@ export class OrchestrationServer {
   async close(): Promise<void> {
     this.#watcher.close();
     this.pool.close();
+    // The combine's kept DuckDB instances (process-wide; the next combine anywhere opens one).
+    closeCombineSandboxes();
     for (const l of [...this.#consoles.keys()]) l.close();
     await this.#psp.close();
     if (this.#http) {
