@@ -126,17 +126,8 @@ export interface SqlSandbox {
 
 /** @internal Opens a sandboxed in-memory DuckDB, runs `fn`, always closes it. */
 export async function withSandbox<T>(fn: (box: SqlSandbox) => Promise<T>): Promise<T> {
-  let instance: DuckDBInstance | undefined;
-  let connection: DuckDBConnection | undefined;
-  try {
-    instance = await DuckDBInstance.create(":memory:", { ...SANDBOX_CONFIG });
-    connection = await instance.connect();
-  } catch (cause) {
-    connection?.closeSync();
-    instance?.closeSync();
-    throw new OrchError("ORCH_ERR_INTERNAL", "cannot open the combine database", {}, { cause });
-  }
-  const conn = connection;
+  const sb = await openSandbox();
+  const conn = sb.connection;
   const box: SqlSandbox = {
     connection: conn,
     async inScratch(v, run) {
@@ -152,8 +143,7 @@ export async function withSandbox<T>(fn: (box: SqlSandbox) => Promise<T>): Promi
   try {
     return await fn(box);
   } finally {
-    conn.closeSync();
-    instance.closeSync();
+    closeSandbox(sb);
   }
 }
 
@@ -190,7 +180,6 @@ async function openSandbox(): Promise<{ instance: DuckDBInstance; connection: Du
     instance?.closeSync();
     throw new OrchError("ORCH_ERR_INTERNAL", "cannot open the combine database", {}, { cause });
   }
-  sandboxCounts.opened++;
   return { instance, connection };
 }
 
@@ -208,6 +197,7 @@ export function closeCombineSandboxes(): void {
 async function withCombineSandbox<T>(fn: (conn: DuckDBConnection) => Promise<T>): Promise<T> {
   const kept = idleSandboxes.pop();
   if (kept) sandboxCounts.reused++;
+  else sandboxCounts.opened++;
   const sb = kept ?? (await openSandbox());
   const conn = sb.connection;
   try {

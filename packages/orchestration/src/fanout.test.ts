@@ -810,14 +810,14 @@ describe("direct or capnweb, and the fallback", () => {
     const byName = new Map(sent.map((x) => [`${x.aud} ${x.view}`, x]));
     for (const name of order) {
       const x = byName.get(name)!;
-      const code = `TOTEBOX_ERR_${x.aud.replace("-", "").toUpperCase()}_${x.view.toUpperCase()}`;
-      x.sink.fail(x.tag, Object.assign(new Error(code), { code }));
+      // Each refusal says which Totebox and read it was (its message is the outcome's reason).
+      x.sink.fail(x.tag, Object.assign(new Error(name), { code: "TOTEBOX_ERR_POLICY_DENIED" }));
     }
     const r = await f.done;
-    expect(r.outcomes.map((o) => [o.totebox, o.code])).toEqual([
-      ["tb-0", "TOTEBOX_ERR_TB0_POSITION"],
-      ["tb-1", "TOTEBOX_ERR_TB1_POSITION"],
-      ["tb-2", "TOTEBOX_ERR_TB2_POSITION"],
+    expect(r.outcomes.map((o) => [o.totebox, o.code, o.reason])).toEqual([
+      ["tb-0", "TOTEBOX_ERR_POLICY_DENIED", "tb-0 position"],
+      ["tb-1", "TOTEBOX_ERR_POLICY_DENIED", "tb-1 position"],
+      ["tb-2", "TOTEBOX_ERR_POLICY_DENIED", "tb-2 position"],
     ]);
   });
 

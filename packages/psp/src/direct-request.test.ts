@@ -38,6 +38,20 @@ beforeAll(async () => {
   ]);
 });
 
+/** 0..n-1 shuffled by a seeded xorshift32 (Fisher-Yates): the same order on every run. */
+function seededOrder(n: number, seed: number): number[] {
+  let x = seed;
+  const order = Array.from({ length: n }, (_, i) => i);
+  for (let i = order.length - 1; i > 0; i--) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    const j = (x >>> 0) % (i + 1);
+    [order[i], order[j]] = [order[j]!, order[i]!];
+  }
+  return order;
+}
+
 /** A request's rejection, as the caller sees it. */
 async function rejectionOf(p: Promise<unknown>): Promise<Error & { code?: string; detail?: unknown }> {
   try {
@@ -445,16 +459,8 @@ describe("Diode: a hostile subject's direct frames are refused and cut its link"
       ),
     );
     while (ids.length < N) await new Promise((r) => setImmediate(r));
-    // A seeded order (xorshift) over the first 30; every fifth of them abandoned first.
-    let x = 0x9e3779b9;
-    const order = Array.from({ length: 30 }, (_, i) => i);
-    for (let i = order.length - 1; i > 0; i--) {
-      x ^= x << 13;
-      x ^= x >>> 17;
-      x ^= x << 5;
-      const j = (x >>> 0) % (i + 1);
-      [order[i], order[j]] = [order[j]!, order[i]!];
-    }
+    // A seeded order over the first 30; every fifth of them abandoned first.
+    const order = seededOrder(30, 0x9e3779b9);
     for (let i = 0; i < 30; i += 5) h.link.abandon(tickets[i]!.id);
     for (const i of order) {
       peerRef!.sendFrameParts(encodeFrame(FrameKind.Reply, [head(tickets[i]!.id, 0), Uint8Array.of(i)]));
@@ -583,16 +589,8 @@ describe("requestWith: a direct request's outcome to a sink, with no promise per
     expect(r.calls).toEqual([]);
     while (s.ids.length < N) await new Promise((res) => setImmediate(res));
     expect(s.ids).toEqual(ids);
-    // A seeded order (xorshift) over the first 16: every fourth abandoned, every third refused.
-    let x = 0x2545f491;
-    const order = Array.from({ length: 16 }, (_, i) => i);
-    for (let i = order.length - 1; i > 0; i--) {
-      x ^= x << 13;
-      x ^= x >>> 17;
-      x ^= x << 5;
-      const j = (x >>> 0) % (i + 1);
-      [order[i], order[j]] = [order[j]!, order[i]!];
-    }
+    // A seeded order over the first 16: every fourth abandoned, every third refused.
+    const order = seededOrder(16, 0x2545f491);
     for (let i = 0; i < 16; i += 4) h.link.abandon(ids[i]!);
     expect(r.calls.map((c) => c.tag)).toEqual([1000, 1004, 1008, 1012]);
     for (const i of order) {
