@@ -303,6 +303,8 @@ export class FanOut {
     this.#grantHash = createHash("sha256").update(plan.grant).digest();
     this.#grantKey = Buffer.from(this.#grantHash).toString("base64");
     this.#ctx = ctx;
+    this.#allDirect = new Array<boolean>(plan.reads.length).fill(true);
+    this.#noneDirect = new Array<boolean>(plan.reads.length).fill(false);
     this.startedAt = ctx.clock.now();
     this.done = new Promise((r) => {
       this.#finish = r;
@@ -522,7 +524,7 @@ export class FanOut {
         handle.confirm();
         if (p.settled) return;
         checking = true;
-        this.#checkReads(p, lease, raw, new Array(raw.length).fill(false));
+        this.#checkReads(p, lease, raw, this.#noneDirect);
       }
     } catch (e) {
       this.#fail(p, lease, e, checking);
@@ -591,12 +593,18 @@ export class FanOut {
    * and no view stub for the Totebox to hold and us to release.
    */
   async #readCapnweb(p: Pending, session: ToteboxSessionRemote): Promise<unknown[]> {
-    return Promise.all(
-      this.plan.reads.map(
-        (r, i) => session.read(p.caps[i]!, r.view, { ...r.params }, r.row) as Promise<unknown>,
-      ),
-    );
+    return Promise.all(this.plan.reads.map((_, i) => this.#capnwebRead(p, session, i)));
   }
+
+  /** Read `i` of this Totebox as one capnweb call on `session`. */
+  #capnwebRead(p: Pending, session: ToteboxSessionRemote, i: number): Promise<unknown> {
+    const r = this.plan.reads[i]!;
+    return session.read(p.caps[i]!, r.view, { ...r.params }, r.row) as Promise<unknown>;
+  }
+
+  /** Which reads came back direct, for #checkReads: all of them, or none (made once per fan-out). */
+  readonly #allDirect: readonly boolean[];
+  readonly #noneDirect: readonly boolean[];
 
   /** Every target, by its place in the plan (direct reads' tags name it). */
   #all: readonly Pending[] = [];
@@ -665,7 +673,7 @@ export class FanOut {
       return;
     }
     try {
-      this.#checkReads(p, lease, d.out, new Array(n).fill(true));
+      this.#checkReads(p, lease, d.out, this.#allDirect);
     } catch (e) {
       this.#fail(p, lease, e, true);
     }
@@ -686,13 +694,7 @@ export class FanOut {
       const again = lease.session(this.plan.grant, this.#grantKey, this.plan.grantExpiresAt);
       p.sessionHandle = again;
       p.session = again.stub;
-      const stub = again.stub;
-      const answers = await Promise.all(
-        retry.map((i) => {
-          const r = this.plan.reads[i]!;
-          return stub.read(p.caps[i]!, r.view, { ...r.params }, r.row) as Promise<unknown>;
-        }),
-      );
+      const answers = await Promise.all(retry.map((i) => this.#capnwebRead(p, again.stub, i)));
       again.confirm();
       retry.forEach((i, k) => {
         d.out[i] = answers[k];

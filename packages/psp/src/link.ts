@@ -258,14 +258,14 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
    * three arrays, so a query's in-flight state is not promoted to V8's old generation and
    * collected by full mark-compacts (measured: ~20 µs of hub CPU per Totebox at 1,000).
    *
-   * Throws a PspError, and never calls the sink, if the request was not sent: the link is closed,
-   * `maxCallsInFlight` requests are unanswered on it (PSP_ERR_CALLS_IN_FLIGHT), or `method` is not
-   * a u32 (RangeError). Once it returns, exactly one sink call follows, never from inside
+   * Throws, and never calls the sink, if the request was not sent: the link is closed (its close
+   * error), `maxCallsInFlight` requests are unanswered on it (PSP_ERR_CALLS_IN_FLIGHT), `method`
+   * is not a u32 or the payload cannot be framed (RangeError). Once it returns, exactly one sink call follows, never from inside
    * `requestWith`: `reply` with the payload segments (views into the received frame, 8-byte
    * aligned), or `fail` with the subject's error (code, message, detail), PSP_ERR_ABANDONED (from
    * `abandon`, at once) or the link's close error (a microtask after close). A sink must not
-   * throw: what it throws is rethrown outside the link (an uncaught exception), never charged
-   * to the peer.
+   * throw: what it throws is rethrown from a microtask (an uncaught exception), never charged to
+   * the peer.
    */
   requestWith(method: number, payload: readonly Uint8Array[], sink: ReplySink, tag: number): number {
     if (this.#closed) throw this.#closeReason();
@@ -318,12 +318,8 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
   abandon(id: number): void {
     const k = this.#requests.indexOf(id);
     if (k < 0) return;
-    const sink = this.#requests.sinkAt(k);
-    const tag = this.#requests.tagAt(k);
-    this.#requests.removeAt(k);
-    deliver(
-      sink,
-      tag,
+    this.#requests.settleAt(
+      k,
       undefined,
       new PspError("PSP_ERR_ABANDONED", "stopped waiting for this direct request"),
     );
@@ -434,26 +430,23 @@ export class PspLink extends EventEmitter<LinkEvents> implements RpcTransportWit
     const requests = this.#requests;
     const k = requests.indexOf(id);
     if (k < 0) return; // abandoned by its caller: the late reply is dropped
-    const sink = requests.sinkAt(k);
-    const tag = requests.tagAt(k);
-    requests.removeAt(k);
     if (status === REPLY_OK) {
-      deliver(sink, tag, segments.slice(1), undefined);
+      requests.settleAt(k, segments.slice(1), undefined);
       return;
     }
     if (status !== REPLY_ERROR || segments.length !== 2) {
       const err = new PspError("PSP_ERR_MESSAGE_MALFORMED", "direct reply has an unknown status or layout");
-      deliver(sink, tag, undefined, err);
+      requests.settleAt(k, undefined, err);
       throw err;
     }
     let remote: Error;
     try {
       remote = remoteError(decodeValue(segments[1]!, 4));
     } catch (e) {
-      deliver(sink, tag, undefined, e);
+      requests.settleAt(k, undefined, e);
       throw e;
     }
-    deliver(sink, tag, undefined, remote);
+    requests.settleAt(k, undefined, remote);
   }
 
   // ---- lifecycle --------------------------------------------------------------------------
@@ -870,22 +863,16 @@ class OpenRequests {
     return -1;
   }
 
-  sinkAt(k: number): ReplySink {
-    return this.#sinks[k]!;
-  }
-
-  tagAt(k: number): number {
-    return this.#tags[k]!;
-  }
-
   /**
-   * Removes entry `k`. The rest keep their order (the oldest is usually first, so little moves):
-   * close fails them in the order sent.
+   * Removes entry `k`, then tells its sink: `payload` for a reply, else `error` (deliver). The rest
+   * keep their order (the oldest is usually first, so little moves): close fails them as sent.
    */
-  removeAt(k: number): void {
+  settleAt(k: number, payload: Uint8Array[] | undefined, error: unknown): void {
     const ids = this.#ids;
     const sinks = this.#sinks;
     const tags = this.#tags;
+    const sink = sinks[k]!;
+    const tag = tags[k]!;
     for (let j = k + 1; j < ids.length; j++) {
       ids[j - 1] = ids[j]!;
       sinks[j - 1] = sinks[j]!;
@@ -894,6 +881,7 @@ class OpenRequests {
     ids.pop();
     sinks.pop();
     tags.pop();
+    deliver(sink, tag, payload, error);
   }
 
   /** Removes every open entry and returns their sinks and tags, oldest first. */
