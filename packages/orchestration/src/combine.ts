@@ -33,6 +33,7 @@ import {
   BOOLEAN,
   DATE,
   DOUBLE,
+  type DuckDBAppender,
   type DuckDBConnection,
   DuckDBDataChunk,
   DuckDBDateValue,
@@ -53,7 +54,7 @@ import {
 import type { Cell, ColumnSpec, ColumnType, DecodedResult } from "@os-orchestration/psp";
 import { OrchError } from "./errors.ts";
 import { type OrchLimits, resolveOrchLimits } from "./limits.ts";
-import type { ChartHint, Viewport, ViewportSection } from "./viewports.ts";
+import type { ChartHint, Viewport, ViewportRead, ViewportSection } from "./viewports.ts";
 
 export interface CombineInput {
   readonly viewport: Viewport;
@@ -556,18 +557,7 @@ function checkInput(
       if (seen.has(a.totebox))
         throw combineError("results list a Totebox twice", { read: as, totebox: a.totebox });
       seen.add(a.totebox);
-      // By name: a Totebox whose owner added a column to a view still answers what we read.
-      const index = read.columns.map((c) => {
-        const i = a.result.columns.findIndex((x) => x.name === c.name);
-        if (i < 0 || a.result.columns[i]!.type !== c.type) {
-          throw combineError("an answer's columns differ from the read's declared columns", {
-            read: as,
-            totebox: a.totebox,
-            column: c.name,
-          });
-        }
-        return i;
-      });
+      const index = columnIndex(read.columns, a.result, as, a.totebox);
       rows += a.result.rowCount;
       batches.push({ totebox: a.totebox, tags, result: a.result, index });
     }
@@ -581,6 +571,39 @@ function checkInput(
     });
   }
   return { batches: out, tagsOf };
+}
+
+/**
+ * Per declared column of a read, its index in an answer's columns, found by name: a Totebox whose
+ * owner added a column to a view still answers what we read.
+ *
+ * This file's per-query work is in module functions and methods, not in closures made per query:
+ * V8 keeps a closure's optimised code only as long as a closure of it is alive, so a closure made
+ * per query (a `map` callback here, one per answer) was compiled again after most major
+ * collections — at the aggregator, once every query or two (seen with `--log-code`).
+ */
+function columnIndex(
+  declared: readonly ColumnSpec[],
+  result: DecodedResult,
+  read: string,
+  totebox: string,
+): number[] {
+  const have = result.columns;
+  const index = new Array<number>(declared.length);
+  for (let k = 0; k < declared.length; k++) {
+    const c = declared[k]!;
+    let i = 0;
+    while (i < have.length && have[i]!.name !== c.name) i++;
+    if (i === have.length || have[i]!.type !== c.type) {
+      throw combineError("an answer's columns differ from the read's declared columns", {
+        read,
+        totebox,
+        column: c.name,
+      });
+    }
+    index[k] = i;
+  }
+  return index;
 }
 
 /**
@@ -610,14 +633,14 @@ function tagMap(tags: Readonly<Record<string, string>>, totebox: string): DuckDB
  */
 class ChunkWriter {
   readonly #types: DuckDBType[];
-  readonly #append: (chunk: DuckDBDataChunk) => void;
+  readonly #appender: DuckDBAppender;
   #columns: DuckDBValue[][];
   #rows = 0;
 
-  constructor(types: DuckDBType[], append: (chunk: DuckDBDataChunk) => void) {
+  constructor(types: DuckDBType[], appender: DuckDBAppender) {
     this.#types = types;
-    this.#append = append;
-    this.#columns = types.map(() => []);
+    this.#appender = appender;
+    this.#columns = emptyColumns(types.length);
   }
 
   /** Room left in the current chunk. */
@@ -639,31 +662,39 @@ class ChunkWriter {
     if (this.#rows === 0) return;
     const chunk = DuckDBDataChunk.create(this.#types);
     chunk.setColumns(this.#columns);
-    this.#append(chunk);
-    this.#columns = this.#types.map(() => []);
+    this.#appender.appendDataChunk(chunk);
+    this.#columns = emptyColumns(this.#types.length);
     this.#rows = 0;
+  }
+
+  /** Appends what is left and flushes the appender. */
+  finish(): void {
+    this.flush();
+    this.#appender.flushSync();
   }
 }
 
-async function appendTable(
-  conn: DuckDBConnection,
-  table: string,
-  types: DuckDBType[],
-  fill: (w: ChunkWriter) => Promise<void>,
-): Promise<void> {
-  const appender = await conn.createAppender(table);
-  try {
-    const w = new ChunkWriter(types, (chunk) => appender.appendDataChunk(chunk));
-    await fill(w);
-    w.flush();
-    appender.flushSync();
-  } finally {
-    appender.closeSync();
-  }
+function emptyColumns(n: number): DuckDBValue[][] {
+  const columns = new Array<DuckDBValue[]>(n);
+  for (let i = 0; i < n; i++) columns[i] = [];
+  return columns;
 }
 
 /** Toteboxes loaded per event-loop turn (feed). */
 const FEED_SLICE = 1024;
+
+/**
+ * Loading yields to the event loop every FEED_SLICE Toteboxes: at 10,000 answers one turn of
+ * loading held the aggregator (and every other operator's request on it) for most of a second.
+ */
+class Pacer {
+  #fed = 0;
+
+  /** Call once per Totebox loaded; await what it returns, when it returns something. */
+  turn(): Promise<void> | undefined {
+    return ++this.#fed % FEED_SLICE === 0 ? yieldTurn() : undefined;
+  }
+}
 
 /** Lets the event loop run other work (I/O, other operators' requests) before going on. */
 function yieldTurn(): Promise<void> {
@@ -713,67 +744,98 @@ async function feed(
   input: CombineInput,
   { batches, tagsOf }: ReturnType<typeof checkInput>,
 ): Promise<void> {
-  const covTypes = [VARCHAR, VARCHAR, TAGS_TYPE, VARCHAR, VARCHAR, DOUBLE];
-  // Loading yields to the event loop every FEED_SLICE Toteboxes: at 10,000 answers one turn of
-  // loading held the aggregator (and every other operator's request on it) for most of a second.
-  let fed = 0;
-  const pace = (): Promise<void> | undefined => (++fed % FEED_SLICE === 0 ? yieldTurn() : undefined);
-  await appendTable(conn, "coverage", covTypes, async (w) => {
-    for (const c of input.coverage) {
-      const turn = pace();
-      if (turn) await turn;
-      w.column(0).push(c.totebox);
-      w.column(1).push(c.name);
-      w.column(2).push(tagsOf.get(c.totebox)!);
-      w.column(3).push(c.status);
-      w.column(4).push(c.reason);
-      w.column(5).push(c.elapsedMs);
-      w.wrote(1);
-    }
-  });
+  const pacer = new Pacer();
+  let appender = await conn.createAppender("coverage");
+  try {
+    await feedCoverage(new ChunkWriter(COVERAGE_TYPES, appender), input.coverage, tagsOf, pacer);
+  } finally {
+    appender.closeSync();
+  }
   for (const read of input.viewport.reads) {
     const list = batches.get(read.as);
     if (!list || list.length === 0) continue;
-    const types = [VARCHAR, TAGS_TYPE, ...read.columns.map((c) => DUCK_TYPES[c.type])];
-    const convert = read.columns.map((c) => ARROW_TO_DUCK[c.type]);
-    await appendTable(conn, read.as, types, async (w) => {
-      for (const b of list) {
-        const turn = pace();
-        if (turn) await turn;
-        const n = b.result.rowCount;
-        if (n === 0) continue;
-        // Straight from the received bytes (DecodedResult.column), not through an Arrow table:
-        // building 10,000 answers' tables held the aggregator's event loop ~0.5 s per fan-out.
-        const vectors = b.index.map((i) => b.result.column(i));
-        for (let from = 0; from < n; ) {
-          const take = Math.min(n - from, w.room);
-          const ids = w.column(0);
-          const tags = w.column(1);
-          for (let r = 0; r < take; r++) {
-            ids.push(b.totebox);
-            tags.push(b.tags);
-          }
-          for (let i = 0; i < vectors.length; i++) {
-            const vec = vectors[i]!;
-            const conv = convert[i]!;
-            const out = w.column(i + 2);
-            try {
-              for (let r = from; r < from + take; r++) out.push(conv(vec[r]));
-            } catch (e) {
-              if (e !== WRONG_TYPE) throw e;
-              throw combineError("an answer holds a value of the wrong type", {
-                read: read.as,
-                totebox: b.totebox,
-                column: read.columns[i]!.name,
-              });
-            }
-          }
-          from += take;
-          w.wrote(take);
+    const types: DuckDBType[] = [VARCHAR, TAGS_TYPE];
+    const convert: ((x: unknown) => DuckDBValue)[] = [];
+    for (const c of read.columns) {
+      types.push(DUCK_TYPES[c.type]);
+      convert.push(ARROW_TO_DUCK[c.type]);
+    }
+    appender = await conn.createAppender(read.as);
+    try {
+      await feedRead(new ChunkWriter(types, appender), read, list, convert, pacer);
+    } finally {
+      appender.closeSync();
+    }
+  }
+}
+
+const COVERAGE_TYPES = [VARCHAR, VARCHAR, TAGS_TYPE, VARCHAR, VARCHAR, DOUBLE];
+
+async function feedCoverage(
+  w: ChunkWriter,
+  coverage: CombineInput["coverage"],
+  tagsOf: ReadonlyMap<string, DuckDBMapValue>,
+  pacer: Pacer,
+): Promise<void> {
+  for (const c of coverage) {
+    const turn = pacer.turn();
+    if (turn) await turn;
+    w.column(0).push(c.totebox);
+    w.column(1).push(c.name);
+    w.column(2).push(tagsOf.get(c.totebox)!);
+    w.column(3).push(c.status);
+    w.column(4).push(c.reason);
+    w.column(5).push(c.elapsedMs);
+    w.wrote(1);
+  }
+  w.finish();
+}
+
+async function feedRead(
+  w: ChunkWriter,
+  read: ViewportRead,
+  list: readonly Batch[],
+  convert: readonly ((x: unknown) => DuckDBValue)[],
+  pacer: Pacer,
+): Promise<void> {
+  const width = convert.length;
+  const vectors = new Array<readonly Cell[]>(width);
+  for (const b of list) {
+    const turn = pacer.turn();
+    if (turn) await turn;
+    const n = b.result.rowCount;
+    if (n === 0) continue;
+    // Straight from the received bytes (DecodedResult.column), not through an Arrow table:
+    // building 10,000 answers' tables held the aggregator's event loop ~0.5 s per fan-out.
+    for (let i = 0; i < width; i++) vectors[i] = b.result.column(b.index[i]!);
+    for (let from = 0; from < n; ) {
+      const take = Math.min(n - from, w.room);
+      const ids = w.column(0);
+      const tags = w.column(1);
+      for (let r = 0; r < take; r++) {
+        ids.push(b.totebox);
+        tags.push(b.tags);
+      }
+      for (let i = 0; i < width; i++) {
+        const vec = vectors[i]!;
+        const conv = convert[i]!;
+        const out = w.column(i + 2);
+        try {
+          for (let r = from; r < from + take; r++) out.push(conv(vec[r]));
+        } catch (e) {
+          if (e !== WRONG_TYPE) throw e;
+          throw combineError("an answer holds a value of the wrong type", {
+            read: read.as,
+            totebox: b.totebox,
+            column: read.columns[i]!.name,
+          });
         }
       }
-    });
+      from += take;
+      w.wrote(take);
+    }
   }
+  w.finish();
 }
 
 function substituteTitle(

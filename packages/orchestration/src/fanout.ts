@@ -21,7 +21,7 @@ import {
 } from "@os-orchestration/psp";
 import type { CommandReply, ReadAnswer, ToteboxSessionRemote } from "@os-orchestration/totebox";
 import type pino from "pino";
-import { type CombinedSection, runCombine } from "./combine.ts";
+import { type CombinedSection, type CombineInput, runCombine } from "./combine.ts";
 import { OrchError } from "./errors.ts";
 import type { OrchLimits } from "./limits.ts";
 import { errorInfo, type LinkLease, type LinkPool } from "./pool.ts";
@@ -372,53 +372,20 @@ export class FanOut {
     const per = plan.command ? 1 : plan.reads.length;
     // Capability ids drawn once for the whole fan-out; kept to check each receipt names its own.
     const ctiPool = randomBytes(16 * per * plan.targets.length);
-    const cti = (k: number) => ctiPool.subarray(16 * k, 16 * k + 16);
-    /** The `per` capability inputs of target `i`, in the order its calls use them. */
-    const inputsOf = (entry: ToteboxEntry, i: number): CallInput[] => {
-      if (plan.command) {
-        return [
-          {
-            grant: plan.grant,
-            totebox: entry.id,
-            command: plan.command.name,
-            action: plan.command.name,
-            cti: cti(i),
-            lifetimeSeconds,
-            clock: ctx.clock,
-          },
-        ];
-      }
-      // One literal shape, `row` undefined when the read names none (capability.ts treats an
-      // undefined row as absent): a spread of a conditional object took V8's slow clone path,
-      // per Totebox per read.
-      const out: CallInput[] = new Array(per);
-      for (let k = 0; k < per; k++) {
-        const r = plan.reads[k]!;
-        out[k] = {
-          grant: plan.grant,
-          totebox: entry.id,
-          view: r.view,
-          action: "read",
-          row: r.row,
-          cti: cti(i * per + k),
-          lifetimeSeconds,
-          clock: ctx.clock,
-        };
-      }
-      return out;
-    };
     this.#deadline = ctx.scheduler.after(plan.deadlineMs, () => this.#onDeadline());
     // Every target is pending (and timed) from the start; the requests themselves leave in slices
     // of DISPATCH_SLICE per event-loop turn, so that 10,000 Toteboxes never block the loop long
     // enough for link keep-alives (and other operators' answers) to starve.
     const budget = Math.max(1, Math.min(plan.toteboxTimeoutMs, plan.deadlineMs));
     const started = ctx.clock.now();
-    const ctisOf = (i: number): Uint8Array[] => {
-      const out: Uint8Array[] = new Array(per);
-      for (let k = 0; k < per; k++) out[k] = cti(i * per + k);
-      return out;
-    };
-    const all: Pending[] = plan.targets.map((entry, i) => {
+    // Loops in methods, not callbacks made here: V8 keeps a closure's optimised code only while a
+    // closure of it is alive, so per-Totebox work in a closure made per fan-out was compiled
+    // again after most major collections (seen at the aggregator with `--log-code`).
+    const all: Pending[] = new Array(plan.targets.length);
+    for (let i = 0; i < all.length; i++) {
+      const entry = plan.targets[i]!;
+      const ctis: Uint8Array[] = new Array(per);
+      for (let k = 0; k < per; k++) ctis[k] = ctiPool.subarray(16 * (i * per + k), 16 * (i * per + k) + 16);
       const p: Pending = {
         entry,
         index: i,
@@ -429,12 +396,13 @@ export class FanOut {
         sessionHandle: undefined,
         lease: undefined,
         caps: [],
-        ctis: ctisOf(i),
+        ctis,
       };
       this.#pending.set(entry.id, p);
-      return p;
-    });
+      all[i] = p;
+    }
     this.#all = all;
+    this.#dispatching = { budget, per, lifetimeSeconds };
     // Every Totebox's budget starts now, so one timer times them all out: a timer per Totebox was
     // a timer object, a closure and a cancel per Totebox per query, for the same instant.
     this.#timeout = ctx.scheduler.after(budget, () => {
@@ -442,39 +410,85 @@ export class FanOut {
         this.#settle(p, "timeout", "ORCH_ERR_TOTEBOX_TIMEOUT", `no answer within ${budget} ms`);
       }
     });
-    const dispatch = (from: number) => {
-      if (this.finished) return; // cancelled, or past its deadline: nothing left to send
-      const slice: Pending[] = [];
-      const inputs: CallInput[] = [];
-      for (let i = from; i < Math.min(from + DISPATCH_SLICE, all.length); i++) {
-        const p = all[i]!;
-        if (p.settled) continue; // cancelled, or past the deadline, before its turn
-        slice.push(p);
-        for (const input of inputsOf(p.entry, i)) inputs.push(input);
-      }
-      if (slice.length > 0) {
-        let caps: Uint8Array[];
-        try {
-          caps = issueCallCapabilityBatch(inputs, ctx.signer);
-        } catch (e) {
-          // The grant's window no longer covers a call (it expired between check and signing).
-          // On the first slice, nothing was dispatched yet: the whole fan-out fails with that
-          // reason. Otherwise what was dispatched stands, and every target not yet dispatched is
-          // denied with it (partial, never silent).
-          const info = errorInfo(e);
-          if (from === 0) this.#failure = info;
-          for (const p of all.slice(from)) this.#settle(p, "denied", info.code, info.message);
-          return;
-        }
-        slice.forEach((p, j) => {
-          p.caps = caps.slice(j * per, j * per + per);
-        });
-        for (const p of slice) void this.#ask(p, budget);
-      }
-      if (from + DISPATCH_SLICE < all.length) setImmediate(() => dispatch(from + DISPATCH_SLICE));
-    };
-    dispatch(0);
+    this.#dispatch(0);
     if (plan.targets.length === 0) void this.#complete();
+  }
+
+  /** What #dispatch needs of start(): the per-Totebox budget, calls per Totebox, capability lifetime. */
+  #dispatching = { budget: 0, per: 0, lifetimeSeconds: 0 };
+
+  static #dispatchLater(f: FanOut, from: number): void {
+    f.#dispatch(from);
+  }
+
+  /** Signs and sends the requests of targets [from, from + DISPATCH_SLICE), then schedules the next slice. */
+  #dispatch(from: number): void {
+    // Cancelled, past its deadline, or every target settled (#complete empties #all): nothing
+    // left to send.
+    if (this.finished || this.#completing) return;
+    const all = this.#all;
+    const { budget, per } = this.#dispatching;
+    const slice: Pending[] = [];
+    const inputs: CallInput[] = [];
+    for (let i = from; i < Math.min(from + DISPATCH_SLICE, all.length); i++) {
+      const p = all[i]!;
+      if (p.settled) continue; // cancelled, or past the deadline, before its turn
+      slice.push(p);
+      this.#pushInputs(p, inputs);
+    }
+    if (slice.length > 0) {
+      let caps: Uint8Array[];
+      try {
+        caps = issueCallCapabilityBatch(inputs, this.#ctx.signer);
+      } catch (e) {
+        // The grant's window no longer covers a call (it expired between check and signing).
+        // On the first slice, nothing was dispatched yet: the whole fan-out fails with that
+        // reason. Otherwise what was dispatched stands, and every target not yet dispatched is
+        // denied with it (partial, never silent).
+        const info = errorInfo(e);
+        if (from === 0) this.#failure = info;
+        for (const p of all.slice(from)) this.#settle(p, "denied", info.code, info.message);
+        return;
+      }
+      for (let j = 0; j < slice.length; j++) slice[j]!.caps = caps.slice(j * per, j * per + per);
+      for (const p of slice) void this.#ask(p, budget);
+    }
+    if (from + DISPATCH_SLICE < all.length) setImmediate(FanOut.#dispatchLater, this, from + DISPATCH_SLICE);
+  }
+
+  /** Appends target `p`'s capability inputs to `out`, in the order its calls use them. */
+  #pushInputs(p: Pending, out: CallInput[]): void {
+    const { plan } = this;
+    const { lifetimeSeconds } = this.#dispatching;
+    const clock = this.#ctx.clock;
+    if (plan.command) {
+      out.push({
+        grant: plan.grant,
+        totebox: p.entry.id,
+        command: plan.command.name,
+        action: plan.command.name,
+        cti: p.ctis[0]!,
+        lifetimeSeconds,
+        clock,
+      });
+      return;
+    }
+    // One literal shape, `row` undefined when the read names none (capability.ts treats an
+    // undefined row as absent): a spread of a conditional object took V8's slow clone path,
+    // per Totebox per read.
+    for (let k = 0; k < plan.reads.length; k++) {
+      const r = plan.reads[k]!;
+      out.push({
+        grant: plan.grant,
+        totebox: p.entry.id,
+        view: r.view,
+        action: "read",
+        row: r.row,
+        cti: p.ctis[k]!,
+        lifetimeSeconds,
+        clock,
+      });
+    }
   }
 
   async #ask(p: Pending, budget: number): Promise<void> {
@@ -909,7 +923,8 @@ export class FanOut {
     const { plan } = this;
     // Every target exactly once, in the order they were targeted.
     // #settle already dropped the answers of a fan-out that does not keep them.
-    const outcomes = plan.targets.map((e) => this.#outcomes.get(e.id)!);
+    const outcomes: ToteboxOutcome[] = new Array(plan.targets.length);
+    for (let i = 0; i < outcomes.length; i++) outcomes[i] = this.#outcomes.get(plan.targets[i]!.id)!;
     const answered = this.#answered; // every target is recorded exactly once by now
     const partial = answered < outcomes.length;
     let error = this.#failure;
@@ -967,14 +982,7 @@ export class FanOut {
         viewport: plan.viewport,
         params: plan.params as Record<string, string | number | boolean>,
         results,
-        coverage: outcomes.map((o) => ({
-          totebox: o.totebox,
-          name: o.name,
-          tags: o.tags,
-          status: o.status,
-          reason: o.code ?? "",
-          elapsedMs: o.elapsedMs,
-        })),
+        coverage: coverageOf(outcomes),
         limits: this.#ctx.limits,
       });
     }
@@ -1081,4 +1089,21 @@ export function statusOf(code: string): ToteboxStatus {
     default:
       return code.startsWith("PSP_ERR_CAP_") ? "denied" : "error";
   }
+}
+
+/** The combine's coverage table: one row per targeted Totebox (a loop, not a closure per query). */
+function coverageOf(outcomes: readonly ToteboxOutcome[]): CombineInput["coverage"][number][] {
+  const coverage: CombineInput["coverage"][number][] = new Array(outcomes.length);
+  for (let i = 0; i < outcomes.length; i++) {
+    const o = outcomes[i]!;
+    coverage[i] = {
+      totebox: o.totebox,
+      name: o.name,
+      tags: o.tags,
+      status: o.status,
+      reason: o.code ?? "",
+      elapsedMs: o.elapsedMs,
+    };
+  }
+  return coverage;
 }

@@ -2,7 +2,7 @@ import { generateKeyPairSync } from "node:crypto";
 import { issueGrant, keyIdOfPublicKey, ManualClock, verifyGrant } from "@os-orchestration/psp";
 import { describe, expect, it } from "vitest";
 import type { ToteboxEntry } from "./registry.ts";
-import { grantReach, inGrant } from "./service.ts";
+import { GrantReach, inGrant } from "./service.ts";
 
 const T0 = Date.UTC(2026, 10, 1);
 
@@ -49,7 +49,8 @@ describe("inGrant: which Toteboxes a grant reaches", () => {
     const ids = Array.from({ length: 256 }, (_, i) => `tb-${i}`); // the most a grant may name
     const g = verified({ toteboxIds: ids, toteboxSelectors: ["region=west,kind=property"] });
     // One Totebox at a time, and many at once (a fan-out asks for every registry entry): the same.
-    const reaches = grantReach(g);
+    const reach = new GrantReach(g);
+    const reaches = (e: ToteboxEntry) => reach.has(e);
     for (const check of [(e: ToteboxEntry) => inGrant(g, e), reaches, reaches]) {
       expect(check(entry("tb-0"))).toBe(true);
       expect(check(entry("tb-255"))).toBe(true);
@@ -58,14 +59,14 @@ describe("inGrant: which Toteboxes a grant reaches", () => {
       expect(check(entry("other", { region: "west" }))).toBe(false);
       expect(check(entry("constructor"))).toBe(false);
     }
-    const bySelector = grantReach(verified({ toteboxSelectors: ["region=east", "kind=holding"] }));
-    expect(bySelector(entry("tb-0"))).toBe(false);
-    expect(bySelector(entry("tb-0", { region: "east" }))).toBe(true);
-    expect(bySelector(entry("tb-0", { kind: "holding" }))).toBe(true);
+    const bySelector = new GrantReach(verified({ toteboxSelectors: ["region=east", "kind=holding"] }));
+    expect(bySelector.has(entry("tb-0"))).toBe(false);
+    expect(bySelector.has(entry("tb-0", { region: "east" }))).toBe(true);
+    expect(bySelector.has(entry("tb-0", { kind: "holding" }))).toBe(true);
     // Two grants never share what one of them reaches.
-    const narrow = grantReach(verified({ toteboxIds: ["tb-1"] }));
-    expect(narrow(entry("tb-1"))).toBe(true);
-    expect(narrow(entry("tb-0"))).toBe(false);
+    const narrow = new GrantReach(verified({ toteboxIds: ["tb-1"] }));
+    expect(narrow.has(entry("tb-1"))).toBe(true);
+    expect(narrow.has(entry("tb-0"))).toBe(false);
     expect(reaches(entry("tb-0"))).toBe(true);
   });
 });

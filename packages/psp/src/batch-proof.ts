@@ -66,19 +66,32 @@ export function merkleRootAndPaths(leafHashes: readonly Uint8Array[]): {
 } {
   const n = leafHashes.length;
   if (n === 0) throw new RangeError("a batch needs at least one leaf");
-  const paths: Uint8Array[][] = Array.from({ length: n }, () => []);
-  // Recursion depth is log2(n): the split always halves (or better) the range.
-  const build = (lo: number, hi: number): Uint8Array => {
-    if (hi - lo === 1) return leafHashes[lo]!;
-    let k = 1;
-    while (k * 2 < hi - lo) k *= 2;
-    const left = build(lo, lo + k);
-    const right = build(lo + k, hi);
-    for (let i = lo; i < lo + k; i++) paths[i]!.push(right);
-    for (let i = lo + k; i < hi; i++) paths[i]!.push(left);
-    return nodeHash(left, right);
-  };
-  return { root: build(0, n), paths };
+  const paths: Uint8Array[][] = new Array(n);
+  for (let i = 0; i < n; i++) paths[i] = [];
+  return { root: buildSubtree(leafHashes, paths, 0, n), paths };
+}
+
+/**
+ * MTH(leafHashes[lo:hi]), appending each sibling to the paths of the leaves below it. A module
+ * function, not a closure made per call: V8 holds a closure's optimised code only weakly, so a
+ * closure made per batch was compiled afresh after most major collections (seen at the
+ * aggregator: once every query or two). Recursion depth is log2(n): the split always halves (or
+ * better) the range.
+ */
+function buildSubtree(
+  leafHashes: readonly Uint8Array[],
+  paths: Uint8Array[][],
+  lo: number,
+  hi: number,
+): Uint8Array {
+  if (hi - lo === 1) return leafHashes[lo]!;
+  let k = 1;
+  while (k * 2 < hi - lo) k *= 2;
+  const left = buildSubtree(leafHashes, paths, lo, lo + k);
+  const right = buildSubtree(leafHashes, paths, lo + k, hi);
+  for (let i = lo; i < lo + k; i++) paths[i]!.push(right);
+  for (let i = lo + k; i < hi; i++) paths[i]!.push(left);
+  return nodeHash(left, right);
 }
 
 /**
