@@ -26,7 +26,13 @@ import {
 import fc from "fast-check";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type CombinedSection, type CombineInput, combineSandboxCounts, runCombine } from "./combine.ts";
+import {
+  type CombinedSection,
+  type CombineInput,
+  combineSandboxCounts,
+  runCombine,
+  viewportLoadPlan,
+} from "./combine.ts";
 import { isOrchError, type OrchErrorCode } from "./errors.ts";
 import {
   builtinViewports,
@@ -1043,6 +1049,115 @@ describe("combine values, limits and failures", () => {
     });
   });
 
+  // Loading only the columns a viewport's SQL reads (load-plan.ts) must never change a dashboard:
+  // every case here runs the same combine twice, on the compiled viewport (with its plan) and on
+  // an uncompiled copy of it (no plan: every column loaded), and the results must be equal.
+  const unplanned = (v: Viewport): Viewport => ({ ...v });
+  const bothWays = async (v: Viewport, params: Readonly<Record<string, string | number | boolean>>) => {
+    const planned = await runCombine(inputFor(v, FLEET, params));
+    const all = await runCombine(inputFor(unplanned(v), FLEET, params));
+    expect(viewportLoadPlan(unplanned(v))).toBeUndefined();
+    expect(planned).toEqual(all);
+    return planned;
+  };
+  const loads = (v: Viewport, table: string): string[] | "all" | "no rows" => {
+    const t = viewportLoadPlan(v)?.get(table);
+    if (t === undefined || t.columns === undefined) return t?.rows === false ? "no rows" : "all";
+    return t.rows ? [...t.columns] : "no rows";
+  };
+
+  it("the built-in viewports load only the columns their SQL names, with the same results as loading all", async () => {
+    for (const name of ["portfolio", "reconciliation", "executive-summary"]) {
+      const v = vp(name);
+      expect(viewportLoadPlan(v), name).toBeDefined();
+      const out = await bothWays(v, resolveViewportParams(v, {}, AS_OF));
+      expect(out.some((s) => s.rows.length > 0)).toBe(true);
+    }
+    // The portfolio never reads a position's as_of (the read's params already pin it) and reads
+    // two of occupancy's eight columns.
+    expect(loads(vp("portfolio"), "position")).not.toContain("as_of");
+    expect(loads(vp("portfolio"), "occupancy")).toEqual(["totebox", "tags", "units", "occupied_units"]);
+  });
+
+  it("a table the SQL never reads is left empty; one read only for its rows keeps its Totebox column", async () => {
+    const v = await custom("SELECT count(*) AS n FROM position", { n: "integer" });
+    expect(loads(v, "position")).toEqual(["totebox"]);
+    expect(loads(v, "intercompany")).toBe("no rows");
+    expect(loads(v, "coverage")).toBe("no rows");
+    const out = await bothWays(v, resolveViewportParams(v, {}, AS_OF));
+    expect(out[0]!.rows[0]![0]).toBeGreaterThan(0);
+  });
+
+  it("names are matched as DuckDB matches them: any case, qualified, aliased, in USING, in subqueries", async () => {
+    const v = await custom(
+      `SELECT sum(P.NET_VALUE) AS a, (SELECT max(Cash) FROM Position) AS b, count(*) AS c
+         FROM position AS p JOIN coverage USING (totebox) WHERE p.currency IS NOT NULL`,
+      { a: "integer", b: "integer", c: "integer" },
+    );
+    expect(loads(v, "position")).toEqual(["totebox", "currency", "cash", "net_value"]);
+    expect(loads(v, "coverage")).toEqual(["totebox"]);
+    await bothWays(v, resolveViewportParams(v, {}, AS_OF));
+  });
+
+  // SQL that observes columns it does not name: each loads them all (no plan, or the whole
+  // table), and gives the same result as loading everything.
+  const observesUnnamed: [string, string, Record<string, string>, "no plan" | string][] = [
+    [
+      "a star",
+      "SELECT count(*) AS n FROM (SELECT DISTINCT position.* FROM position)",
+      { n: "integer" },
+      "no plan",
+    ],
+    [
+      "COLUMNS(...)",
+      "SELECT max(COLUMNS('^c')) FROM position",
+      { currency: "string", cash: "integer" },
+      "no plan",
+    ],
+    [
+      "a star with EXCLUDE",
+      "SELECT count(*) AS n FROM (SELECT * EXCLUDE (cash) FROM position)",
+      { n: "integer" },
+      "no plan",
+    ],
+    ["FROM without SELECT", "SELECT count(*) AS n FROM (FROM position)", { n: "integer" }, "no plan"],
+    [
+      "a row as a value",
+      "SELECT string_agg(to_json(position)::VARCHAR, ';' ORDER BY totebox) AS j FROM position",
+      { j: "string" },
+      "position",
+    ],
+    ["an alias as a value", "SELECT count(DISTINCT p) AS n FROM position p", { n: "integer" }, "position"],
+    [
+      "a NATURAL join",
+      "SELECT count(*) AS n FROM position NATURAL JOIN position AS q",
+      { n: "integer" },
+      "no plan",
+    ],
+    ["column aliases on a table", "SELECT max(c) AS m FROM position AS p(a, b, c)", { m: "date" }, "no plan"],
+    ["a table function", "SELECT count(*) AS n FROM query_table('position')", { n: "integer" }, "no plan"],
+    [
+      "a PIVOT",
+      "SELECT count(*) AS n FROM (PIVOT position ON currency IN ('USD', 'EUR') USING sum(cash))",
+      { n: "integer" },
+      "no plan",
+    ],
+    [
+      "UNPIVOT",
+      "SELECT count(*) AS n FROM (UNPIVOT (SELECT cash, debt FROM position) ON cash, debt INTO NAME k VALUE v)",
+      { n: "integer" },
+      "no plan",
+    ],
+  ];
+  for (const [what, sql, columns, expected] of observesUnnamed) {
+    it(`SQL with ${what} loads every column it can observe`, async () => {
+      const v = await custom(sql, columns);
+      if (expected === "no plan") expect(viewportLoadPlan(v)).toBeUndefined();
+      else expect(loads(v, expected)).toBe("all");
+      await bothWays(v, resolveViewportParams(v, {}, AS_OF));
+    });
+  }
+
   it("prints how long one portfolio combine takes over 24 and over 10,000 Toteboxes", async () => {
     const v = vp("portfolio");
     const regions = ["west", "east", "north", "south", "central"];
@@ -1109,7 +1224,7 @@ describe("reconciliation over real Totebox archives", () => {
     ]);
     for (const id of ids) {
       const dir = join(root, id);
-      await initArchive({ dir, id, kind: "company", name: `Company ${id}`, tags: { region: "west" } });
+      await initArchive({ dir, id, kind: "company", name: `Company $id`, tags: { region: "west" } });
       const a = await openArchive(dir);
       generateDemoData(a.db, {
         kind: "company",
@@ -1117,7 +1232,7 @@ describe("reconciliation over real Totebox archives", () => {
         scale: 0.2,
         entityId: id,
         asOf: AS_OF,
-        peers: ids.filter((p) => p !== id).map((p) => ({ entityId: p, name: `Company ${p}` })),
+        peers: ids.filter((p) => p !== id).map((p) => ({ entityId: p, name: `Company $p` })),
       });
       trustPeer(a.db, {
         kind: "aggregator",
@@ -1197,7 +1312,7 @@ describe("reconciliation over real Totebox archives", () => {
     ]),
     coverage: ids.map((id) => ({
       totebox: id,
-      name: `Company ${id}`,
+      name: `Company $id`,
       tags: { region: "west" },
       status: down.includes(id) ? "offline" : "ok",
       reason: down.includes(id) ? "ORCH_ERR_TOTEBOX_OFFLINE" : "",

@@ -54,6 +54,7 @@ import {
 import type { Cell, ColumnSpec, ColumnType, DecodedResult } from "@os-orchestration/psp";
 import { OrchError } from "./errors.ts";
 import { type OrchLimits, resolveOrchLimits } from "./limits.ts";
+import { type LoadPlan, planLoads, type TableLoad } from "./load-plan.ts";
 import type { ChartHint, Viewport, ViewportRead, ViewportSection } from "./viewports.ts";
 
 export interface CombineInput {
@@ -242,17 +243,116 @@ const TAGS_TYPE = MAP(VARCHAR, VARCHAR);
 /** Names are validated identifiers (viewports.ts); quoting also keeps keywords usable as names. */
 const q = (name: string): string => `"${name}"`;
 
-async function createTables(conn: DuckDBConnection, v: Viewport): Promise<void> {
-  await conn.run(
-    "CREATE TABLE coverage (totebox VARCHAR, name VARCHAR, tags MAP(VARCHAR, VARCHAR), " +
-      "status VARCHAR, reason VARCHAR, elapsed_ms DOUBLE)",
-  );
-  for (const r of v.reads) {
-    const cols = r.columns.map((c) => `${q(c.name)} ${DUCK_TYPES[c.type].toString()}`);
-    await conn.run(
-      `CREATE TABLE ${q(r.as)} (totebox VARCHAR, tags MAP(VARCHAR, VARCHAR), ${cols.join(", ")})`,
-    );
+/** An input table's column, with its DuckDB type. */
+interface InputColumn {
+  readonly name: string;
+  readonly type: DuckDBType;
+}
+
+/** The coverage table: one row per targeted Totebox (feedCoverage writes them in this order). */
+const COVERAGE_COLUMNS: readonly InputColumn[] = [
+  { name: "totebox", type: VARCHAR },
+  { name: "name", type: VARCHAR },
+  { name: "tags", type: TAGS_TYPE },
+  { name: "status", type: VARCHAR },
+  { name: "reason", type: VARCHAR },
+  { name: "elapsed_ms", type: DOUBLE },
+];
+
+/** A read's table: its Totebox, that Totebox's tags, then the read's declared columns. */
+function readColumns(r: ViewportRead): InputColumn[] {
+  const out: InputColumn[] = [
+    { name: "totebox", type: VARCHAR },
+    { name: "tags", type: TAGS_TYPE },
+  ];
+  for (const c of r.columns) out.push({ name: c.name, type: DUCK_TYPES[c.type] });
+  return out;
+}
+
+/** Every input table of a viewport and its columns, in table order. */
+function inputTables(v: Viewport): Map<string, readonly InputColumn[]> {
+  const tables = new Map<string, readonly InputColumn[]>([["coverage", COVERAGE_COLUMNS]]);
+  for (const r of v.reads) tables.set(r.as, readColumns(r));
+  return tables;
+}
+
+/** The positions in `columns` a table is created with (every column unless the plan prunes it). */
+function createdPositions(columns: readonly InputColumn[], load: TableLoad | undefined): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < columns.length; i++) {
+    if (load?.rows !== true || load.columns === undefined || load.columns.has(columns[i]!.name)) out.push(i);
   }
+  return out;
+}
+
+async function createTables(conn: DuckDBConnection, v: Viewport, plan?: LoadPlan): Promise<void> {
+  for (const [name, columns] of inputTables(v)) {
+    const defs = createdPositions(columns, plan?.get(name)).map((i) => {
+      const c = columns[i]!;
+      return `${q(c.name)} ${c.type.toString()}`;
+    });
+    await conn.run(`CREATE TABLE ${q(name)} (${defs.join(", ")})`);
+  }
+}
+
+/**
+ * What each viewport loads (load-plan.ts), for the viewport objects compileViewports checked. Kept
+ * here, keyed by the object, rather than in the Viewport value: a viewport built any other way
+ * loads every column.
+ */
+const loadPlans = new WeakMap<Viewport, LoadPlan>();
+
+/**
+ * @internal Works out which input columns `v`'s sections can observe (load-plan.ts) and, when some
+ * can be left out, checks every section again on tables created without them (the same checks as
+ * compileSection). Only a plan that passes is used by runCombine. Call after every section of `v`
+ * compiled on the full tables; outside `inScratch`.
+ */
+export async function planViewportLoads(box: SqlSandbox, v: Viewport): Promise<void> {
+  try {
+    const plan = await checkedPlan(box, v);
+    if (plan !== undefined) loadPlans.set(v, plan);
+  } catch {
+    // A plan only saves work: whatever went wrong here, the viewport loads every column.
+  }
+}
+
+async function checkedPlan(box: SqlSandbox, v: Viewport): Promise<LoadPlan | undefined> {
+  const conn = box.connection;
+  const parses: unknown[] = [];
+  for (const section of v.sections) {
+    let text: unknown;
+    try {
+      const r = await conn.runAndReadAll("SELECT json_serialize_sql($1::VARCHAR)", [section.sql]);
+      text = r.getRows()[0]?.[0];
+      parses.push(typeof text === "string" ? JSON.parse(text) : undefined);
+    } catch {
+      return undefined; // DuckDB could not serialise it: everything is loaded
+    }
+  }
+  const tables = new Map<string, string[]>();
+  for (const [name, columns] of inputTables(v))
+    tables.set(
+      name,
+      columns.map((c) => c.name),
+    );
+  const plan = planLoads(parses, tables);
+  if (plan === undefined) return undefined;
+  await conn.run("BEGIN TRANSACTION");
+  try {
+    await createTables(conn, v, plan);
+    for (const section of v.sections) {
+      if ((await compileSection(box, v, section)) !== undefined) return undefined;
+    }
+  } finally {
+    await conn.run("ROLLBACK");
+  }
+  return plan;
+}
+
+/** @internal The plan runCombine uses for `v` (tests). */
+export function viewportLoadPlan(v: Viewport): LoadPlan | undefined {
+  return loadPlans.get(v);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -744,35 +844,46 @@ async function feed(
   input: CombineInput,
   { batches, tagsOf }: ReturnType<typeof checkInput>,
 ): Promise<void> {
+  const plan = loadPlans.get(input.viewport);
   const pacer = new Pacer();
-  let appender = await conn.createAppender("coverage");
-  try {
-    await feedCoverage(new ChunkWriter(COVERAGE_TYPES, appender), input.coverage, tagsOf, pacer);
-  } finally {
-    appender.closeSync();
+  const coverage = plan?.get("coverage");
+  if (coverage?.rows !== false) {
+    const slots = createdPositions(COVERAGE_COLUMNS, coverage);
+    const appender = await conn.createAppender("coverage");
+    try {
+      const types = slots.map((i) => COVERAGE_COLUMNS[i]!.type);
+      await feedCoverage(new ChunkWriter(types, appender), slots, input.coverage, tagsOf, pacer);
+    } finally {
+      appender.closeSync();
+    }
   }
   for (const read of input.viewport.reads) {
+    const load = plan?.get(read.as);
+    if (load?.rows === false) continue;
     const list = batches.get(read.as);
     if (!list || list.length === 0) continue;
-    const types: DuckDBType[] = [VARCHAR, TAGS_TYPE];
+    const columns = readColumns(read);
+    // Slot per created column: its position among the read's table columns, so 0 is the
+    // Totebox, 1 its tags, and 2 + k the read's declared column k.
+    const slots = createdPositions(columns, load);
+    const types: DuckDBType[] = [];
     const convert: ((x: unknown) => DuckDBValue)[] = [];
-    for (const c of read.columns) {
-      types.push(DUCK_TYPES[c.type]);
-      convert.push(ARROW_TO_DUCK[c.type]);
+    for (const i of slots) {
+      types.push(columns[i]!.type);
+      convert.push(i >= 2 ? ARROW_TO_DUCK[read.columns[i - 2]!.type] : ARROW_TO_DUCK.string);
     }
-    appender = await conn.createAppender(read.as);
+    const appender = await conn.createAppender(read.as);
     try {
-      await feedRead(new ChunkWriter(types, appender), read, list, convert, pacer);
+      await feedRead(new ChunkWriter(types, appender), { read, list, slots, convert, pacer });
     } finally {
       appender.closeSync();
     }
   }
 }
 
-const COVERAGE_TYPES = [VARCHAR, VARCHAR, TAGS_TYPE, VARCHAR, VARCHAR, DOUBLE];
-
 async function feedCoverage(
   w: ChunkWriter,
+  slots: readonly number[],
   coverage: CombineInput["coverage"],
   tagsOf: ReadonlyMap<string, DuckDBMapValue>,
   pacer: Pacer,
@@ -780,26 +891,45 @@ async function feedCoverage(
   for (const c of coverage) {
     const turn = pacer.turn();
     if (turn) await turn;
-    w.column(0).push(c.totebox);
-    w.column(1).push(c.name);
-    w.column(2).push(tagsOf.get(c.totebox)!);
-    w.column(3).push(c.status);
-    w.column(4).push(c.reason);
-    w.column(5).push(c.elapsedMs);
+    for (let j = 0; j < slots.length; j++) {
+      // In COVERAGE_COLUMNS order.
+      switch (slots[j]) {
+        case 0:
+          w.column(j).push(c.totebox);
+          break;
+        case 1:
+          w.column(j).push(c.name);
+          break;
+        case 2:
+          w.column(j).push(tagsOf.get(c.totebox)!);
+          break;
+        case 3:
+          w.column(j).push(c.status);
+          break;
+        case 4:
+          w.column(j).push(c.reason);
+          break;
+        default:
+          w.column(j).push(c.elapsedMs);
+      }
+    }
     w.wrote(1);
   }
   w.finish();
 }
 
-async function feedRead(
-  w: ChunkWriter,
-  read: ViewportRead,
-  list: readonly Batch[],
-  convert: readonly ((x: unknown) => DuckDBValue)[],
-  pacer: Pacer,
-): Promise<void> {
-  const width = convert.length;
-  const vectors = new Array<readonly Cell[]>(width);
+interface ReadFeed {
+  readonly read: ViewportRead;
+  readonly list: readonly Batch[];
+  /** Per created column, its position among the read's table columns (see feed). */
+  readonly slots: readonly number[];
+  /** Per created column, the converter of a declared column's cells (unused for 0 and 1). */
+  readonly convert: readonly ((x: unknown) => DuckDBValue)[];
+  readonly pacer: Pacer;
+}
+
+async function feedRead(w: ChunkWriter, { read, list, slots, convert, pacer }: ReadFeed): Promise<void> {
+  const vectors = new Array<readonly Cell[] | undefined>(slots.length);
   for (const b of list) {
     const turn = pacer.turn();
     if (turn) await turn;
@@ -807,19 +937,21 @@ async function feedRead(
     if (n === 0) continue;
     // Straight from the received bytes (DecodedResult.column), not through an Arrow table:
     // building 10,000 answers' tables held the aggregator's event loop ~0.5 s per fan-out.
-    for (let i = 0; i < width; i++) vectors[i] = b.result.column(b.index[i]!);
+    for (let j = 0; j < slots.length; j++) {
+      const i = slots[j]!;
+      vectors[j] = i >= 2 ? b.result.column(b.index[i - 2]!) : undefined;
+    }
     for (let from = 0; from < n; ) {
       const take = Math.min(n - from, w.room);
-      const ids = w.column(0);
-      const tags = w.column(1);
-      for (let r = 0; r < take; r++) {
-        ids.push(b.totebox);
-        tags.push(b.tags);
-      }
-      for (let i = 0; i < width; i++) {
-        const vec = vectors[i]!;
-        const conv = convert[i]!;
-        const out = w.column(i + 2);
+      for (let j = 0; j < slots.length; j++) {
+        const out = w.column(j);
+        const vec = vectors[j];
+        if (vec === undefined) {
+          const same = slots[j] === 0 ? b.totebox : b.tags;
+          for (let r = 0; r < take; r++) out.push(same);
+          continue;
+        }
+        const conv = convert[j]!;
         try {
           for (let r = from; r < from + take; r++) out.push(conv(vec[r]));
         } catch (e) {
@@ -827,7 +959,7 @@ async function feedRead(
           throw combineError("an answer holds a value of the wrong type", {
             read: read.as,
             totebox: b.totebox,
-            column: read.columns[i]!.name,
+            column: read.columns[slots[j]! - 2]!.name,
           });
         }
       }
@@ -941,7 +1073,7 @@ export async function runCombine(input: CombineInput): Promise<CombinedSection[]
   const checked = checkInput(input, limits);
   const deadline = started + timeoutMs;
   return withCombineSandbox(async (conn) => {
-    await createTables(conn, input.viewport);
+    await createTables(conn, input.viewport, loadPlans.get(input.viewport));
     try {
       await feed(conn, input, checked);
     } catch (e) {

@@ -176,7 +176,7 @@ function fleetOf(ctx: ServiceContext, tenant: string, grant: VerifiedGrant | und
         state: e.state,
         health: h?.health ?? "offline",
         online: h?.health === "online",
-        inGrant: reach !== undefined && reach.has(e),
+        inGrant: reach?.has(e) === true,
         lastContact: h?.lastContact ?? null,
         lastError: h?.lastError ? { ...h.lastError } : null,
         fingerprint: e.fingerprint,

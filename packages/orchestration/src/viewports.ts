@@ -19,7 +19,7 @@
 import { readFileSync } from "node:fs";
 import { COLUMN_TYPES, type ColumnSpec, type ColumnType } from "@os-orchestration/psp";
 import { isMap, isScalar, LineCounter, parseDocument } from "yaml";
-import { compileSection, type SqlSandbox, withSandbox } from "./combine.ts";
+import { compileSection, planViewportLoads, type SqlSandbox, withSandbox } from "./combine.ts";
 import { OrchError } from "./errors.ts";
 
 export type ParamType = "tag" | "string" | "date" | "integer" | "boolean";
@@ -498,6 +498,8 @@ export async function compileViewports(
           }
         }
       });
+      // Which input columns its sections can observe: the combine loads only those.
+      await planViewportLoads(box, v);
     }
   });
   for (const v of out.values()) deepFreeze(v);
