@@ -30,10 +30,13 @@ import {
   type CombinedSection,
   type CombineInput,
   combineSandboxCounts,
+  planViewportLoads,
   runCombine,
   viewportLoadPlan,
+  withSandbox,
 } from "./combine.ts";
 import { isOrchError, type OrchErrorCode } from "./errors.ts";
+import type { LoadPlan } from "./load-plan.ts";
 import {
   builtinViewports,
   compileViewports,
@@ -1053,10 +1056,13 @@ describe("combine values, limits and failures", () => {
   // every case here runs the same combine twice, on the compiled viewport (with its plan) and on
   // an uncompiled copy of it (no plan: every column loaded), and the results must be equal.
   const unplanned = (v: Viewport): Viewport => ({ ...v });
-  const bothWays = async (v: Viewport, params: Readonly<Record<string, string | number | boolean>>) => {
-    const planned = await runCombine(inputFor(v, FLEET, params));
-    const all = await runCombine(inputFor(unplanned(v), FLEET, params));
-    expect(viewportLoadPlan(unplanned(v))).toBeUndefined();
+  const bothWays = async (
+    v: Viewport,
+    params: Readonly<Record<string, string | number | boolean>>,
+    fleet: readonly FakeTotebox[] = FLEET,
+  ) => {
+    const planned = await runCombine(inputFor(v, fleet, params));
+    const all = await runCombine(inputFor(unplanned(v), fleet, params));
     expect(planned).toEqual(all);
     return planned;
   };
@@ -1075,7 +1081,12 @@ describe("combine values, limits and failures", () => {
     }
     // The portfolio never reads a position's as_of (the read's params already pin it) and reads
     // two of occupancy's eight columns.
-    expect(loads(vp("portfolio"), "position")).not.toContain("as_of");
+    const positionColumns = DEFAULT_VIEW_COLUMNS.position!.map((c) => c.name);
+    expect(loads(vp("portfolio"), "position")).toEqual([
+      "totebox",
+      "tags",
+      ...positionColumns.filter((c) => c !== "as_of"),
+    ]);
     expect(loads(vp("portfolio"), "occupancy")).toEqual(["totebox", "tags", "units", "occupied_units"]);
   });
 
@@ -1097,6 +1108,52 @@ describe("combine values, limits and failures", () => {
     expect(loads(v, "position")).toEqual(["totebox", "currency", "cash", "net_value"]);
     expect(loads(v, "coverage")).toEqual(["totebox"]);
     await bothWays(v, resolveViewportParams(v, {}, AS_OF));
+  });
+
+  it("a plan is used only if every section still compiles on tables created without its left-out columns", async () => {
+    const v = await custom("SELECT sum(net_value) AS v, max(currency) AS c FROM position", {
+      v: "integer",
+      c: "string",
+    });
+    expect(loads(v, "position")).toEqual(["currency", "net_value"]);
+    // The same viewport planned again with a planner that leaves out a column the SQL names: the
+    // check on pruned tables refuses that plan, so the viewport loads everything.
+    const copy = unplanned(v);
+    const wrong = (): LoadPlan =>
+      new Map([
+        ["coverage", { rows: false, columns: undefined }],
+        ["position", { rows: true, columns: new Set(["net_value"]) }],
+        ["intercompany", { rows: false, columns: undefined }],
+      ]);
+    await withSandbox((box) => planViewportLoads(box, copy, wrong));
+    expect(viewportLoadPlan(copy)).toBeUndefined();
+    // A planner that keeps what the SQL names passes the same check.
+    const right = (): LoadPlan =>
+      new Map([
+        ["coverage", { rows: false, columns: undefined }],
+        ["position", { rows: true, columns: new Set(["currency", "net_value"]) }],
+        ["intercompany", { rows: false, columns: undefined }],
+      ]);
+    await withSandbox((box) => planViewportLoads(box, copy, right));
+    expect(loads(copy, "position")).toEqual(["currency", "net_value"]);
+  });
+
+  it("pruned tables load answers larger than one DuckDB chunk, row for row", async () => {
+    const v = await custom(
+      "SELECT count(*) AS n, sum(balance) AS b, count(DISTINCT totebox) AS t, max(tags['region']) AS r FROM intercompany",
+      { n: "integer", b: "integer", t: "integer", r: "string" },
+    );
+    expect(loads(v, "intercompany")).toEqual(["totebox", "tags", "balance"]);
+    // 3 Toteboxes of 1,500 rows: chunks of 2,048 rows end in the middle of the second answer.
+    const fleet: FakeTotebox[] = FLEET.filter((t) => t.status === "ok")
+      .slice(0, 3)
+      .map((t, k) => ({
+        ...t,
+        intercompany: Array.from({ length: 1_500 }, (_, i) => ({ peer: `p${i}`, name: "P", balance: i + k })),
+      }));
+    const out = await bothWays(v, resolveViewportParams(v, {}, AS_OF), fleet);
+    const expected = fleet.reduce((sum, t) => sum + t.intercompany!.reduce((a, r) => a + r.balance, 0), 0);
+    expect(out[0]!.rows[0]!.slice(0, 3)).toEqual([4_500, expected, 3]);
   });
 
   // SQL that observes columns it does not name: each loads them all (no plan, or the whole
@@ -1153,7 +1210,11 @@ describe("combine values, limits and failures", () => {
     it(`SQL with ${what} loads every column it can observe`, async () => {
       const v = await custom(sql, columns);
       if (expected === "no plan") expect(viewportLoadPlan(v)).toBeUndefined();
-      else expect(loads(v, expected)).toBe("all");
+      else {
+        // A plan exists (the other read is left out), and it loads this table whole.
+        expect(loads(v, expected)).toBe("all");
+        expect(loads(v, "intercompany")).toBe("no rows");
+      }
       await bothWays(v, resolveViewportParams(v, {}, AS_OF));
     });
   }
@@ -1224,7 +1285,7 @@ describe("reconciliation over real Totebox archives", () => {
     ]);
     for (const id of ids) {
       const dir = join(root, id);
-      await initArchive({ dir, id, kind: "company", name: `Company $id`, tags: { region: "west" } });
+      await initArchive({ dir, id, kind: "company", name: `Company ${id}`, tags: { region: "west" } });
       const a = await openArchive(dir);
       generateDemoData(a.db, {
         kind: "company",
@@ -1232,7 +1293,7 @@ describe("reconciliation over real Totebox archives", () => {
         scale: 0.2,
         entityId: id,
         asOf: AS_OF,
-        peers: ids.filter((p) => p !== id).map((p) => ({ entityId: p, name: `Company $p` })),
+        peers: ids.filter((p) => p !== id).map((p) => ({ entityId: p, name: `Company ${p}` })),
       });
       trustPeer(a.db, {
         kind: "aggregator",
@@ -1312,7 +1373,7 @@ describe("reconciliation over real Totebox archives", () => {
     ]),
     coverage: ids.map((id) => ({
       totebox: id,
-      name: `Company $id`,
+      name: `Company ${id}`,
       tags: { region: "west" },
       status: down.includes(id) ? "offline" : "ok",
       reason: down.includes(id) ? "ORCH_ERR_TOTEBOX_OFFLINE" : "",

@@ -306,18 +306,26 @@ const loadPlans = new WeakMap<Viewport, LoadPlan>();
  * @internal Works out which input columns `v`'s sections can observe (load-plan.ts) and, when some
  * can be left out, checks every section again on tables created without them (the same checks as
  * compileSection). Only a plan that passes is used by runCombine. Call after every section of `v`
- * compiled on the full tables; outside `inScratch`.
+ * compiled on the full tables; outside `inScratch`. `planner` is load-plan.ts's (tests replace it).
  */
-export async function planViewportLoads(box: SqlSandbox, v: Viewport): Promise<void> {
+export async function planViewportLoads(
+  box: SqlSandbox,
+  v: Viewport,
+  planner: typeof planLoads = planLoads,
+): Promise<void> {
   try {
-    const plan = await checkedPlan(box, v);
+    const plan = await checkedPlan(box, v, planner);
     if (plan !== undefined) loadPlans.set(v, plan);
   } catch {
     // A plan only saves work: whatever went wrong here, the viewport loads every column.
   }
 }
 
-async function checkedPlan(box: SqlSandbox, v: Viewport): Promise<LoadPlan | undefined> {
+async function checkedPlan(
+  box: SqlSandbox,
+  v: Viewport,
+  planner: typeof planLoads,
+): Promise<LoadPlan | undefined> {
   const conn = box.connection;
   const parses: unknown[] = [];
   for (const section of v.sections) {
@@ -336,7 +344,12 @@ async function checkedPlan(box: SqlSandbox, v: Viewport): Promise<LoadPlan | und
       name,
       columns.map((c) => c.name),
     );
-  const plan = planLoads(parses, tables);
+  // The database's own tables and views (none of ours exist outside inScratch).
+  const names = await conn.runAndReadAll(
+    "SELECT lower(view_name) FROM duckdb_views() UNION ALL SELECT lower(table_name) FROM duckdb_tables()",
+  );
+  const catalog = new Set(names.getRows().map((r) => String(r[0])));
+  const plan = planner(parses, tables, catalog);
   if (plan === undefined) return undefined;
   await conn.run("BEGIN TRANSACTION");
   try {

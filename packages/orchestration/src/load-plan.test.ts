@@ -6,9 +6,15 @@ import { type LoadPlan, planLoads } from "./load-plan.ts";
 // pinned DuckDB really produces, not against shapes written by hand.
 let instance: DuckDBInstance;
 let conn: DuckDBConnection;
+/** The database's own tables and views, as combine.ts reads them. */
+let catalog: Set<string>;
 beforeAll(async () => {
   instance = await DuckDBInstance.create(":memory:");
   conn = await instance.connect();
+  const names = await conn.runAndReadAll(
+    "SELECT lower(view_name) FROM duckdb_views() UNION ALL SELECT lower(table_name) FROM duckdb_tables()",
+  );
+  catalog = new Set(names.getRows().map((r) => String(r[0])));
 });
 afterAll(() => {
   conn.closeSync();
@@ -27,7 +33,7 @@ const TABLES = new Map<string, readonly string[]>([
 ]);
 
 async function plan(...sqls: string[]): Promise<LoadPlan | undefined> {
-  return planLoads(await Promise.all(sqls.map(parse)), TABLES);
+  return planLoads(await Promise.all(sqls.map(parse)), TABLES, catalog);
 }
 
 function shown(p: LoadPlan | undefined): Record<string, string[] | "all" | "no rows"> | undefined {
@@ -92,6 +98,31 @@ describe("planLoads: which input columns a viewport's SQL can observe", () => {
     ).toEqual({ coverage: "no rows", position: ["totebox", "cash"], income: "no rows" });
   });
 
+  it("a CTE named like a catalog view plans nothing: out of its scope the name reaches the catalog", async () => {
+    // Section 1 defines the CTE; section 2's `duckdb_columns` is the catalog's, which would show
+    // how many columns `position` was created with.
+    expect(catalog.has("duckdb_columns")).toBe(true);
+    expect(
+      await plan(
+        "WITH duckdb_columns AS (SELECT 1 AS one) SELECT max(one) FROM duckdb_columns",
+        "SELECT sum(cash), (SELECT count(*) FROM duckdb_columns WHERE table_name = 'position') FROM position",
+      ),
+    ).toBeUndefined();
+    expect(
+      await plan(
+        "SELECT sum(cash), (SELECT count(*) FROM duckdb_columns WHERE table_name = 'position'), (WITH duckdb_columns AS (SELECT 1 AS one) SELECT max(one) FROM duckdb_columns) FROM position",
+      ),
+    ).toBeUndefined();
+  });
+
+  it("GROUP BY ALL groups by the named select list; ORDER BY ALL parses as a star, so plans nothing", async () => {
+    expect(shown(await plan("SELECT currency, sum(cash) FROM position GROUP BY ALL"))?.position).toEqual([
+      "currency",
+      "cash",
+    ]);
+    expect(await plan("SELECT currency, sum(cash) FROM position GROUP BY ALL ORDER BY ALL")).toBeUndefined();
+  });
+
   it("a table or alias used as a value loads that table whole", async () => {
     expect(shown(await plan("SELECT to_json(position) FROM position"))?.position).toBe("all");
     expect(shown(await plan("SELECT list(p) FROM position AS p"))?.position).toBe("all");
@@ -116,6 +147,11 @@ describe("planLoads: which input columns a viewport's SQL can observe", () => {
       "SELECT count(*) FROM information_schema.columns WHERE table_name = 'position'",
       "SELECT sum(cash) FROM main.position",
       "SELECT x FROM position, unnest([1, 2]) AS t(x)",
+      "SELECT count(*) FROM sqlite_master",
+      "SELECT count(*) FROM pg_attribute",
+      "SELECT count(*) FROM duckdb_tables",
+      "SELECT count(*) FROM (position JOIN income ON position.totebox = income.totebox) AS j",
+      "SELECT count(*) FROM (SUMMARIZE position)",
     ]) {
       expect(await plan(sql), sql).toBeUndefined();
     }
@@ -124,13 +160,13 @@ describe("planLoads: which input columns a viewport's SQL can observe", () => {
   it("plans nothing when a parse is an error, is malformed, or when nothing would be left out", async () => {
     expect(await plan("SELECT count(*) FROM position", "PIVOT position ON currency")).toBeUndefined();
     expect(
-      planLoads([{ error: false, statements: [{ node: { class: "COLUMN_REF" } }] }], TABLES),
+      planLoads([{ error: false, statements: [{ node: { class: "COLUMN_REF" } }] }], TABLES, catalog),
     ).toBeUndefined();
-    expect(planLoads([null], TABLES)).toBeUndefined();
+    expect(planLoads([null], TABLES, catalog)).toBeUndefined();
     const everything =
       "SELECT max(totebox), max(name), max(tags), max(status), max(reason), max(elapsed_ms) FROM coverage";
     expect(
-      planLoads([await parse(everything)], new Map([["coverage", TABLES.get("coverage")!]])),
+      planLoads([await parse(everything)], new Map([["coverage", TABLES.get("coverage")!]]), catalog),
     ).toBeUndefined();
   });
 

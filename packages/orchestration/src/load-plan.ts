@@ -78,12 +78,14 @@ const NAMED_TABLE_REFS = new Set(["BASE_TABLE", "EMPTY", "EXPRESSION_LIST", "JOI
 
 /**
  * The plan for one viewport, from the parse of each of its sections (the parsed JSON of
- * `json_serialize_sql(sql)`) and every input table's columns (in table order). Returns undefined
- * when everything must be loaded, or when nothing would be left out anyway.
+ * `json_serialize_sql(sql)`), every input table's columns (in table order) and the names of the
+ * database's own tables and views (lower case: `duckdb_columns`, `sqlite_master`, ...). Returns
+ * undefined when everything must be loaded, or when nothing would be left out anyway.
  */
 export function planLoads(
   parses: readonly unknown[],
   tables: ReadonlyMap<string, readonly string[]>,
+  catalog: ReadonlySet<string>,
 ): LoadPlan | undefined {
   const found: Found = { mentioned: new Set(), lastOfRef: new Set(), tables: new Map(), ctes: new Set() };
   for (const parse of parses) {
@@ -91,8 +93,11 @@ export function planLoads(
     if (!scan(parse.statements, found)) return undefined;
   }
   // Every table read is one of ours or a CTE: a catalog view (`duckdb_columns`,
-  // `information_schema.columns`) would show which columns were created.
+  // `information_schema.columns`) would show which columns were created. CTE names are not
+  // resolved by scope here, so none may be a catalog name either: a name defined as a CTE in one
+  // place would otherwise let the same name elsewhere, out of that scope, reach the catalog.
   for (const t of found.tables.keys()) if (!tables.has(t) && !found.ctes.has(t)) return undefined;
+  for (const c of found.ctes) if (catalog.has(c)) return undefined;
   const plan = new Map<string, TableLoad>();
   let prunes = false;
   for (const [name, columns] of tables) {
