@@ -273,6 +273,27 @@ describe("what a console holds of the aggregator stays bounded", () => {
     }
   });
 
+  it("a one-call fan-out's result is its reply, so it counts as fetched: newer fan-outs push it out at once", async () => {
+    const conn = await connect();
+    try {
+      const session = conn.aggregator.authorize(grantTo(conn.hello, ["position"]));
+      const first = await session.read("position", { params: read.params, answers: false });
+      expect(first.outcomes[0]!.status).toBe("ok");
+      // Retained while it is among the newest (asking for a handle fetches nothing).
+      const handle = session.fanout(first.id);
+      expect(await handle.id()).toBe(first.id);
+      releaseStub(handle);
+      for (let i = 0; i < DEFAULT_ORCH_LIMITS.maxRetainedFanouts; i++) {
+        await session.read("position", { params: read.params, answers: false });
+      }
+      // Pushed out, not kept for the grace time of a result nobody has fetched (60 s).
+      const gone = session.fanout(first.id);
+      await expect(gone.id()).rejects.toMatchObject({ code: "ORCH_ERR_FANOUT_UNKNOWN" });
+    } finally {
+      conn.close();
+    }
+  });
+
   it("a finished fan-out nobody has fetched outlives newer ones (grace time); next() and cancel() answer after", async () => {
     const { server } = estate;
     const finished = async () => (await server.metrics.fanouts.get()).values.reduce((n, v) => n + v.value, 0);
