@@ -452,7 +452,12 @@ describe("capabilities signed per dispatch slice", () => {
       },
     };
     const lease = { session: () => ({ stub: session, end() {} }), release() {} };
-    const pool = { acquire: async () => lease, health: () => undefined, cut() {} } as unknown as LinkPool;
+    const pool = {
+      acquire: async () => lease,
+      tryAcquire: () => lease,
+      health: () => undefined,
+      cut() {},
+    } as unknown as LinkPool;
     // No timer fires: every Totebox refuses at once.
     f = recordedFanOut({ n, views, grant, agg, clock, pool, ...(opts.row ? { row: opts.row } : {}) });
     if (opts.startAfterMs) clock.advance(opts.startAfterMs);
@@ -557,6 +562,8 @@ describe("one timer for every Totebox's budget", () => {
     const scheduler = new ManualScheduler(T0);
     const { agg, grant } = await grantOver(["position"], clock);
     const pool = {
+      // Never a slot at once: every Totebox goes through acquire().
+      tryAcquire: () => undefined,
       acquire: async (id: string) => ({
         session: () => ({
           stub: {
@@ -725,7 +732,12 @@ describe("direct or capnweb, and the fallback", () => {
       },
       release() {},
     };
-    const pool = { acquire: async () => lease, health: () => undefined, cut() {} } as unknown as LinkPool;
+    const pool = {
+      acquire: async () => lease,
+      tryAcquire: () => undefined,
+      health: () => undefined,
+      cut() {},
+    } as unknown as LinkPool;
     f = recordedFanOut({ n: 1, views: script.views, grant, agg, clock, pool });
     f.start();
     const result = await f.done;
@@ -814,7 +826,12 @@ describe("direct or capnweb, and the fallback", () => {
       session: () => ({ stub: session, authorized: true, confirm() {}, end() {} }),
       release() {},
     };
-    const pool = { acquire: async () => lease, health: () => undefined, cut() {} } as unknown as LinkPool;
+    const pool = {
+      acquire: async () => lease,
+      tryAcquire: () => lease,
+      health: () => undefined,
+      cut() {},
+    } as unknown as LinkPool;
     const f = recordedFanOut({ n: 3, views, grant, agg, clock, pool });
     f.start();
     while (sent.length < 6) await new Promise((r) => setImmediate(r));

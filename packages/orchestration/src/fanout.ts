@@ -451,7 +451,7 @@ export class FanOut {
         return;
       }
       for (let j = 0; j < slice.length; j++) slice[j]!.caps = caps.slice(j * per, j * per + per);
-      for (const p of slice) void this.#ask(p, budget);
+      for (const p of slice) this.#start(p, budget);
     }
     if (from + DISPATCH_SLICE < all.length) setImmediate(FanOut.#dispatchLater, this, from + DISPATCH_SLICE);
   }
@@ -491,8 +491,18 @@ export class FanOut {
     }
   }
 
+  /**
+   * Starts target `p`: at once on a link that is up with a call slot free (no promise and no turn
+   * per Totebox), otherwise once the pool has one for it, or says why not.
+   */
+  #start(p: Pending, budget: number): void {
+    if (p.settled) return;
+    const lease = this.#ctx.pool.tryAcquire(p.entry.id);
+    if (lease === undefined) void this.#ask(p, budget);
+    else this.#askOn(p, lease);
+  }
+
   async #ask(p: Pending, budget: number): Promise<void> {
-    const { plan } = this;
     let lease: LinkLease;
     try {
       lease = await this.#ctx.pool.acquire(p.entry.id, budget);
@@ -505,10 +515,22 @@ export class FanOut {
       lease.release();
       return;
     }
+    this.#askOn(p, lease);
+  }
+
+  /** Sends target `p`'s request on `lease`: direct reads, or a capnweb call (#askCapnweb). */
+  #askOn(p: Pending, lease: LinkLease): void {
+    const { plan } = this;
     p.lease = lease;
-    const handle = lease.session(plan.grant, this.#grantKey, plan.grantExpiresAt);
-    const session = handle.stub;
-    p.session = session;
+    let handle: SessionHandle<ToteboxSessionRemote>;
+    try {
+      handle = lease.session(plan.grant, this.#grantKey, plan.grantExpiresAt);
+    } catch (e) {
+      // Called from a dispatch loop: one Totebox's failure must not stop the others' requests.
+      this.#fail(p, lease, e, false);
+      return;
+    }
+    p.session = handle.stub;
     p.sessionHandle = handle;
     // Direct reads (psp direct-read.ts) once this link's session has answered, and only to a
     // Totebox that announced them in hello (an older one would cut the link on the frame). Their
@@ -522,6 +544,16 @@ export class FanOut {
       this.#sendDirect(p, lease);
       return;
     }
+    void this.#askCapnweb(p, lease, handle);
+  }
+
+  async #askCapnweb(
+    p: Pending,
+    lease: LinkLease,
+    handle: SessionHandle<ToteboxSessionRemote>,
+  ): Promise<void> {
+    const { plan } = this;
+    const session = handle.stub;
     // Set once the Totebox's reply is in hand: a failure from then on is a failure of its answer.
     let checking = false;
     try {

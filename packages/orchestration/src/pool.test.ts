@@ -133,7 +133,13 @@ describe("LinkPool", () => {
     expect(h.lastContact).not.toBeNull();
 
     const l1 = await pool.acquire("tb-a", 1_000);
-    const l2 = await pool.acquire("tb-a", 1_000);
+    // A slot at once, without a promise, while one is free; it counts like any other.
+    const l2 = pool.tryAcquire("tb-a")!;
+    expect(l2.hello.id).toBe("tb-a");
+    expect(pool.health("tb-a")!.inFlight).toBe(2);
+    // None left: tryAcquire says so rather than wait; nor for a Totebox it does not know.
+    expect(pool.tryAcquire("tb-a")).toBeUndefined();
+    expect(pool.tryAcquire("tb-nope")).toBeUndefined();
     expect(pool.health("tb-a")!.inFlight).toBe(2);
     // A third call waits for a slot …
     const third = pool.acquire("tb-a", 60_000);
@@ -160,6 +166,7 @@ describe("LinkPool", () => {
     expect(pool.health("tb-b")!.lastError?.code).toBe("PSP_ERR_PEER_PIN");
     expect(pool.health("tb-b")!.attempts).toBe(1);
     await expect(pool.acquire("tb-b", 1_000)).rejects.toMatchObject({ code: "ORCH_ERR_TOTEBOX_OFFLINE" });
+    expect(pool.tryAcquire("tb-b")).toBeUndefined();
     // Attempt 1 failed: the next one is due after base + 0.25 × (min(max, base·2) − base) = 1250 ms.
     scheduler.advance(1_249);
     expect(pool.health("tb-b")!.health).toBe("offline");
@@ -202,6 +209,7 @@ describe("LinkPool", () => {
     await expect(pool.acquire("tb-d", 1_000)).rejects.toSatisfy(
       (e: unknown) => e instanceof OrchError && e.code === "ORCH_ERR_TOTEBOX_SUSPENDED",
     );
+    expect(pool.tryAcquire("tb-d")).toBeUndefined();
 
     const r4 = registry([{ ...base, tags: "east" }]);
     pool.apply(r4, diffRegistry(r3, r4));
