@@ -436,6 +436,8 @@ describe("capabilities signed per dispatch slice", () => {
     /** Moves the clock this far before the fan-out starts. */
     readonly startAfterMs?: number;
     readonly row?: string;
+    /** This Totebox's lease throws when asked for its session (a broken session cache). */
+    readonly brokenSession?: string;
   }
 
   async function run(n: number, opts: RunOptions = {}) {
@@ -452,9 +454,17 @@ describe("capabilities signed per dispatch slice", () => {
       },
     };
     const lease = { session: () => ({ stub: session, end() {} }), release() {} };
+    let brokenReleased = 0;
+    const broken = {
+      session: () => {
+        throw new Error("session cache broken");
+      },
+      release: () => brokenReleased++,
+    };
+    const leaseOf = (id: string) => (id === opts.brokenSession ? broken : lease);
     const pool = {
-      acquire: async () => lease,
-      tryAcquire: () => lease,
+      acquire: async (id: string) => leaseOf(id),
+      tryAcquire: (id: string) => leaseOf(id),
       health: () => undefined,
       cut() {},
     } as unknown as LinkPool;
@@ -462,7 +472,7 @@ describe("capabilities signed per dispatch slice", () => {
     f = recordedFanOut({ n, views, grant, agg, clock, pool, ...(opts.row ? { row: opts.row } : {}) });
     if (opts.startAfterMs) clock.advance(opts.startAfterMs);
     f.start();
-    return { result: await f.done, seen };
+    return { result: await f.done, seen, brokenReleased: () => brokenReleased };
   }
 
   it("600 Toteboxes: batches of 256, 256 and 88, each capability for its own Totebox", async () => {
@@ -536,6 +546,27 @@ describe("capabilities signed per dispatch slice", () => {
       const c = decodeUnverified(cap).claims;
       expect(c.kind === "call" && c.row).toBeUndefined();
     }
+  });
+
+  it("a Totebox whose session cannot be had is settled with the error; the rest of its slice is still sent", async () => {
+    const ids = targets(300).map((t) => t.id);
+    const { result, seen, brokenReleased } = await run(300, { brokenSession: ids[100]! });
+    // Started in the dispatch loop itself (its link is up): the throw stays with that Totebox.
+    expect(seen).toHaveLength(299);
+    expect(result.outcomes.map((o) => o.totebox)).toEqual(ids);
+    expect(result.outcomes[100]!.status).toBe("error");
+    expect(result.outcomes.filter((o) => o.status === "error")).toHaveLength(1);
+    expect(brokenReleased()).toBe(1); // its call slot is given back
+  });
+
+  it("cancelled in the middle of a slice: no later Totebox of that slice is started", async () => {
+    const { result, seen } = await run(600, {
+      onRead: (count, _clock, f) => {
+        if (count === 100) f.cancel();
+      },
+    });
+    expect(seen).toHaveLength(100);
+    expect(result.outcomes.slice(100).every((o) => o.code === "ORCH_ERR_CANCELLED")).toBe(true);
   });
 
   it("cancelled between slices: the next slice is never signed nor sent, and every Totebox is reported once", async () => {
