@@ -1,6 +1,6 @@
 import type { KeyObject } from "node:crypto";
 import { verify as edVerify } from "node:crypto";
-import { builtinViewports, type FanOutResult, runCombine } from "@os-orchestration/orchestration";
+import { builtinViewports, coverageOf, type FanOutResult, runCombine } from "@os-orchestration/orchestration";
 import { type DecodedResult, decodeResult, verifyConsistency } from "@os-orchestration/psp";
 import { type AuditCheckpoint, verifyCheckpoint } from "@os-orchestration/totebox";
 import { type AnswerCheck, verifyAnswers } from "./client.ts";
@@ -60,14 +60,7 @@ export async function recompute(result: FanOutResult): Promise<boolean | null> {
     viewport,
     params: result.params as Record<string, string | number | boolean>,
     results,
-    coverage: result.outcomes.map((o) => ({
-      totebox: o.totebox,
-      name: o.name,
-      tags: o.tags,
-      status: o.status,
-      reason: o.code ?? "",
-      elapsedMs: o.elapsedMs,
-    })),
+    coverage: coverageOf(result.outcomes),
   });
   // Coverage-derived cells (elapsed times) are the aggregator's own observations, not Totebox
   // data; the comparison is over everything the sections hold, so they must match too.

@@ -82,6 +82,37 @@ export interface CombineInput {
   readonly signal?: AbortSignal;
 }
 
+/** What the coverage table is made of: a fan-out's outcome per Totebox (fanout.ts ToteboxOutcome). */
+export interface CoverageSource {
+  readonly totebox: string;
+  readonly name: string;
+  readonly tags: Readonly<Record<string, string>>;
+  readonly status: string;
+  readonly code: string | null;
+  readonly elapsedMs: number;
+}
+
+/**
+ * The combine's coverage input from a fan-out's outcomes, one row per targeted Totebox: what the
+ * aggregator combines and what a console recomputes a result from must be the same table. A loop,
+ * not a `map` callback: the aggregator builds it per query (see columnIndex).
+ */
+export function coverageOf(outcomes: readonly CoverageSource[]): CombineInput["coverage"][number][] {
+  const coverage: CombineInput["coverage"][number][] = new Array(outcomes.length);
+  for (let i = 0; i < outcomes.length; i++) {
+    const o = outcomes[i]!;
+    coverage[i] = {
+      totebox: o.totebox,
+      name: o.name,
+      tags: o.tags,
+      status: o.status,
+      reason: o.code ?? "",
+      elapsedMs: o.elapsedMs,
+    };
+  }
+  return coverage;
+}
+
 export interface CombinedSection {
   readonly name: string;
   readonly title: string;

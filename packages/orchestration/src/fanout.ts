@@ -21,7 +21,7 @@ import {
 } from "@os-orchestration/psp";
 import type { CommandReply, ReadAnswer, ToteboxSessionRemote } from "@os-orchestration/totebox";
 import type pino from "pino";
-import { type CombinedSection, type CombineInput, runCombine } from "./combine.ts";
+import { type CombinedSection, coverageOf, runCombine } from "./combine.ts";
 import { OrchError } from "./errors.ts";
 import type { OrchLimits } from "./limits.ts";
 import { errorInfo, type LinkLease, type LinkPool } from "./pool.ts";
@@ -1121,21 +1121,4 @@ export function statusOf(code: string): ToteboxStatus {
     default:
       return code.startsWith("PSP_ERR_CAP_") ? "denied" : "error";
   }
-}
-
-/** The combine's coverage table: one row per targeted Totebox (a loop, not a closure per query). */
-function coverageOf(outcomes: readonly ToteboxOutcome[]): CombineInput["coverage"][number][] {
-  const coverage: CombineInput["coverage"][number][] = new Array(outcomes.length);
-  for (let i = 0; i < outcomes.length; i++) {
-    const o = outcomes[i]!;
-    coverage[i] = {
-      totebox: o.totebox,
-      name: o.name,
-      tags: o.tags,
-      status: o.status,
-      reason: o.code ?? "",
-      elapsedMs: o.elapsedMs,
-    };
-  }
-  return coverage;
 }

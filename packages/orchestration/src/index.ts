@@ -4,7 +4,7 @@
  * Public surface: the server, its registry and viewports, the shapes consoles receive, the error
  * class and limits. The pool, fan-out engine and service objects are internal.
  */
-export { type CombinedSection, runCombine } from "./combine.ts";
+export { type CombinedSection, coverageOf, runCombine } from "./combine.ts";
 export { isOrchError, OrchError, type OrchErrorCode } from "./errors.ts";
 export type {
   FanOutResult,
