@@ -692,7 +692,8 @@ describe("direct or capnweb, and the fallback", () => {
     /** What a capnweb read gets: refused by policy (default), or an answer no check accepts. */
     readonly capnweb?: "denied" | "answered";
   }
-  async function run(script: Script) {
+  /** `startAtOnce`: the pool has a free slot at once (tryAcquire), as for a link that is up. */
+  async function run(script: Script, startAtOnce = false) {
     const clock = new ManualClock(T0);
     const { agg, grant } = await grantOver(script.views, clock);
     const direct: string[] = [];
@@ -765,7 +766,7 @@ describe("direct or capnweb, and the fallback", () => {
     };
     const pool = {
       acquire: async () => lease,
-      tryAcquire: () => undefined,
+      tryAcquire: () => (startAtOnce ? lease : undefined),
       health: () => undefined,
       cut() {},
     } as unknown as LinkPool;
@@ -775,66 +776,81 @@ describe("direct or capnweb, and the fallback", () => {
     return { result, direct, viaCapnweb, ended, handles, confirmed, abandoned };
   }
 
-  it("a session the Totebox no longer holds: authorized again once, the same capability sent over capnweb", async () => {
-    const r = await run({ views: ["position"], directMethods: [1], direct: () => "unknown" });
-    expect(r.direct).toHaveLength(1);
-    expect(r.viaCapnweb).toEqual(r.direct);
-    expect(r.handles).toBe(2);
-    // The stale session is forgotten at once; the fresh one, refused, is forgotten when settled.
-    expect(r.ended).toEqual([true, true]);
-    expect(r.result.outcomes[0]).toMatchObject({ status: "denied", code: "TOTEBOX_ERR_POLICY_DENIED" });
-  });
+  const runAs = (startAtOnce: boolean, script: Script) => run(script, startAtOnce);
+  // Each case both ways a Totebox starts: after waiting on acquire(), and at once in the dispatch
+  // loop (tryAcquire), as every Totebox whose link is up does in production.
+  for (const startAtOnce of [false, true]) {
+    describe(startAtOnce ? "started at once" : "started after acquire()", () => {
+      it("a session the Totebox no longer holds: authorized again once, the same capability sent over capnweb", async () => {
+        const r = await runAs(startAtOnce, {
+          views: ["position"],
+          directMethods: [1],
+          direct: () => "unknown",
+        });
+        expect(r.direct).toHaveLength(1);
+        expect(r.viaCapnweb).toEqual(r.direct);
+        expect(r.handles).toBe(2);
+        // The stale session is forgotten at once; the fresh one, refused, is forgotten when settled.
+        expect(r.ended).toEqual([true, true]);
+        expect(r.result.outcomes[0]).toMatchObject({ status: "denied", code: "TOTEBOX_ERR_POLICY_DENIED" });
+      });
 
-  it("only the reads refused for want of a session are sent again; a read the Totebox answered is not", async () => {
-    // Read 0 reached a session (here: refused by policy, so the fan-out reports that); read 1 did not.
-    const r = await run({
-      views: ["position", "ledger"],
-      directMethods: [1],
-      direct: (i) => (i === 0 ? "denied" : "unknown"),
-    });
-    expect(r.direct).toHaveLength(2);
-    expect(r.viaCapnweb).toEqual([]); // read 0's refusal is the answer: nothing is resent
-    expect(r.result.outcomes[0]).toMatchObject({ status: "denied", code: "TOTEBOX_ERR_POLICY_DENIED" });
-    const r2 = await run({
-      views: ["position", "ledger"],
-      directMethods: [1],
-      direct: () => "unknown",
-    });
-    expect(r2.viaCapnweb).toEqual(r2.direct); // both refused for want of a session: both resent, once
-    // Read 0 answered directly, read 1 refused for want of a session: only read 1 goes again,
-    // over capnweb on a fresh session, which its answer confirms.
-    const r3 = await run({
-      views: ["position", "ledger"],
-      directMethods: [1],
-      direct: (i) => (i === 0 ? "answered" : "unknown"),
-      capnweb: "answered",
-    });
-    expect(r3.direct).toHaveLength(2);
-    expect(r3.viaCapnweb).toEqual([r3.direct[1]]);
-    expect(r3.handles).toBe(2);
-    expect(r3.confirmed).toBe(1);
-    // Both answers were then checked, each by its own path's rules, and refused (cut as forged).
-    expect(r3.result.outcomes[0]).toMatchObject({ status: "error" });
-  });
+      it("only the reads refused for want of a session are sent again; a read the Totebox answered is not", async () => {
+        // Read 0 reached a session (here: refused by policy, so the fan-out reports that); read 1 did not.
+        const r = await runAs(startAtOnce, {
+          views: ["position", "ledger"],
+          directMethods: [1],
+          direct: (i) => (i === 0 ? "denied" : "unknown"),
+        });
+        expect(r.direct).toHaveLength(2);
+        expect(r.viaCapnweb).toEqual([]); // read 0's refusal is the answer: nothing is resent
+        expect(r.result.outcomes[0]).toMatchObject({ status: "denied", code: "TOTEBOX_ERR_POLICY_DENIED" });
+        const r2 = await runAs(startAtOnce, {
+          views: ["position", "ledger"],
+          directMethods: [1],
+          direct: () => "unknown",
+        });
+        expect(r2.viaCapnweb).toEqual(r2.direct); // both refused for want of a session: both resent, once
+        // Read 0 answered directly, read 1 refused for want of a session: only read 1 goes again,
+        // over capnweb on a fresh session, which its answer confirms.
+        const r3 = await runAs(startAtOnce, {
+          views: ["position", "ledger"],
+          directMethods: [1],
+          direct: (i) => (i === 0 ? "answered" : "unknown"),
+          capnweb: "answered",
+        });
+        expect(r3.direct).toHaveLength(2);
+        expect(r3.viaCapnweb).toEqual([r3.direct[1]]);
+        expect(r3.handles).toBe(2);
+        expect(r3.confirmed).toBe(1);
+        // Both answers were then checked, each by its own path's rules, and refused (cut as forged).
+        expect(r3.result.outcomes[0]).toMatchObject({ status: "error" });
+      });
 
-  it("a read refused while an earlier one still hangs waits for it; the Totebox is cancelled whole", async () => {
-    // Read 1 is refused at once, read 0 never answers: the refusal waits for read 0.
-    const r = await run({
-      views: ["position", "ledger"],
-      directMethods: [1],
-      direct: (i) => (i === 0 ? "hang" : "denied"),
-    });
-    expect(r.direct).toHaveLength(2);
-    expect(r.result.outcomes[0]).toMatchObject({ code: "ORCH_ERR_CANCELLED" });
-    expect(r.abandoned).toEqual([100, 101]);
-  });
+      it("a read refused while an earlier one still hangs waits for it; the Totebox is cancelled whole", async () => {
+        // Read 1 is refused at once, read 0 never answers: the refusal waits for read 0.
+        const r = await runAs(startAtOnce, {
+          views: ["position", "ledger"],
+          directMethods: [1],
+          direct: (i) => (i === 0 ? "hang" : "denied"),
+        });
+        expect(r.direct).toHaveLength(2);
+        expect(r.result.outcomes[0]).toMatchObject({ code: "ORCH_ERR_CANCELLED" });
+        expect(r.abandoned).toEqual([100, 101]);
+      });
 
-  it("a Totebox settled without its answers (here: cancelled) has its direct reads abandoned at the link", async () => {
-    const r = await run({ views: ["position", "ledger"], directMethods: [1], direct: () => "hang" });
-    expect(r.direct).toHaveLength(2);
-    expect(r.abandoned).toEqual([100, 101]);
-    expect(r.result.outcomes[0]).toMatchObject({ code: "ORCH_ERR_CANCELLED" });
-  });
+      it("a Totebox settled without its answers (here: cancelled) has its direct reads abandoned at the link", async () => {
+        const r = await runAs(startAtOnce, {
+          views: ["position", "ledger"],
+          directMethods: [1],
+          direct: () => "hang",
+        });
+        expect(r.direct).toHaveLength(2);
+        expect(r.abandoned).toEqual([100, 101]);
+        expect(r.result.outcomes[0]).toMatchObject({ code: "ORCH_ERR_CANCELLED" });
+      });
+    });
+  }
 
   it("direct replies reach their own Totebox in any order; each reports its first refusal in read order", async () => {
     const clock = new ManualClock(T0);
