@@ -19,8 +19,7 @@ import { isMap, isSeq, parseDocument } from "yaml";
 import { OrchError } from "./errors.ts";
 import { pairOperator } from "./operator-pairing.ts";
 import { loadRegistry } from "./registry.ts";
-import { OrchestrationServer } from "./server.ts";
-import { builtinViewports, compileViewports } from "./viewports.ts";
+import { loadViewports, OrchestrationServer } from "./server.ts";
 
 const USAGE = `os-orchestration — the fleet aggregator
 
@@ -86,10 +85,10 @@ async function main(): Promise<void> {
     case "check": {
       const { values } = parseArgs({ args: rest, options: { config: { type: "string" } } });
       const reg = await loadRegistry(need(values.config, "config"));
-      const builtin = await builtinViewports();
-      const custom = await compileViewports(reg.viewports);
+      // As `serve` loads them: a config viewport that would replace a built-in is refused here too.
+      const viewports = await loadViewports(reg);
       console.log(
-        `ok: ${reg.toteboxes.length} Toteboxes, ${reg.tenants.size} tenants, ${reg.operators.length} operators, ${builtin.size + custom.size} viewports`,
+        `ok: ${reg.toteboxes.length} Toteboxes, ${reg.tenants.size} tenants, ${reg.operators.length} operators, ${viewports.size} viewports`,
       );
       return;
     }

@@ -764,8 +764,12 @@ describe("direct or capnweb, and the fallback", () => {
       },
       release() {},
     };
+    let waited = 0;
     const pool = {
-      acquire: async () => lease,
+      acquire: async () => {
+        waited++;
+        return lease;
+      },
       tryAcquire: () => (startAtOnce ? lease : undefined),
       health: () => undefined,
       cut() {},
@@ -773,6 +777,8 @@ describe("direct or capnweb, and the fallback", () => {
     f = recordedFanOut({ n: 1, views: script.views, grant, agg, clock, pool });
     f.start();
     const result = await f.done;
+    // The path asked for is the path taken.
+    expect(waited).toBe(startAtOnce ? 0 : 1);
     return { result, direct, viaCapnweb, ended, handles, confirmed, abandoned };
   }
 

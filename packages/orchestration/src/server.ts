@@ -402,8 +402,11 @@ export class OrchestrationServer {
   }
 }
 
-/** Built-in viewports plus the config's own; a config viewport may not shadow a built-in. */
-async function loadViewports(registry: Registry): Promise<ReadonlyMap<string, Viewport>> {
+/**
+ * @internal Built-in viewports plus the config's own; a config viewport may not shadow a built-in.
+ * `serve` and `check` (cli.ts) both load through it, so `check` refuses what `serve` would.
+ */
+export async function loadViewports(registry: Registry): Promise<ReadonlyMap<string, Viewport>> {
   const builtin = await builtinViewports();
   for (const v of registry.viewports) {
     if (builtin.has(v.name)) {
