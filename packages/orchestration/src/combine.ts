@@ -153,8 +153,11 @@ const SANDBOX_CONFIG: Readonly<Record<string, string>> = Object.freeze({
 /** @internal An open sandboxed DuckDB (viewports.ts compiles in one; runCombine runs in one). */
 export interface SqlSandbox {
   readonly connection: DuckDBConnection;
-  /** Runs `fn` with the viewport's input tables created empty, in a transaction rolled back after. */
-  inScratch(v: Viewport, fn: () => Promise<void>): Promise<void>;
+  /**
+   * Runs `fn` with the viewport's input tables created empty (as `plan` creates them, when given),
+   * in a transaction rolled back after.
+   */
+  inScratch(v: Viewport, fn: () => Promise<void>, plan?: LoadPlan): Promise<void>;
 }
 
 /** @internal Opens a sandboxed in-memory DuckDB, runs `fn`, always closes it. */
@@ -163,10 +166,10 @@ export async function withSandbox<T>(fn: (box: SqlSandbox) => Promise<T>): Promi
   const conn = sb.connection;
   const box: SqlSandbox = {
     connection: conn,
-    async inScratch(v, run) {
+    async inScratch(v, run, plan) {
       await conn.run("BEGIN TRANSACTION");
       try {
-        await createTables(conn, v);
+        await createTables(conn, v, plan);
         await run();
       } finally {
         await conn.run("ROLLBACK");
@@ -360,10 +363,9 @@ async function checkedPlan(
   const conn = box.connection;
   const parses: unknown[] = [];
   for (const section of v.sections) {
-    let text: unknown;
     try {
       const r = await conn.runAndReadAll("SELECT json_serialize_sql($1::VARCHAR)", [section.sql]);
-      text = r.getRows()[0]?.[0];
+      const text = r.getRows()[0]?.[0];
       parses.push(typeof text === "string" ? JSON.parse(text) : undefined);
     } catch {
       return undefined; // DuckDB could not serialise it: everything is loaded
@@ -382,16 +384,20 @@ async function checkedPlan(
   const catalog = new Set(names.getRows().map((r) => String(r[0])));
   const plan = planner(parses, tables, catalog);
   if (plan === undefined) return undefined;
-  await conn.run("BEGIN TRANSACTION");
-  try {
-    await createTables(conn, v, plan);
-    for (const section of v.sections) {
-      if ((await compileSection(box, v, section)) !== undefined) return undefined;
-    }
-  } finally {
-    await conn.run("ROLLBACK");
-  }
-  return plan;
+  let sound = true;
+  await box.inScratch(
+    v,
+    async () => {
+      for (const section of v.sections) {
+        if ((await compileSection(box, v, section)) !== undefined) {
+          sound = false;
+          return;
+        }
+      }
+    },
+    plan,
+  );
+  return sound ? plan : undefined;
 }
 
 /** @internal The plan runCombine uses for `v` (tests). */
@@ -887,8 +893,8 @@ async function feed(
   conn: DuckDBConnection,
   input: CombineInput,
   { batches, tagsOf }: ReturnType<typeof checkInput>,
+  plan: LoadPlan | undefined,
 ): Promise<void> {
-  const plan = loadPlans.get(input.viewport);
   const pacer = new Pacer();
   const coverage = plan?.get("coverage");
   if (coverage?.rows !== false) {
@@ -1116,10 +1122,11 @@ export async function runCombine(input: CombineInput): Promise<CombinedSection[]
   if (input.signal?.aborted) throw new OrchError("ORCH_ERR_CANCELLED", "combine cancelled");
   const checked = checkInput(input, limits);
   const deadline = started + timeoutMs;
+  const plan = loadPlans.get(input.viewport);
   return withCombineSandbox(async (conn) => {
-    await createTables(conn, input.viewport, loadPlans.get(input.viewport));
+    await createTables(conn, input.viewport, plan);
     try {
-      await feed(conn, input, checked);
+      await feed(conn, input, checked, plan);
     } catch (e) {
       if (e instanceof OrchError) throw e;
       throw combineError("loading the answers into the combine database failed", { error: errorClass(e) });

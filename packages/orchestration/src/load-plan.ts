@@ -12,10 +12,11 @@
  * - a table is loaded whole when its name or one of its aliases is used as a value (a row read as
  *   a struct: `to_json(position)`);
  * - nothing is pruned in a viewport where any section uses `*` or `COLUMNS(...)` (they expand to
- *   every column), a NATURAL join (it joins on every shared name), a table function (it can read
- *   a table named in a string), PIVOT/UNPIVOT (they group by every column not named), column
- *   aliases on a table (`position AS p(a, b)` renames by position), or anything DuckDB will not
- *   serialise.
+ *   every column), a positional reference (`#3`), a NATURAL join (it joins on every shared name),
+ *   a table function (it can read a table named in a string), PIVOT/UNPIVOT (they group by every
+ *   column not named), column aliases on a table (`position AS p(a, b)` renames by position), a
+ *   catalog view or a schema-qualified table, a CTE named like a catalog view, any expression or
+ *   FROM kind not on the allow-lists below, or anything DuckDB will not serialise.
  * A name that only looks like a column (an alias, a lambda parameter) merely loads a column more.
  * What is left, a column the SQL names only in a way these rules miss, would fail loudly rather
  * than read wrong: the table is created without that column, so the SQL does not bind. The

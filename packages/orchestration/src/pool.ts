@@ -408,7 +408,8 @@ export class LinkPool {
       const code = c.health === "suspended" ? "ORCH_ERR_TOTEBOX_SUSPENDED" : "ORCH_ERR_TOTEBOX_ARCHIVED";
       return Promise.reject(new OrchError(code, `Totebox is ${c.health} in the registry`));
     }
-    if (c.remote && c.inFlight < this.#o.limits.maxCallsPerLink) return Promise.resolve(this.#lease(c));
+    const now = this.tryAcquire(id);
+    if (now !== undefined) return Promise.resolve(now);
     if (c.health === "offline") {
       const why = c.lastError?.code ?? "not connected";
       return Promise.reject(
