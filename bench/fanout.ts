@@ -177,6 +177,12 @@ export interface HubMeasurement {
   rssAfterConnectBytes: number;
   /** (RSS after connecting all − RSS before) / N, KB. */
   rssPerLinkKB: number;
+  /**
+   * (Highest RSS read after any measured query − RSS before) / N, KB: the held links plus what the
+   * queries keep and what the collector has not yet freed (no collection forced), for the memory a
+   * hub's heap settings trade against CPU.
+   */
+  rssUnderQueriesPerLinkKB: number;
   connectMs: number;
   /** Application bytes per Totebox per measured query (whole frames / requests). */
   bytesOutPerTotebox: number;
@@ -853,11 +859,13 @@ export async function measureHub(
   const steps0 = contender.steps?.() ?? {};
   const cpu0 = process.cpuUsage();
   const threads0 = threadCpuMicros();
+  let rssPeak = 0;
   for (let q = 0; q < opts.queries; q++) {
     progress(`query ${q + 1}/${opts.queries}${q > 0 ? ` (last ${fmt(latency[q - 1]!)} ms)` : ""}`);
     t = performance.now();
     const out = await contender.query();
     latency.push(performance.now() - t);
+    rssPeak = Math.max(rssPeak, process.memoryUsage.rss());
     answered += out.answered;
     for (const [k, v] of out.errors) errors.set(k, (errors.get(k) ?? 0) + v);
     if (out.rollup && !sameRollup(out.rollup, ctx.expectedRollup)) mismatches++;
@@ -892,6 +900,7 @@ export async function measureHub(
     rssBeforeBytes: rssBefore,
     rssAfterConnectBytes: rssAfter,
     rssPerLinkKB: (rssAfter - rssBefore) / n / 1024,
+    rssUnderQueriesPerLinkKB: (rssPeak - rssBefore) / n / 1024,
     connectMs,
     bytesOutPerTotebox: (traffic1.bytesOut - traffic0.bytesOut) / per,
     bytesInPerTotebox: (traffic1.bytesIn - traffic0.bytesIn) / per,
@@ -1274,6 +1283,12 @@ function rowsFor(
     });
     rows.push({
       section,
+      name: `ours ${at}: hub RSS per link under queries (peak)`,
+      value: m.rssUnderQueriesPerLinkKB,
+      unit: "KB",
+    });
+    rows.push({
+      section,
       name: `ours ${at}: bytes per Totebox per query out / in`,
       value: m.bytesOutPerTotebox,
       unit: "B out",
@@ -1320,6 +1335,12 @@ function rowsFor(
     });
     rows.push(...threadRows(`floor ${at}`, m));
     rows.push({ section, name: `floor ${at}: hub RSS per held link`, value: m.rssPerLinkKB, unit: "KB" });
+    rows.push({
+      section,
+      name: `floor ${at}: hub RSS per link under queries (peak)`,
+      value: m.rssUnderQueriesPerLinkKB,
+      unit: "KB",
+    });
     rows.push({
       section,
       name: `floor ${at}: fleet CPU per answer (Toteboxes' side)`,
@@ -1402,6 +1423,12 @@ function rowsFor(
     // By thread, as for ours and the floor (the aggregator's others include DuckDB's threads).
     rows.push(...threadRows(`${name} ${at}`, r.m));
     rows.push({ section, name: `${name} ${at}: hub RSS per held link`, value: r.m.rssPerLinkKB, unit: "KB" });
+    rows.push({
+      section,
+      name: `${name} ${at}: hub RSS per link under queries (peak)`,
+      value: r.m.rssUnderQueriesPerLinkKB,
+      unit: "KB",
+    });
     rows.push({
       section,
       name: `${name} ${at}: fleet CPU per answer (Toteboxes' side)`,

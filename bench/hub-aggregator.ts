@@ -8,6 +8,9 @@
  * The console runs in a process of its own (hub-console.ts), as it does in deployment: hub CPU and
  * RSS are the aggregator's alone. The console's end of the link decodes a result with one outcome
  * per Totebox per query, which is not the aggregator's work.
+ *
+ * The hub process tunes V8's heap growth as `os-orchestration serve` does at start
+ * (heap-growth.ts, DEFAULT_HEAP_GROWTH_PERCENT): the contender is the aggregator as deployed.
  */
 
 import type { ChildProcess } from "node:child_process";
@@ -15,7 +18,11 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { OrchestrationServer } from "@os-orchestration/orchestration";
+import {
+  DEFAULT_HEAP_GROWTH_PERCENT,
+  OrchestrationServer,
+  setHeapGrowth,
+} from "@os-orchestration/orchestration";
 import { rawEd25519PublicKey } from "@os-orchestration/psp";
 import pino from "pino";
 import { stringify } from "yaml";
@@ -73,6 +80,7 @@ export function aggregatorContender(ctx: HubContext): HubContender {
           },
         }),
       );
+      setHeapGrowth(DEFAULT_HEAP_GROWTH_PERCENT); // as `serve` does
       server = await OrchestrationServer.start({
         configPath: config,
         identity: ctx.aggregator,

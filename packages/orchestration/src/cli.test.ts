@@ -48,3 +48,17 @@ describe("os-orchestration check", () => {
     expect(r.err).toContain("viewport portfolio would replace a built-in one");
   });
 });
+
+describe("os-orchestration serve --heap-growth", () => {
+  it("refuses a value that is not a whole percentage from 0 to 400, before starting anything", () => {
+    for (const bad of ["401", "-5", "lots"]) {
+      const r = spawnSync(
+        process.execPath,
+        [BIN, "serve", "--config", join(dir, "none.yaml"), "--identity", dir, `--heap-growth=${bad}`],
+        { encoding: "utf8", timeout: 60_000 },
+      );
+      expect(r.status, bad).toBe(2);
+      expect(r.stderr, bad).toContain("--heap-growth: a whole percentage from 0 to 400");
+    }
+  });
+});

@@ -1,0 +1,39 @@
+import { spawnSync } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { describe, expect, it } from "vitest";
+import { MAX_HEAP_GROWTH_PERCENT, setHeapGrowth } from "./heap-growth.ts";
+
+const MODULE = fileURLToPath(new URL("./heap-growth.ts", import.meta.url));
+
+/**
+ * V8 does not throw on a flag it does not know: it prints "unrecognized flag" on the process's
+ * own stderr and carries on. So whether the flag still exists is asked of a child process.
+ */
+function inChild(code: string): { status: number | null; err: string } {
+  const r = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", code], {
+    encoding: "utf8",
+    timeout: 60_000,
+  });
+  return { status: r.status, err: r.stderr };
+}
+
+describe("setHeapGrowth", () => {
+  it("refuses what is not a whole percentage in range, before touching V8", () => {
+    for (const bad of [-1, MAX_HEAP_GROWTH_PERCENT + 1, 1.5, Number.NaN, Number.POSITIVE_INFINITY]) {
+      expect(() => setHeapGrowth(bad), String(bad)).toThrow(RangeError);
+    }
+  });
+
+  it("sets a flag this V8 knows (a renamed flag would be ignored with a warning)", () => {
+    const ok = inChild(
+      `import { setHeapGrowth } from ${JSON.stringify(MODULE)}; setHeapGrowth(100); setHeapGrowth(0);`,
+    );
+    expect(ok.err).toBe("");
+    expect(ok.status).toBe(0);
+    // The check above can see a flag V8 does not know.
+    const unknown = inChild(
+      `import { setFlagsFromString } from "node:v8"; setFlagsFromString("--heap-growing-pct=100");`,
+    );
+    expect(unknown.err).toMatch(/unrecognized flag/);
+  });
+});
