@@ -178,9 +178,10 @@ export interface HubMeasurement {
   /** (RSS after connecting all − RSS before) / N, KB. */
   rssPerLinkKB: number;
   /**
-   * (Highest RSS read after any measured query − RSS before) / N, KB: the held links plus what the
-   * queries keep and what the collector has not yet freed (no collection forced), for the memory a
-   * hub's heap settings trade against CPU.
+   * (Highest RSS read just after a measured query − RSS before) / N, KB: the held links plus what
+   * the queries keep and what the collector has not yet freed (no collection forced), for the
+   * memory a hub's heap settings trade against CPU. Read between queries, not within one: a true
+   * peak may be higher.
    */
   rssUnderQueriesPerLinkKB: number;
   connectMs: number;
@@ -1283,7 +1284,7 @@ function rowsFor(
     });
     rows.push({
       section,
-      name: `ours ${at}: hub RSS per link under queries (peak)`,
+      name: `ours ${at}: hub RSS per link after queries (highest)`,
       value: m.rssUnderQueriesPerLinkKB,
       unit: "KB",
     });
@@ -1337,7 +1338,7 @@ function rowsFor(
     rows.push({ section, name: `floor ${at}: hub RSS per held link`, value: m.rssPerLinkKB, unit: "KB" });
     rows.push({
       section,
-      name: `floor ${at}: hub RSS per link under queries (peak)`,
+      name: `floor ${at}: hub RSS per link after queries (highest)`,
       value: m.rssUnderQueriesPerLinkKB,
       unit: "KB",
     });
@@ -1425,7 +1426,7 @@ function rowsFor(
     rows.push({ section, name: `${name} ${at}: hub RSS per held link`, value: r.m.rssPerLinkKB, unit: "KB" });
     rows.push({
       section,
-      name: `${name} ${at}: hub RSS per link under queries (peak)`,
+      name: `${name} ${at}: hub RSS per link after queries (highest)`,
       value: r.m.rssUnderQueriesPerLinkKB,
       unit: "KB",
     });

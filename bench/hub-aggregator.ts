@@ -10,7 +10,8 @@
  * per Totebox per query, which is not the aggregator's work.
  *
  * The hub process tunes V8's heap growth as `os-orchestration serve` does at start
- * (heap-growth.ts, DEFAULT_HEAP_GROWTH_PERCENT): the contender is the aggregator as deployed.
+ * (heap-growth.ts, DEFAULT_HEAP_GROWTH_PERCENT): the contender is the aggregator as deployed. A
+ * `--heap-growing-percent` in BENCH_HUB_NODE_FLAGS stands instead, as node's own flag does for serve.
  */
 
 import type { ChildProcess } from "node:child_process";
@@ -20,6 +21,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
   DEFAULT_HEAP_GROWTH_PERCENT,
+  heapGrowthGivenToNode,
   OrchestrationServer,
   setHeapGrowth,
 } from "@os-orchestration/orchestration";
@@ -80,7 +82,8 @@ export function aggregatorContender(ctx: HubContext): HubContender {
           },
         }),
       );
-      setHeapGrowth(DEFAULT_HEAP_GROWTH_PERCENT); // as `serve` does
+      // As `serve` does: the default unless BENCH_HUB_NODE_FLAGS gave V8's own flag.
+      if (!heapGrowthGivenToNode()) setHeapGrowth(DEFAULT_HEAP_GROWTH_PERCENT);
       server = await OrchestrationServer.start({
         configPath: config,
         identity: ctx.aggregator,

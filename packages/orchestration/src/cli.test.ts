@@ -50,15 +50,33 @@ describe("os-orchestration check", () => {
 });
 
 describe("os-orchestration serve --heap-growth", () => {
-  it("refuses a value that is not a whole percentage from 0 to 400, before starting anything", () => {
-    for (const bad of ["401", "-5", "lots"]) {
-      const r = spawnSync(
-        process.execPath,
-        [BIN, "serve", "--config", join(dir, "none.yaml"), "--identity", dir, `--heap-growth=${bad}`],
-        { encoding: "utf8", timeout: 60_000 },
-      );
+  const serve = (growth: string) =>
+    spawnSync(
+      process.execPath,
+      [
+        BIN,
+        "serve",
+        "--config",
+        join(dir, "none.yaml"),
+        "--identity",
+        join(dir, "no-identity"),
+        `--heap-growth=${growth}`,
+      ],
+      { encoding: "utf8", timeout: 60_000 },
+    );
+
+  it("refuses a value that is not a whole percentage from 0 to 300, before starting anything", () => {
+    for (const bad of ["301", "-5", "lots"]) {
+      const r = serve(bad);
       expect(r.status, bad).toBe(2);
-      expect(r.stderr, bad).toContain("--heap-growth: a whole percentage from 0 to 400");
+      expect(r.stderr, bad).toContain("--heap-growth: a whole percentage from 0 to 300");
     }
+  });
+
+  it("accepts one, and goes on to start (here failing later, on the missing identity)", () => {
+    const r = serve("007");
+    expect(r.status).toBe(1);
+    expect(r.stderr).not.toContain("--heap-growth");
+    expect(r.stderr).toMatch(/PSP_ERR_|identity/i);
   });
 });

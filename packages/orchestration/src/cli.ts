@@ -17,7 +17,12 @@ import {
 import type { ToteboxRemote } from "@os-orchestration/totebox";
 import { isMap, isSeq, parseDocument } from "yaml";
 import { OrchError } from "./errors.ts";
-import { DEFAULT_HEAP_GROWTH_PERCENT, MAX_HEAP_GROWTH_PERCENT, setHeapGrowth } from "./heap-growth.ts";
+import {
+  DEFAULT_HEAP_GROWTH_PERCENT,
+  heapGrowthGivenToNode,
+  MAX_HEAP_GROWTH_PERCENT,
+  setHeapGrowth,
+} from "./heap-growth.ts";
 import { pairOperator } from "./operator-pairing.ts";
 import { loadRegistry } from "./registry.ts";
 import { loadViewports, OrchestrationServer } from "./server.ts";
@@ -30,7 +35,8 @@ const USAGE = `os-orchestration — the fleet aggregator
   os-orchestration serve --config fleet.yaml --identity DIR [--listen HOST:PORT] [--http HOST:PORT|off]
                          [--heap-growth PERCENT]
       --heap-growth: how far the JS heap may grow past its live size between full collections
-      (default ${DEFAULT_HEAP_GROWTH_PERCENT}; 0 leaves it to V8): more memory, less CPU spent collecting
+      (default ${DEFAULT_HEAP_GROWTH_PERCENT}, or node's own --heap-growing-percent if given; 0 leaves it
+      to V8): more memory, less CPU spent collecting
   os-orchestration pair-operator --identity DIR --config fleet.yaml --id ID --tenant T [--role viewer|manager]
                                  [--listen HOST:PORT]
       offer a one-time code to an operator's console (os-console pair); on success the operator's
@@ -107,11 +113,13 @@ async function main(): Promise<void> {
           "heap-growth": { type: "string" },
         },
       });
-      const growth = values["heap-growth"] ?? String(DEFAULT_HEAP_GROWTH_PERCENT);
-      if (!/^\d{1,3}$/.test(growth) || Number(growth) > MAX_HEAP_GROWTH_PERCENT) {
+      const growth = values["heap-growth"];
+      if (growth !== undefined && (!/^\d{1,3}$/.test(growth) || Number(growth) > MAX_HEAP_GROWTH_PERCENT)) {
         usage(`--heap-growth: a whole percentage from 0 to ${MAX_HEAP_GROWTH_PERCENT}`);
       }
-      setHeapGrowth(Number(growth));
+      // Before anything is loaded; node's own --heap-growing-percent stands unless --heap-growth is given.
+      if (growth !== undefined) setHeapGrowth(Number(growth));
+      else if (!heapGrowthGivenToNode()) setHeapGrowth(DEFAULT_HEAP_GROWTH_PERCENT);
       const identity = await loadIdentity(resolve(need(values.identity, "identity")));
       const listen = values.listen ? hostPort(values.listen, "--listen", { allowPortZero: true }) : undefined;
       const http =

@@ -1,7 +1,7 @@
 import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
-import { MAX_HEAP_GROWTH_PERCENT, setHeapGrowth } from "./heap-growth.ts";
+import { heapGrowthGivenToNode, MAX_HEAP_GROWTH_PERCENT, setHeapGrowth } from "./heap-growth.ts";
 
 const MODULE = fileURLToPath(new URL("./heap-growth.ts", import.meta.url));
 
@@ -35,5 +35,17 @@ describe("setHeapGrowth", () => {
       `import { setFlagsFromString } from "node:v8"; setFlagsFromString("--heap-growing-pct=100");`,
     );
     expect(unknown.err).toMatch(/unrecognized flag/);
+  });
+
+  it("knows when node was given V8's own flag, so that serve leaves it as given", () => {
+    expect(heapGrowthGivenToNode(["--heap-growing-percent=200"], undefined)).toBe(true);
+    expect(heapGrowthGivenToNode(["--heap_growing_percent=200"], undefined)).toBe(true);
+    expect(
+      heapGrowthGivenToNode(["--import", "tsx"], "--max-old-space-size=4096 --heap-growing-percent=20"),
+    ).toBe(true);
+    expect(heapGrowthGivenToNode(["--import", "tsx"], "--max-old-space-size=4096")).toBe(false);
+    expect(heapGrowthGivenToNode([], undefined)).toBe(false);
+    // Only that flag: not one whose name merely starts the same way.
+    expect(heapGrowthGivenToNode(["--heap-growing-percentage=5"], undefined)).toBe(false);
   });
 });

@@ -5,25 +5,28 @@ import { setFlagsFromString } from "node:v8";
  * alive before it collects again, in percent: 50 lets it reach 1.5×. `os-orchestration serve`
  * sets it at start (`--heap-growth`); 0 leaves V8 its own choice.
  *
- * Why the aggregator sets it: V8 sizes the next limit from how fast it thinks collection is
- * against how fast the program allocates, counting only the main thread. The aggregator's fan-out
- * allocates in bursts between waits for answers, so V8 picks its least growth (1.1×) and starts
- * marking once the old generation is within one young generation (~20 MB) of that limit: at
- * 1,000 Toteboxes a full collection every ~3 queries, each marking the ~48 MB that stays alive
- * (links, sockets, sessions) on helper threads (`--trace-incremental-marking`: marking started at
- * 50 MB of a 72 MB limit). Measured in the fan-out bench at 1,000 (tenth round,
- * docs/performance.md): V8's helper threads fell from ~47 to ~35 µs per Totebox per query and
- * the aggregator's CPU by ~7% in four interleaved pairs (50, 100 and 200 read alike in a first
- * comparison; 50 costs the least memory); at 10,000, where V8 already grows the larger heap more,
- * nothing changed. The cost is memory between collections: the heap may reach 1.5× its live size
- * (plus the young generation) before the next full collection, +10 KB per link at the peak under
- * queries at 1,000 (161 against 151 KB). Held-link memory, measured after a full collection, is
- * unchanged.
+ * Why the aggregator sets it: V8 sizes the next limit from its own estimate of how fast
+ * collection is against how fast the program allocates, both on the main thread, and takes at
+ * least the live size plus 8 MB, plus room for one young generation. The aggregator allocates in
+ * bursts between waits for answers, and V8 chose a small growth: at 1,000 Toteboxes a limit of 72
+ * MB over the ~48 MB that stays alive (links, sockets, sessions), with marking started once only
+ * ~21 MB was left below it (`--trace-incremental-marking`: at 50 MB), so a full collection every
+ * ~3 queries, each marking all of those 48 MB on helper threads. Measured in the fan-out bench at
+ * 1,000 (tenth round, docs/performance.md): V8's helper threads fell from ~47 to ~35 µs per
+ * Totebox per query and the aggregator's CPU by ~6% in four interleaved pairs (50, 100 and 200
+ * read alike in a first comparison; 50 costs the least memory); at 10,000, where V8 already grows
+ * the larger heap more, nothing changed. The cost is memory between collections: the heap may
+ * reach 1.5× its live size (plus the young generation) before the next full collection, +10 KB
+ * per link at the highest post-query reading at 1,000 (161 against 151 KB in one pair). Held-link
+ * memory, measured after a full collection, is unchanged.
+ *
+ * V8 applies this factor in place of its own, including the slower growth it picks when memory
+ * runs short: on such a host, set a lower value or 0.
  */
 export const DEFAULT_HEAP_GROWTH_PERCENT = 50;
 
-/** Highest accepted: V8 itself never grows more than 4× (300%) on its own. */
-export const MAX_HEAP_GROWTH_PERCENT = 400;
+/** Highest accepted: 4×, the most V8 ever grows the heap on its own. */
+export const MAX_HEAP_GROWTH_PERCENT = 300;
 
 /**
  * Sets V8's heap growing factor for this process to 1 + percent/100 (0: V8 decides). Process
@@ -35,4 +38,17 @@ export function setHeapGrowth(percent: number): void {
     throw new RangeError(`heap growth must be a whole percentage from 0 to ${MAX_HEAP_GROWTH_PERCENT}`);
   }
   setFlagsFromString(`--heap-growing-percent=${percent}`);
+}
+
+/**
+ * Whether Node was started with V8's own `--heap-growing-percent` (on its command line or in
+ * NODE_OPTIONS): an operator's explicit flag is then left as given rather than replaced by the
+ * default (an explicit `--heap-growth` still wins).
+ */
+export function heapGrowthGivenToNode(
+  execArgv: readonly string[] = process.execArgv,
+  nodeOptions: string | undefined = process.env.NODE_OPTIONS,
+): boolean {
+  const names = /^--heap[-_]growing[-_]percent(=|$)/;
+  return execArgv.some((a) => names.test(a)) || (nodeOptions ?? "").split(/\s+/).some((a) => names.test(a));
 }
