@@ -2,8 +2,8 @@ import { setFlagsFromString } from "node:v8";
 
 /**
  * How far V8 lets the aggregator's old generation grow past what the last full collection left
- * alive before it collects again, in percent: 50 lets it reach 1.5×. `os-orchestration serve`
- * sets it at start (`--heap-growth`); 0 leaves V8 its own choice.
+ * alive before it collects again, in percent: 100 lets it double. `os-orchestration serve` sets
+ * it at start (`--heap-growth`); 0 leaves V8 its own choice.
  *
  * Why the aggregator sets it: V8 sizes the next limit from its own estimate of how fast
  * collection is against how fast the program allocates, both on the main thread, and takes at
@@ -11,19 +11,21 @@ import { setFlagsFromString } from "node:v8";
  * bursts between waits for answers, and V8 chose a small growth: at 1,000 Toteboxes a limit of 72
  * MB over the ~48 MB that stays alive (links, sockets, sessions), with marking started once only
  * ~21 MB was left below it (`--trace-incremental-marking`: at 50 MB), so a full collection every
- * ~3 queries, each marking all of those 48 MB on helper threads. Measured in the fan-out bench at
- * 1,000 (tenth round, docs/performance.md): V8's helper threads fell from ~47 to ~35 µs per
- * Totebox per query and the aggregator's CPU by ~6% in four interleaved pairs (50, 100 and 200
- * read alike in a first comparison; 50 costs the least memory); at 10,000, where V8 already grows
- * the larger heap more, nothing changed. The cost is memory between collections: the heap may
- * reach 1.5× its live size (plus the young generation) before the next full collection, +10 KB
- * per link at the highest post-query reading at 1,000 (161 against 151 KB in one pair). Held-link
- * memory, measured after a full collection, is unchanged.
+ * ~3 queries, each marking all of those 48 MB on helper threads. Measured in the fan-out bench
+ * (tenth round, docs/performance.md), interleaved:
+ * - 50 against V8's own choice, at 1,000: V8's helper threads ~47 → ~35 µs per Totebox per query,
+ *   the aggregator's CPU −6% (four pairs); at 10,000 no change.
+ * - 100 against 50, at 1,000: helper threads ~32 → ~25 µs, CPU −10% (145 → 130 µs, three pairs);
+ *   at 10,000, 3.61× the floor against 3.87× (one pair).
+ * The cost is memory between collections: the heap may reach twice its live size (plus the young
+ * generation) before the next full collection. The highest RSS read after a query was 176-182 KB
+ * per link at 1,000 against 153-160 KB at 50, and 90 KB at 10,000 either way. Held-link memory,
+ * measured after a full collection, is unchanged.
  *
  * V8 applies this factor in place of its own, including the slower growth it picks when memory
  * runs short: on such a host, set a lower value or 0.
  */
-export const DEFAULT_HEAP_GROWTH_PERCENT = 50;
+export const DEFAULT_HEAP_GROWTH_PERCENT = 100;
 
 /** Highest accepted: 4×, the most V8 ever grows the heap on its own. */
 export const MAX_HEAP_GROWTH_PERCENT = 300;
