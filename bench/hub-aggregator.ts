@@ -19,12 +19,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import {
-  DEFAULT_HEAP_GROWTH_PERCENT,
-  heapGrowthGivenToNode,
-  OrchestrationServer,
-  setHeapGrowth,
-} from "@os-orchestration/orchestration";
+import { applyHeapGrowth, OrchestrationServer } from "@os-orchestration/orchestration";
 import { rawEd25519PublicKey } from "@os-orchestration/psp";
 import pino from "pino";
 import { stringify } from "yaml";
@@ -82,8 +77,7 @@ export function aggregatorContender(ctx: HubContext): HubContender {
           },
         }),
       );
-      // As `serve` does: the default unless BENCH_HUB_NODE_FLAGS gave V8's own flag.
-      if (!heapGrowthGivenToNode()) setHeapGrowth(DEFAULT_HEAP_GROWTH_PERCENT);
+      applyHeapGrowth(); // as `serve` does: the default, unless BENCH_HUB_NODE_FLAGS gave V8's own flag
       server = await OrchestrationServer.start({
         configPath: config,
         identity: ctx.aggregator,

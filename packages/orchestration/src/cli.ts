@@ -17,12 +17,7 @@ import {
 import type { ToteboxRemote } from "@os-orchestration/totebox";
 import { isMap, isSeq, parseDocument } from "yaml";
 import { OrchError } from "./errors.ts";
-import {
-  DEFAULT_HEAP_GROWTH_PERCENT,
-  heapGrowthGivenToNode,
-  MAX_HEAP_GROWTH_PERCENT,
-  setHeapGrowth,
-} from "./heap-growth.ts";
+import { applyHeapGrowth, DEFAULT_HEAP_GROWTH_PERCENT, MAX_HEAP_GROWTH_PERCENT } from "./heap-growth.ts";
 import { pairOperator } from "./operator-pairing.ts";
 import { loadRegistry } from "./registry.ts";
 import { loadViewports, OrchestrationServer } from "./server.ts";
@@ -113,13 +108,17 @@ async function main(): Promise<void> {
           "heap-growth": { type: "string" },
         },
       });
+      // Before anything is loaded. Digits only: Number() would also take "1e2", " 5" or "0x10";
+      // the range is setHeapGrowth's to check.
       const growth = values["heap-growth"];
-      if (growth !== undefined && (!/^\d{1,3}$/.test(growth) || Number(growth) > MAX_HEAP_GROWTH_PERCENT)) {
+      try {
+        applyHeapGrowth(
+          growth === undefined ? undefined : /^\d+$/.test(growth) ? Number(growth) : Number.NaN,
+        );
+      } catch (e) {
+        if (!(e instanceof RangeError)) throw e;
         usage(`--heap-growth: a whole percentage from 0 to ${MAX_HEAP_GROWTH_PERCENT}`);
       }
-      // Before anything is loaded; node's own --heap-growing-percent stands unless --heap-growth is given.
-      if (growth !== undefined) setHeapGrowth(Number(growth));
-      else if (!heapGrowthGivenToNode()) setHeapGrowth(DEFAULT_HEAP_GROWTH_PERCENT);
       const identity = await loadIdentity(resolve(need(values.identity, "identity")));
       const listen = values.listen ? hostPort(values.listen, "--listen", { allowPortZero: true }) : undefined;
       const http =

@@ -54,3 +54,12 @@ export function heapGrowthGivenToNode(
   const names = /^--heap[-_]growing[-_]percent(=|$)/;
   return execArgv.some((a) => names.test(a)) || (nodeOptions ?? "").split(/\s+/).some((a) => names.test(a));
 }
+
+/**
+ * What `serve` (and the bench's aggregator hub, as `serve`) does at start: `percent` when given,
+ * otherwise the default, unless node was started with V8's own flag, which then stands.
+ */
+export function applyHeapGrowth(percent?: number): void {
+  if (percent !== undefined) setHeapGrowth(percent);
+  else if (!heapGrowthGivenToNode()) setHeapGrowth(DEFAULT_HEAP_GROWTH_PERCENT);
+}

@@ -16,7 +16,7 @@ export type {
   ToteboxStatus,
 } from "./fanout.ts";
 export { TOTEBOX_STATUSES } from "./fanout.ts";
-export { DEFAULT_HEAP_GROWTH_PERCENT, heapGrowthGivenToNode, setHeapGrowth } from "./heap-growth.ts";
+export { applyHeapGrowth, DEFAULT_HEAP_GROWTH_PERCENT } from "./heap-growth.ts";
 export { DEFAULT_ORCH_LIMITS, type OrchLimits, resolveOrchLimits } from "./limits.ts";
 export { ReceiptSampler } from "./receipt-sampler.ts";
 export {
