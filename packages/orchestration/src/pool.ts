@@ -394,6 +394,11 @@ export class LinkPool {
   tryAcquire(id: string): LinkLease | undefined {
     const c = this.#conns.get(id);
     if (!c || c.health === "suspended" || c.health === "archived") return undefined;
+    return this.#freeSlot(c);
+  }
+
+  /** A lease on `c` if its link is up with a call slot free (the caller has checked its state). */
+  #freeSlot(c: ToteboxConnection): LinkLease | undefined {
     return c.remote && c.inFlight < this.#o.limits.maxCallsPerLink ? this.#lease(c) : undefined;
   }
 
@@ -408,7 +413,7 @@ export class LinkPool {
       const code = c.health === "suspended" ? "ORCH_ERR_TOTEBOX_SUSPENDED" : "ORCH_ERR_TOTEBOX_ARCHIVED";
       return Promise.reject(new OrchError(code, `Totebox is ${c.health} in the registry`));
     }
-    const now = this.tryAcquire(id);
+    const now = this.#freeSlot(c);
     if (now !== undefined) return Promise.resolve(now);
     if (c.health === "offline") {
       const why = c.lastError?.code ?? "not connected";
