@@ -84,9 +84,11 @@ function measureNode(
   if (Array.isArray(node)) {
     for (let i = 0; i < node.length; i++) measureNode(node[i], depth + 1, threshold, depthLimit, acc);
   } else {
-    for (const k of Object.keys(node)) {
-      measureNode((node as Record<string, unknown>)[k], depth + 1, threshold, depthLimit, acc);
-    }
+    // for-in, not Object.keys: no array of keys made per object (a fan-out's result to a console
+    // is thousands of small objects). The trees here are capnweb's devaluated plain objects, whose
+    // prototype chain has no enumerable keys, so for-in visits exactly their own keys.
+    const obj = node as Record<string, unknown>;
+    for (const k in obj) measureNode(obj[k], depth + 1, threshold, depthLimit, acc);
   }
 }
 
@@ -114,11 +116,20 @@ function liftNode(
     return node;
   }
   if (depth > limits.maxMessageDepth) return node;
+  // Written back only where a byte string was lifted: a store per property otherwise, for nothing.
   if (Array.isArray(node)) {
-    for (let i = 0; i < node.length; i++) node[i] = liftNode(node[i], depth + 1, limits, attachments);
+    for (let i = 0; i < node.length; i++) {
+      const v = node[i];
+      const lifted = liftNode(v, depth + 1, limits, attachments);
+      if (lifted !== v) node[i] = lifted;
+    }
   } else if (node !== null && typeof node === "object") {
     const obj = node as Record<string, unknown>;
-    for (const k of Object.keys(obj)) obj[k] = liftNode(obj[k], depth + 1, limits, attachments);
+    for (const k in obj) {
+      const v = obj[k];
+      const lifted = liftNode(v, depth + 1, limits, attachments);
+      if (lifted !== v) obj[k] = lifted;
+    }
   }
   return node;
 }
