@@ -174,10 +174,7 @@ export class OrchestrationServer {
       running: new Map(),
       hooks: {
         started: () => metrics.fanoutsRunning.inc(),
-        outcome: (oc: ToteboxOutcome) => {
-          metrics.toteboxStatus.inc({ status: oc.status });
-          metrics.toteboxSeconds.observe({ status: oc.status }, oc.elapsedMs / 1000);
-        },
+        outcome: (oc: ToteboxOutcome) => metrics.toteboxAnswered(oc.status, oc.elapsedMs / 1000),
         finished: (r: FanOutResult) => {
           metrics.fanoutsRunning.dec();
           const outcome = r.error ? "failed" : r.partial ? "partial" : "complete";
