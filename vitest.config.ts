@@ -18,11 +18,7 @@ export default defineConfig({
       {
         test: {
           name: "unit",
-          include: [
-            "packages/*/src/**/*.test.ts",
-            "packages/console/ui/src/**/*.test.ts",
-            "bench/**/*.test.ts",
-          ],
+          include: ["packages/*/src/**/*.test.ts", "packages/console/ui/src/**/*.test.ts"],
           exclude: ["packages/e2e/**", "**/node_modules/**"],
           testTimeout: 60_000,
           hookTimeout: 60_000,

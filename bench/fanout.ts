@@ -24,8 +24,7 @@
  * contender (the real aggregator) plugs into the same fleet and measurement loop.
  *
  * Environment: BENCH_FANOUT_SIZES ("200" for a quick run), BENCH_FANOUT_QUERIES (default 30),
- * BENCH_FANOUT_WARMUP (default 3, in every round), BENCH_FANOUT_ROUNDS (default 3 up to 2,000
- * Toteboxes, 1 above), BENCH_FANOUT_CONTENDERS (default "ours,floor,usual,aggregator";
+ * BENCH_FANOUT_WARMUP (default 3), BENCH_FANOUT_CONTENDERS (default "ours,floor,usual,aggregator";
  * also ours-fresh, ours-everysig, ours-noreceipt), BENCH_SEED (default 1), BENCH_CPU_PROF_DIR (a
  * V8 CPU profile of every hub and fleet worker process, written there on exit), BENCH_PIN_HUB=1
  * (each hub alone on core 0, the fleet on the others), BENCH_HUB_NODE_FLAGS (V8 flags for every
@@ -73,7 +72,6 @@ import { SignJWT } from "jose";
 import { aggregatorContender } from "./hub-aggregator.ts";
 import { type CryptoCosts, fanoutLowerBound, measureCryptoCosts } from "./machine-bound.ts";
 import { type BenchRow, fmt, percentile } from "./report.ts";
-import { mergeRuns, pairedRatios, roundQueries } from "./rounds.ts";
 import { endChild, forkTs, nextMessage, type SimFleet, startSimFleet } from "./sim-fleet.ts";
 import {
   BenchError,
@@ -1094,25 +1092,12 @@ function envSizes(): number[] {
   return sizes;
 }
 
-export interface ContenderRun {
+interface ContenderRun {
   m: HubMeasurement;
   /** Fleet (all workers) CPU per answered Totebox over the measured queries, µs. */
   fleetCpuUsPerAnswer: number;
   /** PSP links the simulated Toteboxes saw end with an error during this contender's run. */
   fleetLinksFailed: number;
-}
-
-/**
- * BENCH_FANOUT_ROUNDS: the measured queries are split into rounds, and each round runs every
- * contender in turn (a fresh hub child each, connecting and warming up again). Why: this host's
- * pace drifts by up to 2× within minutes, and not alike for every contender. The floor, mostly
- * system calls, read 22.7 and 33.4 µs per Totebox two minutes apart, while the aggregator beside
- * it read 97 and 102 µs (eleventh round), so a ratio of two runs a minute apart said 4.29× or
- * 3.06×. Each round's ratio compares runs seconds apart; their median is what the goals are
- * judged on, and every round's ratio is printed.
- */
-function envRounds(n: number): number {
-  return envInt("BENCH_FANOUT_ROUNDS", n <= 2_000 ? 3 : 1, 1, 10);
 }
 
 async function runHubChild(
@@ -1187,7 +1172,6 @@ function rowsFor(
   runs: Map<string, ContenderRun>,
   load: [number, number],
   costs: CryptoCosts,
-  rounds: ReadonlyMap<string, readonly ContenderRun[]>,
 ): BenchRow[] {
   const section = "fanout";
   const rows: BenchRow[] = [
@@ -1208,23 +1192,6 @@ function rowsFor(
   const p99 = (r: ContenderRun) => percentile(r.m.latencyMs, 99);
   const x = (a: number, b: number) => `${(a / b).toFixed(2)}×`;
   const at = `N=${n.toLocaleString("en-US")}`;
-  // Hub CPU against the floor: over all queries, and (with rounds) round by round, whose median
-  // the goal is judged on (envRounds).
-  const floorRounds = rounds.get("floor");
-  const cpuVsFloor = (name: string, r: ContenderRun): { ratio: string; goal: string } | undefined => {
-    if (!floor || !floorRounds) return undefined;
-    const pooled = r.m.cpuUsPerToteboxQuery / floor.m.cpuUsPerToteboxQuery;
-    if (floorRounds.length === 1)
-      return {
-        ratio: `${x(r.m.cpuUsPerToteboxQuery, floor.m.cpuUsPerToteboxQuery)} floor`,
-        goal: goal(pooled <= 2, "goal ≤ 2× floor"),
-      };
-    const paired = pairedRatios(rounds.get(name)!, floorRounds);
-    return {
-      ratio: `${paired.median.toFixed(2)}× floor, median of rounds ${paired.each.map((v) => `${v.toFixed(2)}×`).join(", ")} (all queries: ${pooled.toFixed(2)}×)`,
-      goal: goal(paired.median <= 2, "goal ≤ 2× floor"),
-    };
-  };
   for (const [name, r] of runs) {
     const errs = Object.entries(r.m.errors);
     const ll = r.m.linksLost;
@@ -1287,7 +1254,12 @@ function rowsFor(
       name: `ours ${at}: hub CPU per Totebox per query`,
       value: m.cpuUsPerToteboxQuery,
       unit: "µs",
-      ...cpuVsFloor("ours", ours),
+      ...(floor
+        ? {
+            ratio: `${x(m.cpuUsPerToteboxQuery, floor.m.cpuUsPerToteboxQuery)} floor`,
+            goal: goal(m.cpuUsPerToteboxQuery <= 2 * floor.m.cpuUsPerToteboxQuery, "goal ≤ 2× floor"),
+          }
+        : {}),
     });
     for (const [step, ms] of Object.entries(m.stepsMsPerQuery)) {
       rows.push({
@@ -1444,13 +1416,10 @@ function rowsFor(
       name: `${name} ${at}: hub CPU per Totebox per query`,
       value: r.m.cpuUsPerToteboxQuery,
       unit: "µs",
-      ...(() => {
-        const f = cpuVsFloor(name, r);
-        const ratio = [vs(r.m.cpuUsPerToteboxQuery, ours, (c) => c.m.cpuUsPerToteboxQuery), f?.ratio ?? ""]
-          .filter((v) => v !== "")
-          .join(", ");
-        return { ratio, ...(f ? { goal: f.goal } : {}) };
-      })(),
+      ratio: both(r.m.cpuUsPerToteboxQuery, (c) => c.m.cpuUsPerToteboxQuery),
+      ...(floor
+        ? { goal: goal(r.m.cpuUsPerToteboxQuery <= 2 * floor.m.cpuUsPerToteboxQuery, "goal ≤ 2× floor") }
+        : {}),
     });
     // By thread, as for ours and the floor (the aggregator's others include DuckDB's threads).
     rows.push(...threadRows(`${name} ${at}`, r.m));
@@ -1625,42 +1594,34 @@ export async function benchFanout(): Promise<BenchRow[]> {
         POSITION_COLUMNS.map((c) => row[c.name as keyof typeof row]),
       ]);
       const costs = measureCryptoCosts(answer.byteLength);
-      const rounds = new Map<string, ContenderRun[]>();
+      const runs = new Map<string, ContenderRun>();
       const loadBefore = loadavg()[0]!;
-      const nRounds = Math.min(envRounds(n), queries);
-      for (let r = 0; r < nRounds; r++) {
-        const q = roundQueries(queries, nRounds, r);
-        for (const name of [
-          "ours",
-          "floor",
-          "usual",
-          ...wanted.filter((w) => !["ours", "floor", "usual"].includes(w)),
-        ]) {
-          if (!wanted.includes(name)) continue;
-          if (name === "floor") {
-            const o = rounds.get("ours")?.at(-1)?.m;
-            if (o) {
-              base.floor = {
-                requestBytes: Math.round(o.bytesOutPerTotebox),
-                answerBytes: Math.round(o.bytesInPerTotebox),
-              };
-            }
-            // The answer frame is 4 header bytes plus the payload: the whole frame matches ours.
-            await fleet.setFloorAnswerBytes(Math.max(0, base.floor.answerBytes - 4));
+      for (const name of [
+        "ours",
+        "floor",
+        "usual",
+        ...wanted.filter((w) => !["ours", "floor", "usual"].includes(w)),
+      ]) {
+        if (!wanted.includes(name)) continue;
+        if (name === "floor") {
+          const o = runs.get("ours")?.m;
+          if (o) {
+            base.floor = {
+              requestBytes: Math.round(o.bytesOutPerTotebox),
+              answerBytes: Math.round(o.bytesInPerTotebox),
+            };
           }
-          t = performance.now();
-          const which = nRounds > 1 ? `, round ${r + 1}/${nRounds}` : "";
-          process.stderr.write(`bench fanout: N=${n} ${name}${which} …\n`);
-          const run = await runHubChild(fleet, { ...base, queries: q }, name);
-          log(
-            `bench fanout: N=${n} ${name}${which} done in ${((performance.now() - t) / 1000).toFixed(1)} s`,
-          );
-          process.stderr.write("\n");
-          rounds.set(name, [...(rounds.get(name) ?? []), run]);
+          // The answer frame is 4 header bytes plus the payload: the whole frame matches ours.
+          await fleet.setFloorAnswerBytes(Math.max(0, base.floor.answerBytes - 4));
         }
+        t = performance.now();
+        process.stderr.write(`bench fanout: N=${n} ${name} …\n`);
+        const run = await runHubChild(fleet, base, name);
+        log(`bench fanout: N=${n} ${name} done in ${((performance.now() - t) / 1000).toFixed(1)} s`);
+        process.stderr.write("\n");
+        runs.set(name, run);
       }
-      const runs = new Map([...rounds].map(([name, list]) => [name, mergeRuns(list)] as const));
-      rows.push(...rowsFor(n, runs, [loadBefore, loadavg()[0]!], costs, rounds));
+      rows.push(...rowsFor(n, runs, [loadBefore, loadavg()[0]!], costs));
     } finally {
       await fleet.close();
       // This process back on every core: what runs after (another size, another section) and
