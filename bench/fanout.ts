@@ -45,6 +45,7 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import { DEFAULT_ORCH_LIMITS, ReceiptSampler } from "@os-orchestration/orchestration";
 import {
   type CallInput,
+  checkReceipt,
   connectPsp,
   DIRECT_READ_METHOD,
   decodeDirectReadReply,
@@ -65,7 +66,6 @@ import {
   releaseStub,
   requestHash,
   systemClock,
-  verifyReceipt,
 } from "@os-orchestration/psp";
 import type { ReadAnswer, ToteboxRemote, ToteboxSessionRemote } from "@os-orchestration/totebox";
 import { SignJWT } from "jose";
@@ -341,7 +341,7 @@ function oursDirect(
       // As the aggregator does (packages/orchestration/src/receipt-sampler.ts): every receipt's
       // binding to this request and this link's key; its signature on the link's first answer
       // and on one in RECEIPT_SIGNATURE_EVERY at random after that.
-      verifyReceipt({
+      checkReceipt({
         token: a.receipt,
         subjectPublicKey: keys[i]!,
         expect: { arrowBytes: a.arrow, capabilityId: cti, requestHash: reqHash, subjectId: ids[i]! },

@@ -28,6 +28,7 @@ import { Duplex } from "node:stream";
 import { DEFAULT_ORCH_LIMITS, ReceiptSampler } from "@os-orchestration/orchestration";
 import {
   type CallInput,
+  checkReceipt,
   DIRECT_READ_METHOD,
   decodeDirectReadReply,
   decodeResult,
@@ -43,7 +44,6 @@ import {
   requestHash,
   signReceipt,
   systemClock,
-  verifyReceipt,
 } from "@os-orchestration/psp";
 import { type BenchRow, fmt } from "./report.ts";
 import { NET_VALUE_COLUMN, POSITION_COLUMNS, simPosition } from "./sim-fleet-worker.ts";
@@ -264,7 +264,7 @@ function ours(fleet: Fleet, seed: number): Contender {
         reply(i, payload) {
           try {
             const a = decodeDirectReadReply(payload);
-            verifyReceipt({
+            checkReceipt({
               token: a.receipt,
               subjectPublicKey: keys[i]!,
               expect: {

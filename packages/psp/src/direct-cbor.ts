@@ -148,6 +148,56 @@ export function readText(c: Cursor, maxBytes: number): string {
   }
 }
 
+/**
+ * readText's checks, without making the string: where the text starts (it ends at `c.p`), or -1
+ * with `ok` false. For a reader that only compares the text (textEquals) or steps over it.
+ */
+export function skipText(c: Cursor, maxBytes: number): number {
+  const len = readHead(c, 3);
+  const at = c.p;
+  if (len < 1 || len > maxBytes || at + len > c.b.byteLength) {
+    c.ok = false;
+    return -1;
+  }
+  c.p += len;
+  const b = c.b;
+  for (let i = at; i < at + len; i++) {
+    if (b[i]! >= 0x80) {
+      // Not ASCII (ids, views and commands are): the same checks as readText, by decoding.
+      if (b[at] === 0xef && b[at + 1] === 0xbb && b[at + 2] === 0xbf) {
+        c.ok = false;
+        return -1;
+      }
+      try {
+        strictUtf8.decode(b.subarray(at, at + len));
+      } catch {
+        c.ok = false;
+        return -1;
+      }
+      return at;
+    }
+  }
+  return at;
+}
+
+/** Whether the valid UTF-8 text in b[at..end) (skipText) is `s`, without decoding ASCII. */
+export function textEquals(b: Uint8Array, at: number, end: number, s: string): boolean {
+  const len = end - at;
+  if (len === s.length) {
+    let i = 0;
+    while (i < len && b[at + i] === s.charCodeAt(i) && b[at + i]! < 0x80) i++;
+    if (i === len) return true;
+    // Both ASCII where they first differ: the texts differ there.
+    if (b[at + i]! < 0x80 && s.charCodeAt(i) < 0x80) return false;
+  }
+  return strictUtf8.decode(b.subarray(at, end)) === s;
+}
+
+/** A byte string's head and its min..max bytes stepped over: where they start, or -1 (`ok` false). */
+export function skipByteString(c: Cursor, min: number, max: number): number {
+  return byteString(c, min, max);
+}
+
 /** Bytes of the shortest head for `n` (< 2^32), or 9 for the 8-byte head. */
 export function headLength(n: number): number {
   return n < 24 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : n <= 0xffffffff ? 5 : 9;

@@ -22,6 +22,7 @@ import {
   arrowDigest,
   type CanonicalValue,
   canonicalCbor,
+  checkReceipt,
   RECEIPT_CONTENT_TYPE,
   type ReceiptClaims,
   type ReceiptInput,
@@ -336,6 +337,107 @@ describe("receipt codecs: direct paths agree with the generic ones", () => {
       }),
       { seed, numRuns: 3000 },
     );
+  });
+
+  it("checkReceipt refuses exactly what verifyReceipt refuses, with the same code and field, and agrees on the counts", () => {
+    // What verifyReceipt or checkReceipt made of one token: the counts, or the refusal.
+    const outcome = (f: () => { rowCount: number; suppressedGroups: number; watermark: string }) => {
+      try {
+        const { rowCount, suppressedGroups, watermark } = f();
+        return { rowCount, suppressedGroups, watermark };
+      } catch (e) {
+        expect(e).toBeInstanceOf(PspError);
+        return { code: (e as PspError).code, field: (e as PspError).detail?.field };
+      }
+    };
+    const arrowArb = fc.uint8Array({ maxLength: 300 });
+    // A payload in the signer's layout (then edited, cut short, or re-encoded in another layout, as
+    // above), signed as it is, with expectations that match the claims or differ in one field.
+    const cases = fc.record({
+      claims: claimsArb,
+      arrow: arrowArb,
+      edits: fc.array(fc.tuple(fc.nat(), fc.nat(255)), { maxLength: 2 }),
+      cut: fc.option(fc.nat(), { nil: undefined }),
+      otherLayout: fc.boolean(),
+      wrong: fc.constantFrom("none", "arrowBytes", "capabilityId", "requestHash", "subjectId", "several"),
+      partial: fc.boolean(),
+      checkSignature: fc.boolean(),
+      signer: fc.constantFrom("subject", "other"),
+    });
+    fc.assert(
+      fc.property(cases, (k) => {
+        const c = { ...k.claims, arrowDigest: arrowDigest(k.arrow) };
+        let payload = Uint8Array.from(codecs.encodeReceiptPayload(c));
+        if (k.otherLayout) {
+          const m = new Map([...(decodeCbor(payload) as Map<number, unknown>)].reverse());
+          m.set(5, BigInt(c.rowCount));
+          payload = Uint8Array.from(encodeCbor(m));
+        }
+        for (const [i, v] of k.edits) payload[i % payload.byteLength] = v;
+        if (k.cut !== undefined) payload = payload.subarray(0, k.cut % (payload.byteLength + 1));
+        const token = signedEnvelope(payload);
+        const flip = (b: Uint8Array) => {
+          const x = Uint8Array.from(b);
+          x[0]! ^= 1;
+          return x;
+        };
+        const w = k.wrong;
+        const expectations = {
+          arrowBytes: w === "arrowBytes" || w === "several" ? Uint8Array.of(...k.arrow, 1) : k.arrow,
+          capabilityId: w === "capabilityId" || w === "several" ? flip(c.capabilityId) : c.capabilityId,
+          requestHash: w === "requestHash" ? flip(c.requestHash) : c.requestHash,
+          subjectId: w === "subjectId" || w === "several" ? `${c.subjectId}x` : c.subjectId,
+        };
+        // Some expectations left out: each is checked only when given.
+        const expect_ = k.partial
+          ? { capabilityId: expectations.capabilityId, subjectId: expectations.subjectId }
+          : expectations;
+        const key = k.signer === "subject" ? subject : other;
+        const args = { token, subjectPublicKey: key, expect: expect_, checkSignature: k.checkSignature };
+        expect(outcome(() => checkReceipt(args))).toEqual(outcome(() => verifyReceipt(args)));
+      }),
+      { seed, numRuns: 2000 },
+    );
+  });
+
+  it("checkReceipt on the signer's own receipts: counts, and each differing expectation named", () => {
+    for (const extra of [
+      {},
+      { watermark: "journal:ünï😀@7", subjectId: "tb-中文" },
+      { rowCount: 2 ** 40 + 3 },
+    ]) {
+      const r = { ...input, ...extra };
+      const token = signReceipt(r);
+      const expect_ = {
+        arrowBytes: arrow,
+        capabilityId: cti,
+        requestHash: requestHash(request),
+        subjectId: r.subjectId,
+      };
+      expect(checkReceipt({ token, subjectPublicKey: subject, expect: expect_ })).toEqual({
+        rowCount: r.rowCount,
+        suppressedGroups: 3,
+        watermark: r.watermark,
+      });
+      const field = (e: Partial<typeof expect_>) => {
+        try {
+          checkReceipt({ token, subjectPublicKey: subject, expect: { ...expect_, ...e } });
+          return "accepted";
+        } catch (err) {
+          return `${(err as PspError).code} ${String((err as PspError).detail?.field)}`;
+        }
+      };
+      expect(field({ arrowBytes: arrow.subarray(1) })).toBe("PSP_ERR_RECEIPT_MISMATCH arrowDigest");
+      expect(field({ capabilityId: cti.subarray(1) })).toBe("PSP_ERR_RECEIPT_MISMATCH capabilityId");
+      expect(field({ requestHash: requestHash({ ...request, row: "unit-2" }) })).toBe(
+        "PSP_ERR_RECEIPT_MISMATCH requestHash",
+      );
+      expect(field({ subjectId: `${r.subjectId}\u0000` })).toBe("PSP_ERR_RECEIPT_MISMATCH subjectId");
+      expect(field({ subjectId: r.subjectId.slice(0, -1) })).toBe("PSP_ERR_RECEIPT_MISMATCH subjectId");
+      expect(code(() => checkReceipt({ token, subjectPublicKey: other, expect: expect_ }))).toBe(
+        "PSP_ERR_RECEIPT_SIGNATURE",
+      );
+    }
   });
 
   it("the direct envelope reader agrees with the generic envelope checks", () => {

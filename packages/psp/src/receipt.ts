@@ -29,11 +29,14 @@ import {
   readByteCopy,
   readHead,
   readText,
+  skipByteString,
+  skipText,
   stringLength,
+  textEquals,
   textLength,
 } from "./direct-cbor.ts";
 import { isPspError, PspError } from "./errors.ts";
-import { sha256, sha256Equals } from "./sha256.ts";
+import { sha256, sha256Equals, sha256EqualsAt } from "./sha256.ts";
 
 /**
  * Result receipts: the answering subject (a Totebox) signs what it answered, so a console can check
@@ -706,6 +709,55 @@ export function verifyReceipt(args: {
    */
   readonly checkSignature?: boolean;
 }): ReceiptClaims {
+  const claims = parseReceiptPayload(openReceipt(args), contentInvalid);
+  if (args.expect !== undefined) checkExpectations(claims, args.expect);
+  return claims;
+}
+
+/** What a party that forwards a receipt keeps of it: its counts and watermark (checkReceipt). */
+export interface ReceiptCounts {
+  readonly rowCount: number;
+  readonly suppressedGroups: number;
+  readonly watermark: string;
+}
+
+/**
+ * verifyReceipt with expectations, for a party that keeps only the receipt's counts: the
+ * aggregator, once per Totebox per query. The same checks in the same order, refused with the same
+ * errors, but a receipt in the signer's layout has its expected fields compared where they lie in
+ * the token: no capability id, request hash, digest or view is copied out, and no claims object is
+ * made. At 1,000 Toteboxes per query those copies were ~650 bytes of the aggregator's ~12 KB of
+ * allocation per Totebox (sampling heap profile, eleventh round). Any other layout takes
+ * verifyReceipt's generic path.
+ */
+export function checkReceipt(args: {
+  readonly token: Uint8Array;
+  readonly subjectPublicKey: KeyObject;
+  readonly expect: ReceiptExpectations;
+  /** As for verifyReceipt. */
+  readonly checkSignature?: boolean;
+}): ReceiptCounts {
+  const payload = openReceipt(args);
+  const counts = scanPayload(payload, args.expect);
+  if (counts !== undefined) return counts;
+  const claims = parseReceiptPayloadGeneric(payload, contentInvalid);
+  checkExpectations(claims, args.expect);
+  return {
+    rowCount: claims.rowCount,
+    suppressedGroups: claims.suppressedGroups,
+    watermark: claims.watermark,
+  };
+}
+
+/**
+ * The receipt's envelope checked (size, structure, algorithm, content type, signer's key id, and
+ * the signature unless `checkSignature` is false): its payload, or PSP_ERR_RECEIPT_SIGNATURE.
+ */
+function openReceipt(args: {
+  readonly token: Uint8Array;
+  readonly subjectPublicKey: KeyObject;
+  readonly checkSignature?: boolean;
+}): Uint8Array {
   let protectedBytes: Uint8Array | undefined;
   let kidBytes: Uint8Array;
   let payload: Uint8Array;
@@ -746,9 +798,11 @@ export function verifyReceipt(args: {
   ) {
     throw receiptRefused("signature does not verify");
   }
-  const claims = parseReceiptPayload(payload, contentInvalid);
-  const e = args.expect;
-  if (e === undefined) return claims;
+  return payload;
+}
+
+/** `expect` against parsed claims, in a fixed order: the first that differs is the error. */
+function checkExpectations(claims: ReceiptClaims, e: ReceiptExpectations): void {
   if (e.arrowBytes !== undefined && !sha256Equals(e.arrowBytes, claims.arrowDigest)) {
     throw mismatch("arrowDigest");
   }
@@ -757,7 +811,55 @@ export function verifyReceipt(args: {
   if (e.requestHash !== undefined && !bytesEqual(e.requestHash, claims.requestHash))
     throw mismatch("requestHash");
   if (e.subjectId !== undefined && e.subjectId !== claims.subjectId) throw mismatch("subjectId");
-  return claims;
+}
+
+/**
+ * checkExpectations on a payload in exactly the signer's layout, read in place (the same steps as
+ * readPayload, with the same refusals): the counts, or undefined for the generic path. Throws the
+ * first expectation that differs, in checkExpectations' order.
+ */
+function scanPayload(payload: Uint8Array, e: ReceiptExpectations): ReceiptCounts | undefined {
+  const c = cursor(payload);
+  expectByte(c, 0xa9); // map of 9 entries
+  expectByte(c, RECEIPT_FIELD.capabilityId);
+  const capabilityAt = skipByteString(c, 8, 64);
+  const capabilityEnd = c.p;
+  if (payload[c.p] === RECEIPT_FIELD.view) c.p++;
+  else expectByte(c, RECEIPT_FIELD.command);
+  skipText(c, MAX_TEXT_BYTES);
+  expectByte(c, RECEIPT_FIELD.requestHash);
+  const requestHashAt = skipByteString(c, 32, 32);
+  expectByte(c, RECEIPT_FIELD.rowCount);
+  const rowCount = readCount(c);
+  expectByte(c, RECEIPT_FIELD.suppressedGroups);
+  const suppressedGroups = readCount(c);
+  expectByte(c, RECEIPT_FIELD.watermark);
+  const watermark = readText(c, MAX_TEXT_BYTES);
+  expectByte(c, RECEIPT_FIELD.arrowDigest);
+  const digestAt = skipByteString(c, 32, 32);
+  expectByte(c, RECEIPT_FIELD.issuedAt);
+  readCount(c);
+  expectByte(c, RECEIPT_FIELD.subjectId);
+  const subjectAt = skipText(c, MAX_TEXT_BYTES);
+  if (!c.ok || c.p !== payload.byteLength) return undefined;
+  if (e.arrowBytes !== undefined && !sha256EqualsAt(e.arrowBytes, payload, digestAt)) {
+    throw mismatch("arrowDigest");
+  }
+  if (e.capabilityId !== undefined && !bytesAt(e.capabilityId, payload, capabilityAt, capabilityEnd))
+    throw mismatch("capabilityId");
+  if (e.requestHash !== undefined && !bytesAt(e.requestHash, payload, requestHashAt, requestHashAt + 32))
+    throw mismatch("requestHash");
+  if (e.subjectId !== undefined && !textEquals(payload, subjectAt, c.p, e.subjectId))
+    throw mismatch("subjectId");
+  return { rowCount, suppressedGroups, watermark };
+}
+
+/** Whether `expected` is b[at..end), reading every byte (as bytesEqual does). */
+function bytesAt(expected: Uint8Array, b: Uint8Array, at: number, end: number): boolean {
+  if (expected.byteLength !== end - at) return false;
+  let diff = 0;
+  for (let i = 0; i < expected.byteLength; i++) diff |= expected[i]! ^ b[at + i]!;
+  return diff === 0;
 }
 
 function receiptRefused(reason: string): PspError {

@@ -37,3 +37,12 @@ export function sha256Equals(input: Uint8Array, expected: Uint8Array): boolean {
   for (let i = 0; i < SHA256_BYTES; i++) diff |= s.charCodeAt(i) ^ expected[i]!;
   return diff === 0;
 }
+
+/** sha256Equals against the 32 bytes at `b[at]` (a digest read in place from a larger buffer). */
+export function sha256EqualsAt(input: Uint8Array, b: Uint8Array, at: number): boolean {
+  if (at < 0 || at + SHA256_BYTES > b.byteLength) return false;
+  const s = hash("sha256", input, "binary");
+  let diff = 0;
+  for (let i = 0; i < SHA256_BYTES; i++) diff |= s.charCodeAt(i) ^ b[at + i]!;
+  return diff === 0;
+}
