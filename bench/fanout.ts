@@ -20,7 +20,8 @@
  *         Totebox (jose, EdDSA) with claims equivalent to our capability, JSON answers.
  *
  * Every comparison is measured in the same run and reported as a ratio; goals are printed as met
- * or not met, never asserted. Hub drivers are one `HubContender` each (HUB_CONTENDERS), so another
+ * or not met, never asserted. The contenders' hubs are held side by side and take their measured
+ * queries in turns (HubRun), so that a drift of the host's pace touches every contender alike. Hub drivers are one `HubContender` each (HUB_CONTENDERS), so another
  * contender (the real aggregator) plugs into the same fleet and measurement loop.
  *
  * Environment: BENCH_FANOUT_SIZES ("200" for a quick run), BENCH_FANOUT_QUERIES (default 30),
@@ -33,7 +34,7 @@
  * machine allows at all.
  */
 
-import { spawnSync } from "node:child_process";
+import { type ChildProcess, spawnSync } from "node:child_process";
 import { createHash, type KeyObject, randomBytes, randomInt, webcrypto } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
 import type { IncomingMessage } from "node:http";
@@ -820,14 +821,22 @@ function gcNow(): void {
   }
 }
 
+/** What a hub tells the parent at its barriers: its last warm-up query's traffic per Totebox. */
+export interface BarrierInfo {
+  readonly bytesOutPerTotebox: number;
+  readonly bytesInPerTotebox: number;
+}
+
 /**
- * Connects, warms up, then measures `queries` fan-outs. `barrier` is called right before and right
- * after the measured queries (the parent samples the fleet's CPU there).
+ * Connects, warms up, then measures `queries` fan-outs. `barrier` is awaited right before the
+ * measured queries ("start"), before each later one ("query 1", "query 2", …) and right after the
+ * last ("end"): the parent holds each until it is this hub's turn, so that the contenders' queries
+ * interleave, and samples the fleet's CPU around each turn.
  */
 export async function measureHub(
   contender: HubContender,
   ctx: HubContext,
-  opts: { warmup: number; queries: number; barrier?: (name: "start" | "end") => Promise<void> },
+  opts: { warmup: number; queries: number; barrier?: (name: string, info?: BarrierInfo) => Promise<void> },
 ): Promise<HubMeasurement> {
   const n = ctx.targets.length;
   const progress = (s: string) => process.stderr.write(`\r  hub ${contender.name} N=${n}: ${s}`.padEnd(70));
@@ -844,9 +853,18 @@ export async function measureHub(
   gcNow();
   const rssAfter = process.memoryUsage.rss();
 
+  let warm: BarrierInfo | undefined;
   for (let i = 0; i < opts.warmup; i++) {
     progress(`warm-up ${i + 1}/${opts.warmup}`);
+    const before = contender.traffic?.();
     await contender.query();
+    const after = contender.traffic?.();
+    if (before && after) {
+      warm = {
+        bytesOutPerTotebox: (after.bytesOut - before.bytesOut) / n,
+        bytesInPerTotebox: (after.bytesIn - before.bytesIn) / n,
+      };
+    }
   }
   const tWarm = performance.now();
   gcNow();
@@ -855,13 +873,17 @@ export async function measureHub(
   let answered = 0;
   let mismatches = 0;
   const latency: number[] = [];
-  await opts.barrier?.("start");
+  await opts.barrier?.("start", warm);
   const traffic0 = contender.traffic?.() ?? { bytesOut: 0, bytesIn: 0 };
   const steps0 = contender.steps?.() ?? {};
   const cpu0 = process.cpuUsage();
   const threads0 = threadCpuMicros();
   let rssPeak = 0;
   for (let q = 0; q < opts.queries; q++) {
+    // Between two of our queries, the other contenders take their turns. Our CPU counts across
+    // those waits too: whatever this process does then (its collector finishing what our last
+    // query left, its links' keep-alives) is its own work.
+    if (q > 0) await opts.barrier?.(`query ${q}`);
     progress(`query ${q + 1}/${opts.queries}${q > 0 ? ` (last ${fmt(latency[q - 1]!)} ms)` : ""}`);
     t = performance.now();
     const out = await contender.query();
@@ -1022,10 +1044,10 @@ async function hubMain(): Promise<void> {
     },
   };
   const contender = await HUB_CONTENDERS[req.contender]!(ctx);
-  const barrier = (name: string) =>
+  const barrier = (name: string, info?: BarrierInfo) =>
     new Promise<void>((resolve) => {
       pendingBarriers.set(name, resolve);
-      process.send?.({ type: "barrier", name });
+      process.send?.({ type: "barrier", name, ...(info ? { info } : {}) });
     });
   const m = await measureHub(contender, ctx, { warmup: req.warmup, queries: req.queries, barrier });
   m.unhandledRejections = unhandled;
@@ -1100,47 +1122,120 @@ interface ContenderRun {
   fleetLinksFailed: number;
 }
 
-async function runHubChild(
-  fleet: SimFleet,
-  base: Omit<HubRunRequest, "type" | "contender">,
-  contender: string,
-): Promise<ContenderRun> {
-  const failed0 = (await fleet.stats()).stats.linksFailed;
-  const child = forkTs(
-    FANOUT_FILE,
-    ["--hub"],
-    ["--expose-gc", "--max-old-space-size=4096", ...HUB_NODE_FLAGS],
-  );
-  try {
-    if (PIN_HUB) pinTo([child.pid], "0");
-    let fleetCpu0 = 0;
-    let fleetCpu = 0;
-    const onBarrier = (m: unknown) => {
-      const b = m as { type?: unknown; name?: unknown } | null;
-      if (b?.type !== "barrier" || (b.name !== "start" && b.name !== "end")) return;
-      const name = b.name;
-      void fleet.stats().then((s) => {
-        if (name === "start") fleetCpu0 = s.cpuMicros;
-        else fleetCpu = s.cpuMicros - fleetCpu0;
-        child.send({ type: "barrier-ok", name });
-      });
-    };
-    child.on("message", onBarrier);
-    child.send({ type: "run", contender, ...base });
-    const m = await nextMessage(
-      child,
+/**
+ * One contender's hub child, held for a whole size: it connects and warms up (`start`), then runs
+ * its measured queries one turn at a time (`turn`; measureHub's barriers), its turns interleaved
+ * with the other contenders' (benchFanout). The fleet's CPU and failed links are sampled around
+ * each turn, so each contender is charged only for the fleet's work during its own queries.
+ */
+class HubRun {
+  readonly contender: string;
+  readonly #child: ChildProcess;
+  readonly #fleet: SimFleet;
+  /** The barrier the child is held at, and what it told us there. */
+  #held: { name: string; info: BarrierInfo | undefined };
+  #fleetCpu = 0;
+  #linksFailed = 0;
+
+  private constructor(
+    contender: string,
+    child: ChildProcess,
+    fleet: SimFleet,
+    held: { name: string; info: BarrierInfo | undefined },
+  ) {
+    this.contender = contender;
+    this.#child = child;
+    this.#fleet = fleet;
+    this.#held = held;
+  }
+
+  /** Forks the hub and waits until it has connected and warmed up. */
+  static async start(
+    fleet: SimFleet,
+    base: Omit<HubRunRequest, "type" | "contender">,
+    contender: string,
+  ): Promise<HubRun> {
+    const child = forkTs(
+      FANOUT_FILE,
+      ["--hub"],
+      ["--expose-gc", "--max-old-space-size=4096", ...HUB_NODE_FLAGS],
+    );
+    try {
+      if (PIN_HUB) pinTo([child.pid], "0");
+      const ready = HubRun.#barrier(child, `hub ${contender} connecting`, 60 * 60_000);
+      child.send({ type: "run", contender, ...base });
+      return new HubRun(contender, child, fleet, await ready);
+    } catch (e) {
+      await endChild(child);
+      throw e;
+    }
+  }
+
+  /** The traffic per Totebox of the hub's last warm-up query (undefined without warm-up). */
+  get warmTraffic(): BarrierInfo | undefined {
+    return this.#held.info;
+  }
+
+  /** One measured query: released from its barrier, then held at the next. */
+  async turn(): Promise<void> {
+    const s0 = await this.#fleet.stats();
+    const next = HubRun.#barrier(this.#child, `hub ${this.contender} query`, 30 * 60_000);
+    this.#child.send({ type: "barrier-ok", name: this.#held.name });
+    this.#held = await next;
+    const s1 = await this.#fleet.stats();
+    this.#fleetCpu += s1.cpuMicros - s0.cpuMicros;
+    this.#linksFailed += s1.stats.linksFailed - s0.stats.linksFailed;
+  }
+
+  /** Releases the hub from its last barrier and returns what it measured. */
+  async finish(): Promise<ContenderRun> {
+    if (this.#held.name !== "end") {
+      throw new BenchError("BENCH_ERR_IPC", `hub ${this.contender} finished at ${this.#held.name}`);
+    }
+    const result = nextMessage(
+      this.#child,
       (msg) => {
         const r = msg as { type?: unknown; measurement?: unknown } | null;
         return r?.type === "result" ? (r.measurement as HubMeasurement) : undefined;
       },
-      60 * 60_000,
-      `hub ${contender}`,
+      10 * 60_000,
+      `hub ${this.contender} result`,
     );
-    child.off("message", onBarrier);
-    const failed = (await fleet.stats()).stats.linksFailed - failed0;
-    return { m, fleetCpuUsPerAnswer: fleetCpu / Math.max(1, m.answered), fleetLinksFailed: failed };
-  } finally {
-    await endChild(child);
+    this.#child.send({ type: "barrier-ok", name: "end" });
+    const m = await result;
+    return {
+      m,
+      fleetCpuUsPerAnswer: this.#fleetCpu / Math.max(1, m.answered),
+      fleetLinksFailed: this.#linksFailed,
+    };
+  }
+
+  end(): Promise<void> {
+    return endChild(this.#child);
+  }
+
+  static #barrier(
+    child: ChildProcess,
+    what: string,
+    timeoutMs: number,
+  ): Promise<{ name: string; info: BarrierInfo | undefined }> {
+    return nextMessage(
+      child,
+      (msg) => {
+        const b = msg as { type?: unknown; name?: unknown; info?: unknown } | null;
+        if (b?.type !== "barrier" || typeof b.name !== "string") return undefined;
+        const info = b.info as Partial<BarrierInfo> | undefined;
+        return {
+          name: b.name,
+          info:
+            typeof info?.bytesOutPerTotebox === "number" && typeof info.bytesInPerTotebox === "number"
+              ? { bytesOutPerTotebox: info.bytesOutPerTotebox, bytesInPerTotebox: info.bytesInPerTotebox }
+              : undefined,
+        };
+      },
+      timeoutMs,
+      what,
+    );
   }
 }
 
@@ -1596,30 +1691,49 @@ export async function benchFanout(): Promise<BenchRow[]> {
       const costs = measureCryptoCosts(answer.byteLength);
       const runs = new Map<string, ContenderRun>();
       const loadBefore = loadavg()[0]!;
-      for (const name of [
-        "ours",
-        "floor",
-        "usual",
-        ...wanted.filter((w) => !["ours", "floor", "usual"].includes(w)),
-      ]) {
-        if (!wanted.includes(name)) continue;
-        if (name === "floor") {
-          const o = runs.get("ours")?.m;
-          if (o) {
-            base.floor = {
-              requestBytes: Math.round(o.bytesOutPerTotebox),
-              answerBytes: Math.round(o.bytesInPerTotebox),
-            };
+      // Every contender's hub is started (connected, warmed up) one after another, then their
+      // measured queries are taken in turns: ours, the floor, the usual way, the aggregator, then
+      // ours again. Why: this host's pace drifts by up to 2× within minutes, and not alike for
+      // every contender. Run one after the other, the floor read 22.7 and 33.4 µs per Totebox two
+      // minutes apart while the aggregator read 97 and 102 µs (eleventh round): their ratio said
+      // 4.29× or 3.06×. In turns, every contender meets the same host, query by query.
+      const hubs: HubRun[] = [];
+      try {
+        for (const name of [
+          "ours",
+          "floor",
+          "usual",
+          ...wanted.filter((w) => !["ours", "floor", "usual"].includes(w)),
+        ]) {
+          if (!wanted.includes(name)) continue;
+          if (name === "floor") {
+            // The same request and answer sizes as ours (its last warm-up query), when it runs.
+            const o = hubs.find((h) => h.contender === "ours")?.warmTraffic;
+            if (o) {
+              base.floor = {
+                requestBytes: Math.round(o.bytesOutPerTotebox),
+                answerBytes: Math.round(o.bytesInPerTotebox),
+              };
+            }
+            // The answer frame is 4 header bytes plus the payload: the whole frame matches ours.
+            await fleet.setFloorAnswerBytes(Math.max(0, base.floor.answerBytes - 4));
           }
-          // The answer frame is 4 header bytes plus the payload: the whole frame matches ours.
-          await fleet.setFloorAnswerBytes(Math.max(0, base.floor.answerBytes - 4));
+          t = performance.now();
+          process.stderr.write(`bench fanout: N=${n} ${name}: connecting and warming up …\n`);
+          hubs.push(await HubRun.start(fleet, base, name));
+          log(`bench fanout: N=${n} ${name} ready in ${((performance.now() - t) / 1000).toFixed(1)} s`);
+          process.stderr.write("\n");
         }
         t = performance.now();
-        process.stderr.write(`bench fanout: N=${n} ${name} …\n`);
-        const run = await runHubChild(fleet, base, name);
-        log(`bench fanout: N=${n} ${name} done in ${((performance.now() - t) / 1000).toFixed(1)} s`);
+        for (let q = 0; q < queries; q++) {
+          for (const h of hubs) await h.turn();
+          log(`bench fanout: N=${n} query ${q + 1}/${queries} done by every contender`);
+        }
+        log(`bench fanout: N=${n} measured in ${((performance.now() - t) / 1000).toFixed(1)} s`);
         process.stderr.write("\n");
-        runs.set(name, run);
+        for (const h of hubs) runs.set(h.contender, await h.finish());
+      } finally {
+        await Promise.all(hubs.map((h) => h.end()));
       }
       rows.push(...rowsFor(n, runs, [loadBefore, loadavg()[0]!], costs));
     } finally {
