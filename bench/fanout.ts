@@ -70,6 +70,7 @@ import {
 } from "@os-orchestration/psp";
 import type { ReadAnswer, ToteboxRemote, ToteboxSessionRemote } from "@os-orchestration/totebox";
 import { SignJWT } from "jose";
+import { type CombineCost, measureCombineCost } from "./combine-cost.ts";
 import { aggregatorContender } from "./hub-aggregator.ts";
 import { type CryptoCosts, fanoutLowerBound, measureCryptoCosts } from "./machine-bound.ts";
 import { type BenchRow, fmt, percentile } from "./report.ts";
@@ -1267,6 +1268,7 @@ function rowsFor(
   runs: Map<string, ContenderRun>,
   load: [number, number],
   costs: CryptoCosts,
+  combine: CombineCost | undefined,
 ): BenchRow[] {
   const section = "fanout";
   const rows: BenchRow[] = [
@@ -1533,7 +1535,8 @@ function rowsFor(
       ratio: both(r.fleetCpuUsPerAnswer, (c) => c.fleetCpuUsPerAnswer),
     });
   }
-  if (floor) rows.push(...boundRows(n, costs, { floor, ours, usual }));
+  if (floor)
+    rows.push(...boundRows(n, costs, { floor, ours, usual, aggregator: runs.get("aggregator") }, combine));
   return rows;
 }
 
@@ -1546,7 +1549,13 @@ function rowsFor(
 function boundRows(
   n: number,
   costs: CryptoCosts,
-  runs: { floor: ContenderRun; ours: ContenderRun | undefined; usual: ContenderRun | undefined },
+  runs: {
+    floor: ContenderRun;
+    ours: ContenderRun | undefined;
+    usual: ContenderRun | undefined;
+    aggregator: ContenderRun | undefined;
+  },
+  combine: CombineCost | undefined,
 ): BenchRow[] {
   const section = "fanout";
   const at = `N=${n.toLocaleString("en-US")}`;
@@ -1597,6 +1606,28 @@ function boundRows(
         : {}),
     },
   ];
+  if (runs.aggregator && combine) {
+    // The aggregator does all that, and combines: its least is that bound plus its combine.
+    const least = b.hubUs + combine.perToteboxUs;
+    rows.push(
+      {
+        section,
+        name: `bound ${at}: the aggregator's combine alone (DuckDB, fleet idle)`,
+        value: combine.perToteboxUs,
+        unit: "µs",
+        ratio: `${(combine.perToteboxUs / floorHub).toFixed(2)}× floor; ${fmt(combine.fixedMs)} ms of it per combine whatever its size`,
+      },
+      {
+        section,
+        name: `bound ${at}: least hub CPU per Totebox for the aggregator`,
+        value: least,
+        unit: "µs",
+        ratio: `${(least / floorHub).toFixed(2)}× floor: the least above + its combine`,
+        goal:
+          least <= 2 * floorHub ? "goal ≤ 2× floor: within reach here" : "goal ≤ 2× floor: out of reach here",
+      },
+    );
+  }
   if (runs.ours) {
     const p50 = percentile(runs.ours.m.latencyMs, 50);
     rows.push({
@@ -1689,6 +1720,9 @@ export async function benchFanout(): Promise<BenchRow[]> {
         POSITION_COLUMNS.map((c) => row[c.name as keyof typeof row]),
       ]);
       const costs = measureCryptoCosts(answer.byteLength);
+      // The aggregator's combine alone, with the fleet idle (combine-cost.ts): a cost neither the
+      // floor nor ours has, added to the least the aggregator could reach (boundRows).
+      const combine = wanted.includes("aggregator") ? await measureCombineCost(n, seed, AS_OF) : undefined;
       const runs = new Map<string, ContenderRun>();
       const loadBefore = loadavg()[0]!;
       // Every contender's hub is started (connected, warmed up) one after another, then their
@@ -1735,7 +1769,7 @@ export async function benchFanout(): Promise<BenchRow[]> {
       } finally {
         await Promise.all(hubs.map((h) => h.end()));
       }
-      rows.push(...rowsFor(n, runs, [loadBefore, loadavg()[0]!], costs));
+      rows.push(...rowsFor(n, runs, [loadBefore, loadavg()[0]!], costs, combine));
     } finally {
       await fleet.close();
       // This process back on every core: what runs after (another size, another section) and

@@ -32,6 +32,23 @@ const CONSOLE_FILE = fileURLToPath(new URL("./hub-console.ts", import.meta.url))
 
 const REGIONS = ["west", "east", "north", "south"];
 
+export const BENCH_VIEWPORT_NAME = "portfolio-position";
+
+/** The viewport the console asks for (fleet.yaml's shape): net value by region, a grand total. */
+export function benchViewport(asOf: string) {
+  return {
+    description: "Net value by region with a grand total, over the position view",
+    reads: [{ view: "position", as: "position", params: { as_of: asOf } }],
+    sections: [
+      {
+        name: "rollup",
+        sql: "SELECT tags['region'] AS region, count(*) AS toteboxes, sum(net_value) AS net_value FROM position GROUP BY ROLLUP (1) ORDER BY 1 NULLS LAST",
+        columns: { region: "string", toteboxes: "integer", net_value: "integer" },
+      },
+    ],
+  };
+}
+
 export function aggregatorContender(ctx: HubContext): HubContender {
   let dir: string | undefined;
   let server: OrchestrationServer | undefined;
@@ -62,19 +79,7 @@ export function aggregatorContender(ctx: HubContext): HubContender {
               role: "viewer",
             },
           ],
-          viewports: {
-            "portfolio-position": {
-              description: "Net value by region with a grand total, over the position view",
-              reads: [{ view: "position", as: "position", params: { as_of: ctx.asOf } }],
-              sections: [
-                {
-                  name: "rollup",
-                  sql: "SELECT tags['region'] AS region, count(*) AS toteboxes, sum(net_value) AS net_value FROM position GROUP BY ROLLUP (1) ORDER BY 1 NULLS LAST",
-                  columns: { region: "string", toteboxes: "integer", net_value: "integer" },
-                },
-              ],
-            },
-          },
+          viewports: { [BENCH_VIEWPORT_NAME]: benchViewport(ctx.asOf) },
         }),
       );
       applyHeapGrowth(); // as `serve` does: the default, unless BENCH_HUB_NODE_FLAGS gave V8's own flag
@@ -106,7 +111,7 @@ export function aggregatorContender(ctx: HubContext): HubContender {
         operatorId: "bench-operator",
         tenant: "bench",
         toteboxSelectors: REGIONS.map((r) => `region=${r}`),
-        viewport: "portfolio-position",
+        viewport: BENCH_VIEWPORT_NAME,
       };
       consoleProc.send(start);
       await nextMessage(
