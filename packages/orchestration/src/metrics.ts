@@ -58,8 +58,10 @@ class StatusSecondsHistogram {
 
   observe(status: ToteboxStatus, seconds: number): void {
     const s = TOTEBOX_STATUSES.indexOf(status);
-    // Refused as prom-client refuses them: a status outside the fixed set, or a non-finite value.
-    if (s < 0) throw new Error(`Added label "status" is not included in initial labelset`);
+    // Stricter than prom-client, which would open a new series for any label value: the statuses
+    // are a fixed set, so another value is a bug of ours, refused. A non-finite value is refused
+    // as prom-client refuses it.
+    if (s < 0) throw new RangeError(`not a Totebox status: ${String(status)}`);
     if (!Number.isFinite(seconds)) throw new TypeError(`Value is not a valid number: ${seconds}`);
     const bounds = TOTEBOX_SECONDS_BUCKETS;
     let b = 0;
@@ -163,18 +165,16 @@ export class OrchMetrics {
     // what an operator needs to tell a JS-heap leak from native memory growth.
     collectDefaultMetrics({ register: this.registry });
     const statusCounts = () => this.toteboxSeconds.counts();
-    const reported = this.#statusReported;
     this.toteboxStatus = new Counter({
       name: "orch_totebox_status_total",
       help: "Per-Totebox outcomes within fan-outs, by status",
       labelNames: ["status"] as const,
       registers: [this.registry],
+      // Set afresh from the histogram's counts on every scrape (no state of its own to drift, say
+      // after a registry reset), in the order the statuses were first seen.
       collect() {
-        for (const [status, n] of statusCounts()) {
-          const delta = n - (reported.get(status) ?? 0);
-          if (delta > 0) this.inc({ status }, delta);
-          reported.set(status, n);
-        }
+        this.reset();
+        for (const [status, n] of statusCounts()) this.inc({ status }, n);
       },
     });
     const counts = () => this.#receiptCounts?.();
@@ -248,7 +248,6 @@ export class OrchMetrics {
   });
   /** Per-Totebox outcomes by status: the histogram's counts, brought up to date on each scrape. */
   readonly toteboxStatus: Counter<"status">;
-  readonly #statusReported = new Map<string, number>();
 
   /** One Totebox's outcome within a fan-out (called once per Totebox per fan-out). */
   toteboxAnswered(status: ToteboxStatus, seconds: number): void {

@@ -52,6 +52,7 @@ export interface MessageCodecLimits {
 /**
  * How many attachments, and how many bytes of them, a message will lift when encoded. Lets the
  * sender split a batch before encoding so no frame exceeds the receiver's segment or size limits.
+ * `message` is a capnweb-devaluated tree, as for encodeMessages.
  */
 export function measureAttachments(
   message: unknown,
@@ -94,7 +95,9 @@ function measureNode(
 
 /**
  * Encodes a batch of messages into frame segments. Mutates the (freshly devaluated) message trees
- * only by swapping large byte strings for AttachmentRef placeholders.
+ * only by swapping large byte strings for AttachmentRef placeholders. The trees are capnweb's
+ * devaluated output: arrays, byte strings, primitives and plain objects whose prototype chain has
+ * no enumerable keys (the walks below use for-in).
  */
 export function encodeMessages(messages: unknown[], limits: MessageCodecLimits): Uint8Array[] {
   const attachments: Uint8Array[] = [];

@@ -433,6 +433,21 @@ describe("receipt codecs: direct paths agree with the generic ones", () => {
         "PSP_ERR_RECEIPT_MISMATCH requestHash",
       );
       expect(field({ subjectId: `${r.subjectId}\u0000` })).toBe("PSP_ERR_RECEIPT_MISMATCH subjectId");
+      // The same length: ASCII against ASCII, and a non-ASCII character in place of another.
+      const last = r.subjectId.length - 1;
+      expect(field({ subjectId: `${r.subjectId.slice(0, last)}#` })).toBe(
+        "PSP_ERR_RECEIPT_MISMATCH subjectId",
+      );
+      expect(field({ subjectId: `${r.subjectId.slice(0, last)}é` })).toBe(
+        "PSP_ERR_RECEIPT_MISMATCH subjectId",
+      );
+      // Two expectations wrong: the first in verifyReceipt's order is the one named.
+      expect(field({ requestHash: new Uint8Array(32), subjectId: "tb-9" })).toBe(
+        "PSP_ERR_RECEIPT_MISMATCH requestHash",
+      );
+      expect(field({ capabilityId: new Uint8Array(16), requestHash: new Uint8Array(32) })).toBe(
+        "PSP_ERR_RECEIPT_MISMATCH capabilityId",
+      );
       expect(field({ subjectId: r.subjectId.slice(0, -1) })).toBe("PSP_ERR_RECEIPT_MISMATCH subjectId");
       expect(code(() => checkReceipt({ token, subjectPublicKey: other, expect: expect_ }))).toBe(
         "PSP_ERR_RECEIPT_SIGNATURE",

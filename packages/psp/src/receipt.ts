@@ -856,6 +856,8 @@ function scanPayload(payload: Uint8Array, e: ReceiptExpectations): ReceiptCounts
 
 /** Whether `expected` is b[at..end), reading every byte (as bytesEqual does). */
 function bytesAt(expected: Uint8Array, b: Uint8Array, at: number, end: number): boolean {
+  // Anything but a Uint8Array (a caller's DataView or ArrayBuffer) gets bytesEqual's own answer.
+  if (!(expected instanceof Uint8Array)) return bytesEqual(expected, b.subarray(at, end));
   if (expected.byteLength !== end - at) return false;
   let diff = 0;
   for (let i = 0; i < expected.byteLength; i++) diff |= expected[i]! ^ b[at + i]!;
