@@ -9,10 +9,22 @@
  * section's SQL parsed and planned, the rollback: ~6 ms here, eleventh round) and a part per row
  * (~4 µs: decoded cells into DuckDB vectors, tags as a MAP); so per Totebox it weighs most at the
  * smallest sizes. Both are printed.
+ *
+ * Timed in a process of its own started as the aggregator's hub is (the same node flags, its heap
+ * growth applied as `serve` does), not in the bench's parent, whose heap holds the whole fleet's
+ * descriptors and whose collector would be tuned otherwise.
  */
-import { compileViewports, coverageOf, runCombine, type Viewport } from "@os-orchestration/orchestration";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import {
+  applyHeapGrowth,
+  compileViewports,
+  coverageOf,
+  runCombine,
+  type Viewport,
+} from "@os-orchestration/orchestration";
 import { type DecodedResult, decodeResult, encodeResult } from "@os-orchestration/psp";
 import { BENCH_VIEWPORT_NAME, benchViewport } from "./hub-aggregator.ts";
+import { endChild, forkTs, nextMessage } from "./sim-fleet.ts";
 import { POSITION_COLUMNS, simPosition, simTags } from "./sim-fleet-worker.ts";
 
 export interface CombineCost {
@@ -83,4 +95,60 @@ export async function measureCombineCost(n: number, seed: number, asOf: string):
   const perToteboxUs = (await cpuPerCombineUs(v, n, runs, seed, asOf)) / n;
   const fixedMs = (await cpuPerCombineUs(v, 10, 40, seed, asOf)) / 1000;
   return { perToteboxUs, fixedMs };
+}
+
+const FILE = fileURLToPath(import.meta.url);
+
+/** measureCombineCost in a child process started with `nodeFlags` (the hubs' flags). */
+export async function measureCombineCostInChild(
+  n: number,
+  seed: number,
+  asOf: string,
+  nodeFlags: readonly string[],
+): Promise<CombineCost> {
+  const child = forkTs(FILE, ["--combine-cost"], [...nodeFlags]);
+  try {
+    const result = nextMessage(
+      child,
+      (m) => {
+        const r = m as { type?: unknown; cost?: CombineCost } | null;
+        return r?.type === "combine-cost" && r.cost ? r.cost : undefined;
+      },
+      10 * 60_000,
+      "combine cost",
+    );
+    child.send({ type: "measure", n, seed, asOf });
+    return await result;
+  } finally {
+    await endChild(child);
+  }
+}
+
+if (
+  process.argv.includes("--combine-cost") &&
+  process.argv[1] &&
+  import.meta.url === pathToFileURL(process.argv[1]).href
+) {
+  process.on("disconnect", () => process.exit(0));
+  process.on("message", (raw: unknown) => {
+    const m = raw as { type?: unknown; n?: unknown; seed?: unknown; asOf?: unknown } | null;
+    if (m?.type === "close") process.exit(0);
+    if (
+      m?.type !== "measure" ||
+      typeof m.n !== "number" ||
+      typeof m.seed !== "number" ||
+      typeof m.asOf !== "string"
+    )
+      return;
+    applyHeapGrowth(); // as the aggregator's hub and `serve` do
+    measureCombineCost(m.n, m.seed, m.asOf).then(
+      (cost) => process.send?.({ type: "combine-cost", cost }),
+      (e: unknown) =>
+        process.send?.({
+          type: "error",
+          code: "BENCH_ERR_WORKER",
+          message: (e as Error)?.message ?? "failed",
+        }),
+    );
+  });
 }

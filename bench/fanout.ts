@@ -70,7 +70,7 @@ import {
 } from "@os-orchestration/psp";
 import type { ReadAnswer, ToteboxRemote, ToteboxSessionRemote } from "@os-orchestration/totebox";
 import { SignJWT } from "jose";
-import { type CombineCost, measureCombineCost } from "./combine-cost.ts";
+import { type CombineCost, measureCombineCostInChild } from "./combine-cost.ts";
 import { aggregatorContender } from "./hub-aggregator.ts";
 import { type CryptoCosts, fanoutLowerBound, measureCryptoCosts } from "./machine-bound.ts";
 import { type BenchRow, fmt, percentile } from "./report.ts";
@@ -173,8 +173,13 @@ export interface HubMeasurement {
   queries: number;
   /** Per measured query, ms, sorted ascending. */
   latencyMs: number[];
-  /** Hub user + system CPU over the measured queries / (queries × N), µs. */
+  /**
+   * Hub user + system CPU over the measured queries / (queries × N), µs: from the first measured
+   * query to the last, the waits between its turns included.
+   */
   cpuUsPerToteboxQuery: number;
+  /** The same within its own turns only (measureHub: the truth lies between the two). */
+  cpuInTurnsUsPerToteboxQuery: number;
   rssBeforeBytes: number;
   rssAfterConnectBytes: number;
   /** (RSS after connecting all − RSS before) / N, KB. */
@@ -856,6 +861,10 @@ export async function measureHub(
 
   let warm: BarrierInfo | undefined;
   for (let i = 0; i < opts.warmup; i++) {
+    // Held before the last warm-up query until every contender has started, so that each warms
+    // up again right before the measured turns: a hub started first would otherwise wait through
+    // every later one's connecting (at 10,000, minutes: past an HTTPS keep-alive, for one).
+    if (i === opts.warmup - 1) await opts.barrier?.("warm", warm);
     progress(`warm-up ${i + 1}/${opts.warmup}`);
     const before = contender.traffic?.();
     await contender.query();
@@ -880,11 +889,25 @@ export async function measureHub(
   const cpu0 = process.cpuUsage();
   const threads0 = threadCpuMicros();
   let rssPeak = 0;
+  // CPU within our own turns only (from our release to our next barrier): it misses what our
+  // queries leave for later (the collector, DuckDB), as the whole figure may include what only
+  // waiting causes (keep-alive pings on links idle past their interval). The truth lies between.
+  let inTurns = 0;
+  let turnCpu = cpu0;
   for (let q = 0; q < opts.queries; q++) {
     // Between two of our queries, the other contenders take their turns. Our CPU counts across
     // those waits too: whatever this process does then (its collector finishing what our last
     // query left, its links' keep-alives) is its own work.
-    if (q > 0) await opts.barrier?.(`query ${q}`);
+    if (q > 0) {
+      const u = process.cpuUsage(turnCpu);
+      inTurns += u.user + u.system;
+      // The loop-delay monitor wakes this process every 10 ms: off while others take their turns
+      // (measured at 200 Toteboxes, the floor's idle hub spent ~4 ms a second on it).
+      loop.disable();
+      await opts.barrier?.(`query ${q}`);
+      loop.enable();
+      turnCpu = process.cpuUsage();
+    }
     progress(`query ${q + 1}/${opts.queries}${q > 0 ? ` (last ${fmt(latency[q - 1]!)} ms)` : ""}`);
     t = performance.now();
     const out = await contender.query();
@@ -895,6 +918,8 @@ export async function measureHub(
     if (out.rollup && !sameRollup(out.rollup, ctx.expectedRollup)) mismatches++;
   }
   const cpu = process.cpuUsage(cpu0);
+  const lastTurn = process.cpuUsage(turnCpu);
+  inTurns += lastTurn.user + lastTurn.system;
   const threads1 = threadCpuMicros();
   const tMeasure = performance.now();
   loop.disable();
@@ -921,6 +946,7 @@ export async function measureHub(
     queries: opts.queries,
     latencyMs: latency.sort((a, b) => a - b),
     cpuUsPerToteboxQuery: (cpu.user + cpu.system) / per,
+    cpuInTurnsUsPerToteboxQuery: inTurns / per,
     rssBeforeBytes: rssBefore,
     rssAfterConnectBytes: rssAfter,
     rssPerLinkKB: (rssAfter - rssBefore) / n / 1024,
@@ -1061,8 +1087,8 @@ async function hubMain(): Promise<void> {
 const FANOUT_FILE = fileURLToPath(import.meta.url);
 
 /**
- * BENCH_PIN_HUB=1: each hub child alone on core 0, the fleet's workers (and this parent) on the
- * other cores, with `taskset`. Unpinned, the hub shares both cores with the whole fleet and its CPU
+ * BENCH_PIN_HUB=1: the hub children on core 0 (held side by side, one measuring at a time), the
+ * fleet's workers (and this parent) on the other cores, with `taskset`. Unpinned, the hub shares both cores with the whole fleet and its CPU
  * time per Totebox includes what that sharing costs it (cache refills after every switch), more so
  * for a contender whose fleet works harder: ours pays more of it than the floor. Pinned, each
  * hub's CPU time is what it would be on a machine of its own, as an aggregator runs; the fleet
@@ -1119,18 +1145,22 @@ interface ContenderRun {
   m: HubMeasurement;
   /** Fleet (all workers) CPU per answered Totebox over the measured queries, µs. */
   fleetCpuUsPerAnswer: number;
-  /** PSP links the simulated Toteboxes saw end with an error during this contender's run. */
+  /** PSP links the simulated Toteboxes saw end with an error during this contender's turns (any hub's). */
   fleetLinksFailed: number;
 }
 
 /**
- * One contender's hub child, held for a whole size: it connects and warms up (`start`), then runs
- * its measured queries one turn at a time (`turn`; measureHub's barriers), its turns interleaved
- * with the other contenders' (benchFanout). The fleet's CPU and failed links are sampled around
- * each turn, so each contender is charged only for the fleet's work during its own queries.
+ * One contender's hub child, held for a whole size: it connects and warms up to its last warm-up
+ * query (`start`), runs that query when every contender has started (`prime`), then its measured
+ * queries one turn at a time (`turn`; measureHub's barriers), its turns interleaved with the
+ * other contenders' (benchFanout). The fleet's CPU and failed links are sampled around each turn:
+ * what the fleet does during a contender's turn is charged to it, including what the other held
+ * hubs' links cost the fleet meanwhile (keep-alives, little) and what the turn before left.
  */
 class HubRun {
   readonly contender: string;
+  /** Traffic per Totebox of the hub's warm-up query before its last (none with < 2 warm-ups). */
+  readonly warmTraffic: BarrierInfo | undefined;
   readonly #child: ChildProcess;
   readonly #fleet: SimFleet;
   /** The barrier the child is held at, and what it told us there. */
@@ -1148,6 +1178,10 @@ class HubRun {
     this.#child = child;
     this.#fleet = fleet;
     this.#held = held;
+    this.warmTraffic = held.info;
+    // A send to a hub that died while held reports on 'error': counted in #alive(), never thrown
+    // as an unhandled event.
+    child.on("error", () => {});
   }
 
   /** Forks the hub and waits until it has connected and warmed up. */
@@ -1172,13 +1206,18 @@ class HubRun {
     }
   }
 
-  /** The traffic per Totebox of the hub's last warm-up query (undefined without warm-up). */
-  get warmTraffic(): BarrierInfo | undefined {
-    return this.#held.info;
+  /** Its last warm-up query, run now (when every contender has started): held at "start" after. */
+  async prime(): Promise<void> {
+    if (this.#held.name !== "warm") return;
+    this.#alive();
+    const next = HubRun.#barrier(this.#child, `hub ${this.contender} warm-up`, 30 * 60_000);
+    this.#child.send({ type: "barrier-ok", name: "warm" });
+    this.#held = await next;
   }
 
   /** One measured query: released from its barrier, then held at the next. */
   async turn(): Promise<void> {
+    this.#alive();
     const s0 = await this.#fleet.stats();
     const next = HubRun.#barrier(this.#child, `hub ${this.contender} query`, 30 * 60_000);
     this.#child.send({ type: "barrier-ok", name: this.#held.name });
@@ -1193,6 +1232,7 @@ class HubRun {
     if (this.#held.name !== "end") {
       throw new BenchError("BENCH_ERR_IPC", `hub ${this.contender} finished at ${this.#held.name}`);
     }
+    this.#alive();
     const result = nextMessage(
       this.#child,
       (msg) => {
@@ -1213,6 +1253,17 @@ class HubRun {
 
   end(): Promise<void> {
     return endChild(this.#child);
+  }
+
+  /** Throws if the hub died while held: nothing would ever answer the next wait. */
+  #alive(): void {
+    const c = this.#child;
+    if (c.exitCode !== null || c.signalCode !== null || !c.connected) {
+      throw new BenchError(
+        "BENCH_ERR_WORKER",
+        `hub ${this.contender} is gone (exit ${c.exitCode}, signal ${c.signalCode})`,
+      );
+    }
   }
 
   static #barrier(
@@ -1238,6 +1289,24 @@ class HubRun {
       what,
     );
   }
+}
+
+/**
+ * A hub's CPU within its own turns only, against the floor's (measureHub): the whole figure may
+ * include keep-alives that only the waits between turns cause (at 10,000 a round of turns outlasts
+ * a link's ping interval); this one misses what a query leaves to run after its turn.
+ */
+function inTurnsRow(who: string, m: HubMeasurement, floor: HubMeasurement | undefined): BenchRow {
+  return {
+    section: "fanout",
+    name: `${who}: of which within its own turns`,
+    value: m.cpuInTurnsUsPerToteboxQuery,
+    unit: "µs",
+    ratio:
+      floor && floor !== m
+        ? `${(m.cpuInTurnsUsPerToteboxQuery / floor.cpuInTurnsUsPerToteboxQuery).toFixed(2)}× the floor's within its turns`
+        : "baseline",
+  };
 }
 
 /** Where a hub's CPU went by thread: the main thread (our code, TLS, the loop) and the rest. */
@@ -1367,7 +1436,7 @@ function rowsFor(
         ratio: `≤ ${((ms * 1000) / n / m.cpuUsPerToteboxQuery).toFixed(2)} of hub CPU; includes preemption and GC pauses`,
       });
     }
-    rows.push(...threadRows(`ours ${at}`, m));
+    rows.push(inTurnsRow(`ours ${at}`, m, floor?.m), ...threadRows(`ours ${at}`, m));
     rows.push({
       section,
       name: `ours ${at}: hub RSS per held link`,
@@ -1431,7 +1500,7 @@ function rowsFor(
       unit: "µs",
       ratio: "baseline",
     });
-    rows.push(...threadRows(`floor ${at}`, m));
+    rows.push(inTurnsRow(`floor ${at}`, m, m), ...threadRows(`floor ${at}`, m));
     rows.push({ section, name: `floor ${at}: hub RSS per held link`, value: m.rssPerLinkKB, unit: "KB" });
     rows.push({
       section,
@@ -1519,7 +1588,7 @@ function rowsFor(
         : {}),
     });
     // By thread, as for ours and the floor (the aggregator's others include DuckDB's threads).
-    rows.push(...threadRows(`${name} ${at}`, r.m));
+    rows.push(inTurnsRow(`${name} ${at}`, r.m, floor?.m), ...threadRows(`${name} ${at}`, r.m));
     rows.push({ section, name: `${name} ${at}: hub RSS per held link`, value: r.m.rssPerLinkKB, unit: "KB" });
     rows.push({
       section,
@@ -1722,7 +1791,13 @@ export async function benchFanout(): Promise<BenchRow[]> {
       const costs = measureCryptoCosts(answer.byteLength);
       // The aggregator's combine alone, with the fleet idle (combine-cost.ts): a cost neither the
       // floor nor ours has, added to the least the aggregator could reach (boundRows).
-      const combine = wanted.includes("aggregator") ? await measureCombineCost(n, seed, AS_OF) : undefined;
+      const combine = wanted.includes("aggregator")
+        ? await measureCombineCostInChild(n, seed, AS_OF, [
+            "--expose-gc",
+            "--max-old-space-size=4096",
+            ...HUB_NODE_FLAGS,
+          ])
+        : undefined;
       const runs = new Map<string, ContenderRun>();
       const loadBefore = loadavg()[0]!;
       // Every contender's hub is started (connected, warmed up) one after another, then their
@@ -1741,8 +1816,12 @@ export async function benchFanout(): Promise<BenchRow[]> {
         ]) {
           if (!wanted.includes(name)) continue;
           if (name === "floor") {
-            // The same request and answer sizes as ours (its last warm-up query), when it runs.
+            // The same request and answer sizes as ours (its warm-up query before the last), when
+            // it runs; with fewer than 2 warm-ups, the sizes of an earlier probe.
             const o = hubs.find((h) => h.contender === "ours")?.warmTraffic;
+            if (!o && wanted.includes("ours")) {
+              process.stderr.write("bench fanout: the floor takes an earlier probe's sizes (warm-up < 2)\n");
+            }
             if (o) {
               base.floor = {
                 requestBytes: Math.round(o.bytesOutPerTotebox),
@@ -1758,9 +1837,12 @@ export async function benchFanout(): Promise<BenchRow[]> {
           log(`bench fanout: N=${n} ${name} ready in ${((performance.now() - t) / 1000).toFixed(1)} s`);
           process.stderr.write("\n");
         }
+        for (const h of hubs) await h.prime();
         t = performance.now();
         for (let q = 0; q < queries; q++) {
-          for (const h of hubs) await h.turn();
+          // The order turns with each query, so that no contender always follows the same one
+          // (and inherits what its turn left running: collectors, DuckDB, the fleet's backlog).
+          for (let k = 0; k < hubs.length; k++) await hubs[(q + k) % hubs.length]!.turn();
           log(`bench fanout: N=${n} query ${q + 1}/${queries} done by every contender`);
         }
         log(`bench fanout: N=${n} measured in ${((performance.now() - t) / 1000).toFixed(1)} s`);
