@@ -202,7 +202,10 @@ export async function endChild(child: ChildProcess, graceMs = 5_000): Promise<vo
 // ---------------------------------------------------------------------------------------------
 
 const WORKER_FILE = fileURLToPath(new URL("./sim-fleet-worker.ts", import.meta.url));
-/** Per worker: 3 listeners per Totebox plus one live connection, under ulimit -n 20,000. */
+/**
+ * Per worker: 3 listeners per Totebox plus a live connection from each contender's hub (held side
+ * by side, so up to 4: 2,500 × 7 = 17,500 descriptors), under ulimit -n 20,000.
+ */
 const MAX_PER_WORKER = 2_500;
 
 function isDescriptor(v: unknown): v is SimToteboxDescriptor {
