@@ -85,7 +85,7 @@ export function expectBytes(c: Cursor, bytes: Uint8Array): void {
  * Reads a byte string's head and steps over its min..max bytes; returns where they start, or -1
  * (and `ok` false) when the head or length is out of bounds.
  */
-function byteString(c: Cursor, min: number, max: number): number {
+export function byteString(c: Cursor, min: number, max: number): number {
   const len = readHead(c, 2);
   if (len < min || len > max || c.p + len > c.b.byteLength) {
     c.ok = false;
@@ -105,12 +105,16 @@ export function readByteView(c: Cursor, min: number, max: number): Uint8Array {
 export function readByteCopy(c: Cursor, min: number, max: number): Uint8Array {
   const at = byteString(c, min, max);
   if (at < 0 || !c.ok) return EMPTY;
-  const b = c.b;
-  const len = c.p - at;
+  return copyBytes(c.b, at, c.p);
+}
+
+/** b[at..end) copied into a plain Uint8Array (even when `b` is a Buffer). */
+export function copyBytes(b: Uint8Array, at: number, end: number): Uint8Array {
+  const len = end - at;
   // Ids and digests (16-64 bytes) are copied by hand: no view of `b` made just to copy from it.
   const out = new Uint8Array(len);
   if (len <= 64) for (let i = 0; i < len; i++) out[i] = b[at + i]!;
-  else out.set(b.subarray(at, at + len));
+  else out.set(b.subarray(at, end));
   return out;
 }
 
@@ -180,6 +184,14 @@ export function skipText(c: Cursor, maxBytes: number): number {
   return at;
 }
 
+/** The valid UTF-8 text in b[at..end) (skipText checked it) as a string. */
+export function textAt(b: Uint8Array, at: number, end: number): string {
+  for (let i = at; i < end; i++) {
+    if (b[i]! >= 0x80) return strictUtf8.decode(b.subarray(at, end));
+  }
+  return String.fromCharCode.apply(null, b.subarray(at, end) as unknown as number[]);
+}
+
 /** Whether the valid UTF-8 text in b[at..end) (skipText) is `s`, without decoding ASCII. */
 export function textEquals(b: Uint8Array, at: number, end: number, s: string): boolean {
   const len = end - at;
@@ -191,11 +203,6 @@ export function textEquals(b: Uint8Array, at: number, end: number, s: string): b
     if (b[at + i]! < 0x80 && s.charCodeAt(i) < 0x80) return false;
   }
   return strictUtf8.decode(b.subarray(at, end)) === s;
-}
-
-/** A byte string's head and its min..max bytes stepped over: where they start, or -1 (`ok` false). */
-export function skipByteString(c: Cursor, min: number, max: number): number {
-  return byteString(c, min, max);
 }
 
 /** Bytes of the shortest head for `n` (< 2^32), or 9 for the 8-byte head. */

@@ -19,19 +19,19 @@ import {
   sigStructure1,
 } from "./cose.ts";
 import {
+  byteString,
   type Cursor,
+  copyBytes,
   cursor,
   expectByte,
   headLength,
   putHead,
   putString,
   putText,
-  readByteCopy,
   readHead,
-  readText,
-  skipByteString,
   skipText,
   stringLength,
+  textAt,
   textEquals,
   textLength,
 } from "./direct-cbor.ts";
@@ -456,47 +456,90 @@ function readCount(c: Cursor): number {
   return v;
 }
 
-/** Claims from a payload in exactly the signer's layout, or undefined for the generic path. */
-function readPayload(payload: Uint8Array): ReceiptClaims | undefined {
+/**
+ * Where each field of a payload in exactly the signer's layout lies, its counts read, every field
+ * checked as the generic path would; undefined for any other layout (the generic path decides).
+ * readPayload copies the claims out of it; scanPayload compares expectations in place.
+ */
+interface PayloadLayout {
+  readonly capabilityAt: number;
+  readonly capabilityEnd: number;
+  /** The name is a view's (label 2), else a command's (label 3). */
+  readonly isView: boolean;
+  readonly nameAt: number;
+  readonly nameEnd: number;
+  readonly requestHashAt: number;
+  readonly rowCount: number;
+  readonly suppressedGroups: number;
+  readonly watermarkAt: number;
+  readonly watermarkEnd: number;
+  readonly digestAt: number;
+  readonly issuedAt: number;
+  readonly subjectAt: number;
+  readonly subjectEnd: number;
+}
+
+function payloadLayout(payload: Uint8Array): PayloadLayout | undefined {
   const c = cursor(payload);
   expectByte(c, 0xa9); // map of 9 entries
   expectByte(c, RECEIPT_FIELD.capabilityId);
-  const capabilityId = readByteCopy(c, 8, 64);
-  let view: string | undefined;
-  let command: string | undefined;
-  if (payload[c.p] === RECEIPT_FIELD.view) {
-    c.p++;
-    view = readText(c, MAX_TEXT_BYTES);
-  } else {
-    expectByte(c, RECEIPT_FIELD.command);
-    command = readText(c, MAX_TEXT_BYTES);
-  }
+  const capabilityAt = byteString(c, 8, 64);
+  const capabilityEnd = c.p;
+  const isView = payload[c.p] === RECEIPT_FIELD.view;
+  if (isView) c.p++;
+  else expectByte(c, RECEIPT_FIELD.command);
+  const nameAt = skipText(c, MAX_TEXT_BYTES);
+  const nameEnd = c.p;
   expectByte(c, RECEIPT_FIELD.requestHash);
-  const requestHash = readByteCopy(c, 32, 32);
+  const requestHashAt = byteString(c, 32, 32);
   expectByte(c, RECEIPT_FIELD.rowCount);
   const rowCount = readCount(c);
   expectByte(c, RECEIPT_FIELD.suppressedGroups);
   const suppressedGroups = readCount(c);
   expectByte(c, RECEIPT_FIELD.watermark);
-  const watermark = readText(c, MAX_TEXT_BYTES);
+  const watermarkAt = skipText(c, MAX_TEXT_BYTES);
+  const watermarkEnd = c.p;
   expectByte(c, RECEIPT_FIELD.arrowDigest);
-  const arrowDigest = readByteCopy(c, 32, 32);
+  const digestAt = byteString(c, 32, 32);
   expectByte(c, RECEIPT_FIELD.issuedAt);
   const issuedAt = readCount(c);
   expectByte(c, RECEIPT_FIELD.subjectId);
-  const subjectId = readText(c, MAX_TEXT_BYTES);
+  const subjectAt = skipText(c, MAX_TEXT_BYTES);
   if (!c.ok || c.p !== payload.byteLength) return undefined;
   return {
-    capabilityId,
-    view,
-    command,
-    requestHash,
+    capabilityAt,
+    capabilityEnd,
+    isView,
+    nameAt,
+    nameEnd,
+    requestHashAt,
     rowCount,
     suppressedGroups,
-    watermark,
-    arrowDigest,
+    watermarkAt,
+    watermarkEnd,
+    digestAt,
     issuedAt,
-    subjectId,
+    subjectAt,
+    subjectEnd: c.p,
+  };
+}
+
+/** Claims from a payload in exactly the signer's layout (copied out), or undefined for the generic path. */
+function readPayload(payload: Uint8Array): ReceiptClaims | undefined {
+  const l = payloadLayout(payload);
+  if (l === undefined) return undefined;
+  const name = textAt(payload, l.nameAt, l.nameEnd);
+  return {
+    capabilityId: copyBytes(payload, l.capabilityAt, l.capabilityEnd),
+    view: l.isView ? name : undefined,
+    command: l.isView ? undefined : name,
+    requestHash: copyBytes(payload, l.requestHashAt, l.requestHashAt + 32),
+    rowCount: l.rowCount,
+    suppressedGroups: l.suppressedGroups,
+    watermark: textAt(payload, l.watermarkAt, l.watermarkEnd),
+    arrowDigest: copyBytes(payload, l.digestAt, l.digestAt + 32),
+    issuedAt: l.issuedAt,
+    subjectId: textAt(payload, l.subjectAt, l.subjectEnd),
   };
 }
 
@@ -814,44 +857,27 @@ function checkExpectations(claims: ReceiptClaims, e: ReceiptExpectations): void 
 }
 
 /**
- * checkExpectations on a payload in exactly the signer's layout, read in place (the same steps as
- * readPayload, with the same refusals): the counts, or undefined for the generic path. Throws the
- * first expectation that differs, in checkExpectations' order.
+ * checkExpectations on a payload in exactly the signer's layout, read in place (payloadLayout):
+ * the counts, or undefined for the generic path. Throws the first expectation that differs, in
+ * checkExpectations' order.
  */
 function scanPayload(payload: Uint8Array, e: ReceiptExpectations): ReceiptCounts | undefined {
-  const c = cursor(payload);
-  expectByte(c, 0xa9); // map of 9 entries
-  expectByte(c, RECEIPT_FIELD.capabilityId);
-  const capabilityAt = skipByteString(c, 8, 64);
-  const capabilityEnd = c.p;
-  if (payload[c.p] === RECEIPT_FIELD.view) c.p++;
-  else expectByte(c, RECEIPT_FIELD.command);
-  skipText(c, MAX_TEXT_BYTES);
-  expectByte(c, RECEIPT_FIELD.requestHash);
-  const requestHashAt = skipByteString(c, 32, 32);
-  expectByte(c, RECEIPT_FIELD.rowCount);
-  const rowCount = readCount(c);
-  expectByte(c, RECEIPT_FIELD.suppressedGroups);
-  const suppressedGroups = readCount(c);
-  expectByte(c, RECEIPT_FIELD.watermark);
-  const watermark = readText(c, MAX_TEXT_BYTES);
-  expectByte(c, RECEIPT_FIELD.arrowDigest);
-  const digestAt = skipByteString(c, 32, 32);
-  expectByte(c, RECEIPT_FIELD.issuedAt);
-  readCount(c);
-  expectByte(c, RECEIPT_FIELD.subjectId);
-  const subjectAt = skipText(c, MAX_TEXT_BYTES);
-  if (!c.ok || c.p !== payload.byteLength) return undefined;
-  if (e.arrowBytes !== undefined && !sha256EqualsAt(e.arrowBytes, payload, digestAt)) {
+  const l = payloadLayout(payload);
+  if (l === undefined) return undefined;
+  if (e.arrowBytes !== undefined && !sha256EqualsAt(e.arrowBytes, payload, l.digestAt)) {
     throw mismatch("arrowDigest");
   }
-  if (e.capabilityId !== undefined && !bytesAt(e.capabilityId, payload, capabilityAt, capabilityEnd))
+  if (e.capabilityId !== undefined && !bytesAt(e.capabilityId, payload, l.capabilityAt, l.capabilityEnd))
     throw mismatch("capabilityId");
-  if (e.requestHash !== undefined && !bytesAt(e.requestHash, payload, requestHashAt, requestHashAt + 32))
+  if (e.requestHash !== undefined && !bytesAt(e.requestHash, payload, l.requestHashAt, l.requestHashAt + 32))
     throw mismatch("requestHash");
-  if (e.subjectId !== undefined && !textEquals(payload, subjectAt, c.p, e.subjectId))
+  if (e.subjectId !== undefined && !textEquals(payload, l.subjectAt, l.subjectEnd, e.subjectId))
     throw mismatch("subjectId");
-  return { rowCount, suppressedGroups, watermark };
+  return {
+    rowCount: l.rowCount,
+    suppressedGroups: l.suppressedGroups,
+    watermark: textAt(payload, l.watermarkAt, l.watermarkEnd),
+  };
 }
 
 /** Whether `expected` is b[at..end), reading every byte (as bytesEqual does). */

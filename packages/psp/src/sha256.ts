@@ -31,11 +31,7 @@ export function sha256(input: Uint8Array): Uint8Array {
  * every byte whatever differs first (no early exit), as `bytesEqual` does for short values.
  */
 export function sha256Equals(input: Uint8Array, expected: Uint8Array): boolean {
-  if (expected.byteLength !== SHA256_BYTES) return false;
-  const s = hash("sha256", input, "binary");
-  let diff = 0;
-  for (let i = 0; i < SHA256_BYTES; i++) diff |= s.charCodeAt(i) ^ expected[i]!;
-  return diff === 0;
+  return expected.byteLength === SHA256_BYTES && sha256EqualsAt(input, expected, 0);
 }
 
 /** sha256Equals against the 32 bytes at `b[at]` (a digest read in place from a larger buffer). */
