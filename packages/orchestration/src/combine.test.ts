@@ -881,6 +881,43 @@ describe("combine values, limits and failures", () => {
     expect(empty[0]!.rows).toEqual([[3, 0, 0]]);
   });
 
+  it("a kept table keeps nothing of the last combine's rows: no segment, no size, no value", async () => {
+    // The same viewport twice: the second combine finds the input tables the first created (kept
+    // with the database), and nothing in them of the first combine's rows.
+    const v = await custom(
+      `SELECT (SELECT count(*) FROM pragma_storage_info('position')) AS segments,
+              (SELECT sum(estimated_size) FROM duckdb_tables()) AS size,
+              (SELECT count(*) FROM position) AS positions,
+              (SELECT min(totebox) FROM position) AS lowest,
+              (SELECT table_oid FROM duckdb_tables() WHERE table_name = 'position') AS oid`,
+      { segments: "integer", size: "integer", positions: "integer", lowest: "string", oid: "integer" },
+    );
+    const params = resolveViewportParams(v, {}, AS_OF);
+    const first = await runCombine(inputFor(v, FLEET, params));
+    expect(first[0]!.rows[0]![2]).toBeGreaterThan(0);
+    const before = combineSandboxCounts();
+    const second = await runCombine(inputFor(v, [], params));
+    expect(combineSandboxCounts().reused).toBe(before.reused + 1);
+    // The same table (kept, not created again), and empty.
+    expect(second[0]!.rows).toEqual([[0, 0, 0, null, first[0]!.rows[0]![4]]]);
+  });
+
+  it("a kept database that combined another viewport holds only this one's tables", async () => {
+    const portfolio = vp("portfolio");
+    await runCombine(inputFor(portfolio, FLEET, { group_by: "region", as_of: AS_OF }));
+    const v = await custom(
+      "SELECT string_agg(table_name, ',' ORDER BY table_name) AS names FROM duckdb_tables()",
+      {
+        names: "string",
+      },
+    );
+    const before = combineSandboxCounts();
+    const r = await runCombine(inputFor(v, FLEET, resolveViewportParams(v, {}, AS_OF)));
+    expect(combineSandboxCounts().reused).toBe(before.reused + 1);
+    // portfolio's occupancy table is gone; this viewport's intercompany is there.
+    expect(r[0]!.rows).toEqual([["coverage,intercompany,position"]]);
+  });
+
   it("a database whose combine failed is closed, not kept for the next", async () => {
     // Compiles on empty tables (max of nothing is NULL); fails once a Totebox id is in them.
     const v = await custom("SELECT CAST(max(totebox) AS INTEGER) AS n FROM position", { n: "integer" });
