@@ -187,10 +187,12 @@ export async function withSandbox<T>(fn: (box: SqlSandbox) => Promise<T>): Promi
  * DuckDB instances kept between combines (runCombine). Opening one costs ~15 ms of CPU here
  * (measured: 15-17 ms each, 60 in a row), 15 µs per Totebox of a fan-out over 1,000, once per
  * query. A kept instance is reused only as it was left by a combine that ran to the end: every
- * combine runs in one transaction that is always rolled back, so no table, row or macro of one
- * operator's combine is there for the next (a section is one SELECT, checked when the viewport
- * loads, and the configuration is locked), and the random seed a section may set (`setseed`) is
- * drawn afresh after each. Instance-wide counters do go on (transaction and object ids): a section
+ * combine runs in one transaction that is always rolled back, so no row, table or macro a combine
+ * made is there for the next (a section is one SELECT, checked when the viewport loads, and the
+ * configuration is locked), and the random seed a section may set (`setseed`) is drawn afresh
+ * after each. What does stay is the input tables of the viewport the instance last combined,
+ * created outside any transaction and empty (Sandbox; combine.test.ts checks that no segment, size
+ * or value of the last combine's rows is left in them), and that viewport's prepared sections. Instance-wide counters do go on (transaction and object ids): a section
  * that reads them sees how many combines ran before it, which no dashboard has a use for. An
  * instance whose combine failed, was interrupted or timed out, or whose rollback failed, is
  * closed, not kept. Concurrent combines each take their own instance.
