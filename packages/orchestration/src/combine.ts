@@ -192,7 +192,8 @@ export async function withSandbox<T>(fn: (box: SqlSandbox) => Promise<T>): Promi
  * configuration is locked), and the random seed a section may set (`setseed`) is drawn afresh
  * after each. What does stay is the input tables of the viewport the instance last combined,
  * created outside any transaction and empty (Sandbox; combine.test.ts checks that no segment, size
- * or value of the last combine's rows is left in them), and that viewport's prepared sections. Instance-wide counters do go on (transaction and object ids): a section
+ * or value of the last combine's rows is left in them), and that viewport's prepared sections.
+ * Instance-wide counters do go on (transaction and object ids, a kept table's oid): a section
  * that reads them sees how many combines ran before it, which no dashboard has a use for. An
  * instance whose combine failed, was interrupted or timed out, or whose rollback failed, is
  * closed, not kept. Concurrent combines each take their own instance.
