@@ -124,37 +124,14 @@ export function copyBytes(b: Uint8Array, at: number, end: number): Uint8Array {
  * path drops it, cbor-extract keeps it), so the generic path decides those.
  */
 export function readText(c: Cursor, maxBytes: number): string {
-  const len = readHead(c, 3);
-  const at = c.p;
-  if (len < 1 || len > maxBytes || at + len > c.b.byteLength) {
-    c.ok = false;
-    return "";
-  }
-  c.p += len;
-  const b = c.b;
-  let ascii = true;
-  for (let i = at; i < at + len; i++) {
-    if (b[i]! >= 0x80) {
-      ascii = false;
-      break;
-    }
-  }
-  if (ascii) return String.fromCharCode.apply(null, b.subarray(at, at + len) as unknown as number[]);
-  if (b[at] === 0xef && b[at + 1] === 0xbb && b[at + 2] === 0xbf) {
-    c.ok = false;
-    return "";
-  }
-  try {
-    return strictUtf8.decode(b.subarray(at, at + len));
-  } catch {
-    c.ok = false;
-    return "";
-  }
+  const at = skipText(c, maxBytes);
+  return at < 0 ? "" : textAt(c.b, at, c.p);
 }
 
 /**
  * readText's checks, without making the string: where the text starts (it ends at `c.p`), or -1
- * with `ok` false. For a reader that only compares the text (textEquals) or steps over it.
+ * with `ok` false. readText is this and textAt; a reader that only compares the text (textEquals)
+ * or steps over it stops here.
  */
 export function skipText(c: Cursor, maxBytes: number): number {
   const len = readHead(c, 3);
