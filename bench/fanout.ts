@@ -827,7 +827,7 @@ function gcNow(): void {
   }
 }
 
-/** What a hub tells the parent at its barriers: its last warm-up query's traffic per Totebox. */
+/** What a hub tells the parent at its barriers: its latest warm-up query's traffic per Totebox. */
 export interface BarrierInfo {
   readonly bytesOutPerTotebox: number;
   readonly bytesInPerTotebox: number;
@@ -1208,20 +1208,14 @@ class HubRun {
 
   /** Its last warm-up query, run now (when every contender has started): held at "start" after. */
   async prime(): Promise<void> {
-    if (this.#held.name !== "warm") return;
-    this.#alive();
-    const next = HubRun.#barrier(this.#child, `hub ${this.contender} warm-up`, 30 * 60_000);
-    this.#child.send({ type: "barrier-ok", name: "warm" });
-    this.#held = await next;
+    if (this.#held.name === "warm") await this.#advance("warm-up");
   }
 
   /** One measured query: released from its barrier, then held at the next. */
   async turn(): Promise<void> {
     this.#alive();
     const s0 = await this.#fleet.stats();
-    const next = HubRun.#barrier(this.#child, `hub ${this.contender} query`, 30 * 60_000);
-    this.#child.send({ type: "barrier-ok", name: this.#held.name });
-    this.#held = await next;
+    await this.#advance("query");
     const s1 = await this.#fleet.stats();
     this.#fleetCpu += s1.cpuMicros - s0.cpuMicros;
     this.#linksFailed += s1.stats.linksFailed - s0.stats.linksFailed;
@@ -1253,6 +1247,14 @@ class HubRun {
 
   end(): Promise<void> {
     return endChild(this.#child);
+  }
+
+  /** Releases the hub from the barrier it is held at, and waits until it is held at the next. */
+  async #advance(what: string): Promise<void> {
+    this.#alive();
+    const next = HubRun.#barrier(this.#child, `hub ${this.contender} ${what}`, 30 * 60_000);
+    this.#child.send({ type: "barrier-ok", name: this.#held.name });
+    this.#held = await next;
   }
 
   /** Throws if the hub died while held: nothing would ever answer the next wait. */
