@@ -238,10 +238,14 @@ async function openSandbox(): Promise<Sandbox> {
 }
 
 function closeSandbox(sb: Sandbox): void {
-  for (const p of sb.prepared.values()) p.destroySync();
-  sb.prepared.clear();
+  destroyPrepared(sb);
   sb.connection.closeSync();
   sb.instance.closeSync();
+}
+
+function destroyPrepared(sb: Sandbox): void {
+  for (const p of sb.prepared.values()) p.destroySync();
+  sb.prepared.clear();
 }
 
 /**
@@ -250,8 +254,7 @@ function closeSandbox(sb: Sandbox): void {
  */
 async function holdTables(sb: Sandbox, v: Viewport, plan: LoadPlan | undefined): Promise<void> {
   if (sb.tablesFor === v) return;
-  for (const p of sb.prepared.values()) p.destroySync();
-  sb.prepared.clear();
+  destroyPrepared(sb);
   const held = sb.tablesFor;
   sb.tablesFor = undefined;
   if (held !== undefined) {
