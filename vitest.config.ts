@@ -3,7 +3,7 @@ import { defineConfig } from "vitest/config";
 /**
  * Two groups, run one after the other:
  * - unit: every package's own tests and the dashboard's (pure modules, API client over real
- *   HTTP), files in parallel;
+ *   HTTP), and the bench's pure modules (its statistics), files in parallel;
  * - e2e: cross-package tests that start fleets of real processes (Toteboxes, the aggregator, the
  *   dashboard, Chromium), one file at a time: on a 2-core machine two such fleets at once would
  *   turn their timeouts (idle links, per-Totebox deadlines) into a measure of CPU contention.
@@ -18,7 +18,11 @@ export default defineConfig({
       {
         test: {
           name: "unit",
-          include: ["packages/*/src/**/*.test.ts", "packages/console/ui/src/**/*.test.ts"],
+          include: [
+            "packages/*/src/**/*.test.ts",
+            "packages/console/ui/src/**/*.test.ts",
+            "bench/**/*.test.ts",
+          ],
           exclude: ["packages/e2e/**", "**/node_modules/**"],
           testTimeout: 60_000,
           hookTimeout: 60_000,

@@ -73,6 +73,7 @@ import { SignJWT } from "jose";
 import { type CombineCost, measureCombineCostInChild } from "./combine-cost.ts";
 import { aggregatorContender } from "./hub-aggregator.ts";
 import { type CryptoCosts, fanoutLowerBound, measureCryptoCosts } from "./machine-bound.ts";
+import { pairedRatio } from "./paired-ratio.ts";
 import { type BenchRow, fmt, percentile } from "./report.ts";
 import { endChild, forkTs, nextMessage, type SimFleet, startSimFleet } from "./sim-fleet.ts";
 import {
@@ -180,6 +181,12 @@ export interface HubMeasurement {
   cpuUsPerToteboxQuery: number;
   /** The same within its own turns only (measureHub: the truth lies between the two). */
   cpuInTurnsUsPerToteboxQuery: number;
+  /**
+   * Hub CPU per measured query, µs for all N Toteboxes: from the release of its turn to the
+   * release of its next (the last to the end of its turn). Sums to the whole figure; pairs with
+   * the other contenders' query of the same index for the ratio's interval (paired-ratio.ts).
+   */
+  cpuByQueryUs: number[];
   rssBeforeBytes: number;
   rssAfterConnectBytes: number;
   /** (RSS after connecting all − RSS before) / N, KB. */
@@ -894,6 +901,8 @@ export async function measureHub(
   // waiting causes (keep-alive pings on links idle past their interval). The truth lies between.
   let inTurns = 0;
   let turnCpu = cpu0;
+  const cpuByQuery: number[] = [];
+  let counted = 0; // µs of this hub's CPU since cpu0 already in cpuByQuery
   for (let q = 0; q < opts.queries; q++) {
     // Between two of our queries, the other contenders take their turns. Our CPU counts across
     // those waits too: whatever this process does then (its collector finishing what our last
@@ -907,6 +916,9 @@ export async function measureHub(
       await opts.barrier?.(`query ${q}`);
       loop.enable();
       turnCpu = process.cpuUsage();
+      const used = turnCpu.user + turnCpu.system - (cpu0.user + cpu0.system);
+      cpuByQuery.push(used - counted);
+      counted = used;
     }
     progress(`query ${q + 1}/${opts.queries}${q > 0 ? ` (last ${fmt(latency[q - 1]!)} ms)` : ""}`);
     t = performance.now();
@@ -920,6 +932,7 @@ export async function measureHub(
   const cpu = process.cpuUsage(cpu0);
   const lastTurn = process.cpuUsage(turnCpu);
   inTurns += lastTurn.user + lastTurn.system;
+  cpuByQuery.push(cpu.user + cpu.system - counted);
   const threads1 = threadCpuMicros();
   const tMeasure = performance.now();
   loop.disable();
@@ -947,6 +960,7 @@ export async function measureHub(
     latencyMs: latency.sort((a, b) => a - b),
     cpuUsPerToteboxQuery: (cpu.user + cpu.system) / per,
     cpuInTurnsUsPerToteboxQuery: inTurns / per,
+    cpuByQueryUs: cpuByQuery,
     rssBeforeBytes: rssBefore,
     rssAfterConnectBytes: rssAfter,
     rssPerLinkKB: (rssAfter - rssBefore) / n / 1024,
@@ -1334,6 +1348,25 @@ function goal(met: boolean, text: string): string {
   return `${text}: ${met ? "met" : "NOT met"}`;
 }
 
+/**
+ * A hub's CPU against the floor's, the ratio of their totals (as every figure here), with how far
+ * it could move in another run: the interval from their paired queries (paired-ratio.ts). The goal
+ * is judged on the ratio; the interval says whether the verdict is beyond the run's own spread.
+ */
+function cpuVsFloor(m: HubMeasurement, floor: HubMeasurement): { ratio: string; goal: string } {
+  const point = m.cpuUsPerToteboxQuery / floor.cpuUsPerToteboxQuery;
+  const met = point <= 2;
+  let interval = "";
+  let doubt = "";
+  if (m !== floor && m.cpuByQueryUs.length === floor.cpuByQueryUs.length && m.cpuByQueryUs.length >= 2) {
+    const r = pairedRatio(m.cpuByQueryUs, floor.cpuByQueryUs);
+    interval = ` (95% interval ${r.lo.toFixed(2)}-${r.hi.toFixed(2)}× over ${r.pairs} paired queries)`;
+    if (met && r.hi > 2) doubt = ` (not beyond this run's spread: up to ${r.hi.toFixed(2)}×)`;
+    if (!met && r.lo <= 2) doubt = ` (not beyond this run's spread: down to ${r.lo.toFixed(2)}×)`;
+  }
+  return { ratio: `${point.toFixed(2)}× floor${interval}`, goal: `${goal(met, "goal ≤ 2× floor")}${doubt}` };
+}
+
 function rowsFor(
   n: number,
   runs: Map<string, ContenderRun>,
@@ -1422,12 +1455,7 @@ function rowsFor(
       name: `ours ${at}: hub CPU per Totebox per query`,
       value: m.cpuUsPerToteboxQuery,
       unit: "µs",
-      ...(floor
-        ? {
-            ratio: `${x(m.cpuUsPerToteboxQuery, floor.m.cpuUsPerToteboxQuery)} floor`,
-            goal: goal(m.cpuUsPerToteboxQuery <= 2 * floor.m.cpuUsPerToteboxQuery, "goal ≤ 2× floor"),
-          }
-        : {}),
+      ...(floor ? cpuVsFloor(m, floor.m) : {}),
     });
     for (const [step, ms] of Object.entries(m.stepsMsPerQuery)) {
       rows.push({
@@ -1579,15 +1607,16 @@ function rowsFor(
       unit: "ms",
       ratio: both(p99(r), p99),
     });
+    const vsFloor = floor ? cpuVsFloor(r.m, floor.m) : undefined;
     rows.push({
       section,
       name: `${name} ${at}: hub CPU per Totebox per query`,
       value: r.m.cpuUsPerToteboxQuery,
       unit: "µs",
-      ratio: both(r.m.cpuUsPerToteboxQuery, (c) => c.m.cpuUsPerToteboxQuery),
-      ...(floor
-        ? { goal: goal(r.m.cpuUsPerToteboxQuery <= 2 * floor.m.cpuUsPerToteboxQuery, "goal ≤ 2× floor") }
-        : {}),
+      ratio: [vs(r.m.cpuUsPerToteboxQuery, ours, (c) => c.m.cpuUsPerToteboxQuery), vsFloor?.ratio ?? ""]
+        .filter((v) => v !== "")
+        .join(", "),
+      ...(vsFloor ? { goal: vsFloor.goal } : {}),
     });
     // By thread, as for ours and the floor (the aggregator's others include DuckDB's threads).
     rows.push(inTurnsRow(`${name} ${at}`, r.m, floor?.m), ...threadRows(`${name} ${at}`, r.m));

@@ -47,6 +47,7 @@ import {
 } from "@os-orchestration/psp";
 import { type BenchRow, fmt } from "./report.ts";
 import { NET_VALUE_COLUMN, POSITION_COLUMNS, simPosition } from "./sim-fleet-worker.ts";
+import { xorshift32 } from "./xorshift.ts";
 
 const AS_OF = "2026-10-31";
 /** As fanout.ts: capabilities signed per slice of this many Toteboxes, one turn per slice. */
@@ -54,22 +55,9 @@ const SEND_SLICE = 256;
 /** Replies handed to the hub per event-loop turn, as a burst of sockets becoming readable. */
 const DELIVER_BURST = 64;
 
-/** A seeded xorshift32 stream of unsigned 32-bit integers (deterministic, not for keys). */
-function xorshift(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x;
-  };
-}
-
 /** Deterministic bytes from a seed: ctis the prepared receipts can name. */
 function seededBytes(seed: number, n: number): Uint8Array {
-  const next = xorshift(seed);
+  const next = xorshift32(seed);
   const out = new Uint8Array(n);
   for (let i = 0; i < n; i++) out[i] = next() & 0xff;
   return out;
@@ -208,7 +196,7 @@ function ours(fleet: Fleet, seed: number): Contender {
   const sampler = new ReceiptSampler({
     every: DEFAULT_ORCH_LIMITS.receiptSignatureEvery,
     random: (() => {
-      const next = xorshift(seed);
+      const next = xorshift32(seed);
       return () => next() / 2 ** 32;
     })(),
   });
