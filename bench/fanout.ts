@@ -26,7 +26,8 @@
  *
  * Environment: BENCH_FANOUT_SIZES ("200" for a quick run), BENCH_FANOUT_QUERIES (default 30),
  * BENCH_FANOUT_WARMUP (default 3), BENCH_FANOUT_CONTENDERS (default "ours,floor,usual,aggregator";
- * also ours-fresh, ours-everysig, ours-noreceipt), BENCH_SEED (default 1), BENCH_CPU_PROF_DIR (a
+ * also ours-fresh, ours-everysig, ours-noreceipt, and aggregator-b: the aggregator with
+ * BENCH_HUB_B_NODE_FLAGS added, for an A/B of hub flags within one run), BENCH_SEED (default 1), BENCH_CPU_PROF_DIR (a
  * V8 CPU profile of every hub and fleet worker process, written there on exit), BENCH_PIN_HUB=1
  * (each hub alone on core 0, the fleet on the others), BENCH_HUB_NODE_FLAGS (V8 flags for every
  * hub alike; with --perf-basic-prof, `perf record -e cpu-clock -p <hub pid>` gives an on-CPU
@@ -780,6 +781,9 @@ function usualHttps(ctx: HubContext): HubContender {
 export const HUB_CONTENDERS: Record<string, HubContenderFactory> = {
   // The product: OrchestrationServer + a console asking for a portfolio-shaped viewport.
   aggregator: (ctx) => aggregatorContender(ctx),
+  // The aggregator again, whose hub alone also gets BENCH_HUB_B_NODE_FLAGS: an A/B of Node or V8
+  // settings within one run, in turns with the aggregator, with its own interval (rowsFor).
+  "aggregator-b": (ctx) => aggregatorContender(ctx),
   ours: (ctx) => oursDirect(ctx),
   "ours-fresh": (ctx) => oursDirect(ctx, { name: "ours-fresh", holdSession: false, verifyReceipts: true }),
   "ours-everysig": (ctx) =>
@@ -1114,6 +1118,8 @@ const CORES = availableParallelism();
 
 /** BENCH_HUB_NODE_FLAGS: more Node/V8 flags for every hub child alike (e.g. GC settings). */
 const HUB_NODE_FLAGS = (process.env.BENCH_HUB_NODE_FLAGS ?? "").split(/\s+/).filter((f) => f !== "");
+/** BENCH_HUB_B_NODE_FLAGS: flags for the `aggregator-b` hub alone, after those above (an A/B). */
+const HUB_B_NODE_FLAGS = (process.env.BENCH_HUB_B_NODE_FLAGS ?? "").split(/\s+/).filter((f) => f !== "");
 
 /** Pins every thread of each process to `cpus` (taskset -a), or throws: a pinned run half-pinned would mislead. */
 function pinTo(pids: readonly (number | undefined)[], cpus: string): void {
@@ -1207,7 +1213,12 @@ class HubRun {
     const child = forkTs(
       FANOUT_FILE,
       ["--hub"],
-      ["--expose-gc", "--max-old-space-size=4096", ...HUB_NODE_FLAGS],
+      [
+        "--expose-gc",
+        "--max-old-space-size=4096",
+        ...HUB_NODE_FLAGS,
+        ...(contender === "aggregator-b" ? HUB_B_NODE_FLAGS : []),
+      ],
     );
     try {
       if (PIN_HUB) pinTo([child.pid], "0");
@@ -1635,6 +1646,19 @@ function rowsFor(
       ratio: both(r.fleetCpuUsPerAnswer, (c) => c.fleetCpuUsPerAnswer),
     });
   }
+  // The A/B: aggregator-b (BENCH_HUB_B_NODE_FLAGS) against the aggregator, query by query.
+  const a = runs.get("aggregator");
+  const b = runs.get("aggregator-b");
+  if (a && b && a.m.cpuByQueryUs.length === b.m.cpuByQueryUs.length && a.m.cpuByQueryUs.length >= 2) {
+    const r = pairedRatio(b.m.cpuByQueryUs, a.m.cpuByQueryUs);
+    rows.push({
+      section,
+      name: `aggregator-b ${at}: hub CPU against the aggregator's`,
+      value: r.ratio,
+      unit: "×",
+      ratio: `95% interval ${r.lo.toFixed(3)}-${r.hi.toFixed(3)}× over ${r.pairs} paired queries; b's flags: ${HUB_B_NODE_FLAGS.join(" ") || "none (an A/A: the interval is the run's own spread)"}`,
+    });
+  }
   if (floor)
     rows.push(...boundRows(n, costs, { floor, ours, usual, aggregator: runs.get("aggregator") }, combine));
   return rows;
@@ -1809,8 +1833,9 @@ export async function benchFanout(): Promise<BenchRow[]> {
         operator: { keyPem: operator.keyPem, certPem: operator.certPem },
         asOf: AS_OF,
         expectedRollup: Object.fromEntries([...expected].map(([k, v]) => [k, v.toString()])),
-        // Until ours has been measured, the floor uses the sizes measured in an earlier probe.
-        floor: { requestBytes: 936, answerBytes: 1560 },
+        // Until ours has been measured, the floor uses the sizes ours measured in an earlier run
+        // (2026-11-27, this seed and as-of date: 711 and 1,432 bytes per Totebox per query).
+        floor: { requestBytes: 711, answerBytes: 1432 },
         warmup,
         queries,
       };
@@ -1848,10 +1873,12 @@ export async function benchFanout(): Promise<BenchRow[]> {
           if (!wanted.includes(name)) continue;
           if (name === "floor") {
             // The same request and answer sizes as ours (its warm-up query before the last), when
-            // it runs; with fewer than 2 warm-ups, the sizes of an earlier probe.
+            // it runs; without it, or with fewer than 2 warm-ups, the sizes of an earlier run.
             const o = hubs.find((h) => h.contender === "ours")?.warmTraffic;
-            if (!o && wanted.includes("ours")) {
-              process.stderr.write("bench fanout: the floor takes an earlier probe's sizes (warm-up < 2)\n");
+            if (!o) {
+              process.stderr.write(
+                `bench fanout: the floor takes an earlier run's sizes, ${base.floor.requestBytes} B out and ${base.floor.answerBytes} B in (${wanted.includes("ours") ? "warm-up < 2" : "ours not run"})\n`,
+              );
             }
             if (o) {
               base.floor = {
