@@ -27,8 +27,8 @@
  * Environment: BENCH_FANOUT_SIZES ("200" for a quick run), BENCH_FANOUT_QUERIES (default 30),
  * BENCH_FANOUT_WARMUP (default 3), BENCH_FANOUT_CONTENDERS (default "ours,floor,usual,aggregator";
  * also ours-fresh, ours-everysig, ours-noreceipt, and aggregator-b: the aggregator with
- * BENCH_HUB_B_NODE_FLAGS added, for an A/B of hub flags within one run), BENCH_SEED (default 1), BENCH_CPU_PROF_DIR (a
- * V8 CPU profile of every hub and fleet worker process, written there on exit), BENCH_PIN_HUB=1
+ * BENCH_HUB_B_NODE_FLAGS added, for an A/B of hub flags within one run), BENCH_SEED (default 1),
+ * BENCH_CPU_PROF_DIR (a V8 CPU profile of every hub and fleet worker process, written there on exit), BENCH_PIN_HUB=1
  * (each hub alone on core 0, the fleet on the others), BENCH_HUB_NODE_FLAGS (V8 flags for every
  * hub alike; with --perf-basic-prof, `perf record -e cpu-clock -p <hub pid>` gives an on-CPU
  * profile that preemption does not smear). The `bound` rows (machine-bound.ts) say what this
@@ -74,7 +74,7 @@ import { SignJWT } from "jose";
 import { type CombineCost, measureCombineCostInChild } from "./combine-cost.ts";
 import { aggregatorContender } from "./hub-aggregator.ts";
 import { type CryptoCosts, fanoutLowerBound, measureCryptoCosts } from "./machine-bound.ts";
-import { pairedRatio } from "./paired-ratio.ts";
+import { MIN_PAIRS, type PairedRatio, pairedRatio } from "./paired-ratio.ts";
 import { type BenchRow, fmt, percentile } from "./report.ts";
 import { endChild, forkTs, nextMessage, type SimFleet, startSimFleet } from "./sim-fleet.ts";
 import {
@@ -783,7 +783,7 @@ export const HUB_CONTENDERS: Record<string, HubContenderFactory> = {
   aggregator: (ctx) => aggregatorContender(ctx),
   // The aggregator again, whose hub alone also gets BENCH_HUB_B_NODE_FLAGS: an A/B of Node or V8
   // settings within one run, in turns with the aggregator, with its own interval (rowsFor).
-  "aggregator-b": (ctx) => aggregatorContender(ctx),
+  "aggregator-b": (ctx) => aggregatorContender(ctx, "aggregator-b"),
   ours: (ctx) => oursDirect(ctx),
   "ours-fresh": (ctx) => oursDirect(ctx, { name: "ours-fresh", holdSession: false, verifyReceipts: true }),
   "ours-everysig": (ctx) =>
@@ -1117,9 +1117,13 @@ const PIN_HUB = process.env.BENCH_PIN_HUB === "1";
 const CORES = availableParallelism();
 
 /** BENCH_HUB_NODE_FLAGS: more Node/V8 flags for every hub child alike (e.g. GC settings). */
-const HUB_NODE_FLAGS = (process.env.BENCH_HUB_NODE_FLAGS ?? "").split(/\s+/).filter((f) => f !== "");
+const HUB_NODE_FLAGS = flagsFrom("BENCH_HUB_NODE_FLAGS");
 /** BENCH_HUB_B_NODE_FLAGS: flags for the `aggregator-b` hub alone, after those above (an A/B). */
-const HUB_B_NODE_FLAGS = (process.env.BENCH_HUB_B_NODE_FLAGS ?? "").split(/\s+/).filter((f) => f !== "");
+const HUB_B_NODE_FLAGS = flagsFrom("BENCH_HUB_B_NODE_FLAGS");
+
+function flagsFrom(env: string): string[] {
+  return (process.env[env] ?? "").split(/\s+/).filter((f) => f !== "");
+}
 
 /** Pins every thread of each process to `cpus` (taskset -a), or throws: a pinned run half-pinned would mislead. */
 function pinTo(pids: readonly (number | undefined)[], cpus: string): void {
@@ -1360,22 +1364,40 @@ function goal(met: boolean, text: string): string {
 }
 
 /**
- * A hub's CPU against the floor's, the ratio of their totals (as every figure here), with how far
- * it could move in another run: the interval from their paired queries (paired-ratio.ts). The goal
- * is judged on the ratio; the interval says whether the verdict is beyond the run's own spread.
+ * How precisely this run measured the ratio of two hubs' CPU: the interval from their paired
+ * queries (paired-ratio.ts), in blocks of whole rounds of turns (`hubs` contenders), or undefined
+ * with too few queries to say.
  */
-function cpuVsFloor(m: HubMeasurement, floor: HubMeasurement): { ratio: string; goal: string } {
+function cpuInterval(m: HubMeasurement, base: HubMeasurement, hubs: number): PairedRatio | undefined {
+  const n = m.cpuByQueryUs.length;
+  if (n !== base.cpuByQueryUs.length || n < MIN_PAIRS) return undefined;
+  try {
+    return pairedRatio(m.cpuByQueryUs, base.cpuByQueryUs, { period: hubs });
+  } catch {
+    return undefined; // e.g. a round of turns longer than half the queries: no interval, the figure stands
+  }
+}
+
+function describeInterval(r: PairedRatio): string {
+  return `${Math.round(r.confidence * 100)}% interval ${r.lo.toFixed(2)}-${r.hi.toFixed(2)}× over ${r.pairs} paired queries`;
+}
+
+/**
+ * A hub's CPU against the floor's, the ratio of their totals (as every figure here), with how
+ * precisely this run measured it (cpuInterval; another run may differ by more). The goal is judged
+ * on the ratio; where the interval reaches across 2×, the verdict says it is within the run's spread.
+ */
+function cpuVsFloor(m: HubMeasurement, floor: HubMeasurement, hubs: number): { ratio: string; goal: string } {
   const point = m.cpuUsPerToteboxQuery / floor.cpuUsPerToteboxQuery;
   const met = point <= 2;
-  let interval = "";
+  const r = cpuInterval(m, floor, hubs);
   let doubt = "";
-  if (m !== floor && m.cpuByQueryUs.length === floor.cpuByQueryUs.length && m.cpuByQueryUs.length >= 2) {
-    const r = pairedRatio(m.cpuByQueryUs, floor.cpuByQueryUs);
-    interval = ` (95% interval ${r.lo.toFixed(2)}-${r.hi.toFixed(2)}× over ${r.pairs} paired queries)`;
-    if (met && r.hi > 2) doubt = ` (not beyond this run's spread: up to ${r.hi.toFixed(2)}×)`;
-    if (!met && r.lo <= 2) doubt = ` (not beyond this run's spread: down to ${r.lo.toFixed(2)}×)`;
-  }
-  return { ratio: `${point.toFixed(2)}× floor${interval}`, goal: `${goal(met, "goal ≤ 2× floor")}${doubt}` };
+  if (r && met && r.hi > 2) doubt = ` (within this run's spread: up to ${r.hi.toFixed(2)}×)`;
+  if (r && !met && r.lo <= 2) doubt = ` (within this run's spread: down to ${r.lo.toFixed(2)}×)`;
+  return {
+    ratio: `${point.toFixed(2)}× floor${r ? ` (${describeInterval(r)})` : ""}`,
+    goal: `${goal(met, "goal ≤ 2× floor")}${doubt}`,
+  };
 }
 
 function rowsFor(
@@ -1466,7 +1488,7 @@ function rowsFor(
       name: `ours ${at}: hub CPU per Totebox per query`,
       value: m.cpuUsPerToteboxQuery,
       unit: "µs",
-      ...(floor ? cpuVsFloor(m, floor.m) : {}),
+      ...(floor ? cpuVsFloor(m, floor.m, runs.size) : {}),
     });
     for (const [step, ms] of Object.entries(m.stepsMsPerQuery)) {
       rows.push({
@@ -1618,7 +1640,7 @@ function rowsFor(
       unit: "ms",
       ratio: both(p99(r), p99),
     });
-    const vsFloor = floor ? cpuVsFloor(r.m, floor.m) : undefined;
+    const vsFloor = floor ? cpuVsFloor(r.m, floor.m, runs.size) : undefined;
     rows.push({
       section,
       name: `${name} ${at}: hub CPU per Totebox per query`,
@@ -1647,16 +1669,16 @@ function rowsFor(
     });
   }
   // The A/B: aggregator-b (BENCH_HUB_B_NODE_FLAGS) against the aggregator, query by query.
-  const a = runs.get("aggregator");
-  const b = runs.get("aggregator-b");
-  if (a && b && a.m.cpuByQueryUs.length === b.m.cpuByQueryUs.length && a.m.cpuByQueryUs.length >= 2) {
-    const r = pairedRatio(b.m.cpuByQueryUs, a.m.cpuByQueryUs);
+  const agg = runs.get("aggregator");
+  const aggB = runs.get("aggregator-b");
+  if (agg && aggB) {
+    const r = cpuInterval(aggB.m, agg.m, runs.size);
     rows.push({
       section,
       name: `aggregator-b ${at}: hub CPU against the aggregator's`,
-      value: r.ratio,
+      value: aggB.m.cpuUsPerToteboxQuery / agg.m.cpuUsPerToteboxQuery,
       unit: "×",
-      ratio: `95% interval ${r.lo.toFixed(3)}-${r.hi.toFixed(3)}× over ${r.pairs} paired queries; b's flags: ${HUB_B_NODE_FLAGS.join(" ") || "none (an A/A: the interval is the run's own spread)"}`,
+      ratio: `${r ? `${describeInterval(r)}; ` : ""}b's flags: ${HUB_B_NODE_FLAGS.join(" ") || "none (an A/A: the interval is the run's own spread)"}`,
     });
   }
   if (floor)

@@ -49,13 +49,13 @@ export function benchViewport(asOf: string) {
   };
 }
 
-export function aggregatorContender(ctx: HubContext): HubContender {
+export function aggregatorContender(ctx: HubContext, name = "aggregator"): HubContender {
   let dir: string | undefined;
   let server: OrchestrationServer | undefined;
   let consoleProc: ChildProcess | undefined;
   const n = ctx.targets.length;
   return {
-    name: "aggregator",
+    name,
     async connect() {
       dir = mkdtempSync(join(tmpdir(), "os-orch-bench-agg-"));
       const config = join(dir, "fleet.yaml");
