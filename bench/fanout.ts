@@ -28,11 +28,11 @@
  * BENCH_FANOUT_WARMUP (default 3), BENCH_FANOUT_CONTENDERS (default "ours,floor,usual,aggregator";
  * also ours-fresh, ours-everysig, ours-noreceipt, and aggregator-b: the aggregator with
  * BENCH_HUB_B_NODE_FLAGS added, for an A/B of hub flags within one run), BENCH_SEED (default 1),
- * BENCH_CPU_PROF_DIR (a V8 CPU profile of every hub and fleet worker process, written there on exit), BENCH_PIN_HUB=1
- * (each hub alone on core 0, the fleet on the others), BENCH_HUB_NODE_FLAGS (V8 flags for every
- * hub alike; with --perf-basic-prof, `perf record -e cpu-clock -p <hub pid>` gives an on-CPU
- * profile that preemption does not smear). The `bound` rows (machine-bound.ts) say what this
- * machine allows at all.
+ * BENCH_CPU_PROF_DIR (a V8 CPU profile of every hub and fleet worker process, written there on
+ * exit), BENCH_PIN_HUB=1 (each hub alone on core 0, the fleet on the others),
+ * BENCH_HUB_NODE_FLAGS (V8 flags for every hub alike; with --perf-basic-prof, `perf record -e
+ * cpu-clock -p <hub pid>` gives an on-CPU profile that preemption does not smear). The `bound`
+ * rows (machine-bound.ts) say what this machine allows at all.
  */
 
 import { type ChildProcess, spawnSync } from "node:child_process";
@@ -1897,16 +1897,15 @@ export async function benchFanout(): Promise<BenchRow[]> {
             // The same request and answer sizes as ours (its warm-up query before the last), when
             // it runs; without it, or with fewer than 2 warm-ups, the sizes of an earlier run.
             const o = hubs.find((h) => h.contender === "ours")?.warmTraffic;
-            if (!o) {
-              process.stderr.write(
-                `bench fanout: the floor takes an earlier run's sizes, ${base.floor.requestBytes} B out and ${base.floor.answerBytes} B in (${wanted.includes("ours") ? "warm-up < 2" : "ours not run"})\n`,
-              );
-            }
             if (o) {
               base.floor = {
                 requestBytes: Math.round(o.bytesOutPerTotebox),
                 answerBytes: Math.round(o.bytesInPerTotebox),
               };
+            } else {
+              process.stderr.write(
+                `bench fanout: the floor takes an earlier run's sizes, ${base.floor.requestBytes} B out and ${base.floor.answerBytes} B in (${wanted.includes("ours") ? "warm-up < 2" : "ours not run"})\n`,
+              );
             }
             // The answer frame is 4 header bytes plus the payload: the whole frame matches ours.
             await fleet.setFloorAnswerBytes(Math.max(0, base.floor.answerBytes - 4));
