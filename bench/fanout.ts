@@ -1387,7 +1387,11 @@ function describeInterval(r: PairedRatio): string {
  * precisely this run measured it (cpuInterval; another run may differ by more). The goal is judged
  * on the ratio; where the interval reaches across 2×, the verdict says it is within the run's spread.
  */
-function cpuVsFloor(m: HubMeasurement, floor: HubMeasurement, hubs: number): { ratio: string; goal: string } {
+function cpuVsFloor(
+  m: HubMeasurement,
+  floor: HubMeasurement,
+  hubs: number,
+): Pick<BenchRow, "ratio" | "goal" | "interval"> {
   const point = m.cpuUsPerToteboxQuery / floor.cpuUsPerToteboxQuery;
   const met = point <= 2;
   const r = cpuInterval(m, floor, hubs);
@@ -1397,7 +1401,12 @@ function cpuVsFloor(m: HubMeasurement, floor: HubMeasurement, hubs: number): { r
   return {
     ratio: `${point.toFixed(2)}× floor${r ? ` (${describeInterval(r)})` : ""}`,
     goal: `${goal(met, "goal ≤ 2× floor")}${doubt}`,
+    ...(r ? { interval: intervalOf(r) } : {}),
   };
+}
+
+function intervalOf(r: PairedRatio): NonNullable<BenchRow["interval"]> {
+  return { ratio: r.ratio, lo: r.lo, hi: r.hi, confidence: r.confidence, pairs: r.pairs };
 }
 
 function rowsFor(
@@ -1649,7 +1658,8 @@ function rowsFor(
       ratio: [vs(r.m.cpuUsPerToteboxQuery, ours, (c) => c.m.cpuUsPerToteboxQuery), vsFloor?.ratio ?? ""]
         .filter((v) => v !== "")
         .join(", "),
-      ...(vsFloor ? { goal: vsFloor.goal } : {}),
+      ...(vsFloor?.goal ? { goal: vsFloor.goal } : {}),
+      ...(vsFloor?.interval ? { interval: vsFloor.interval } : {}),
     });
     // By thread, as for ours and the floor (the aggregator's others include DuckDB's threads).
     rows.push(inTurnsRow(`${name} ${at}`, r.m, floor?.m), ...threadRows(`${name} ${at}`, r.m));
@@ -1679,6 +1689,7 @@ function rowsFor(
       value: aggB.m.cpuUsPerToteboxQuery / agg.m.cpuUsPerToteboxQuery,
       unit: "×",
       ratio: `${r ? `${describeInterval(r)}; ` : ""}b's flags: ${HUB_B_NODE_FLAGS.join(" ") || "none (an A/A: the interval is the run's own spread)"}`,
+      ...(r ? { interval: intervalOf(r) } : {}),
     });
   }
   if (floor)

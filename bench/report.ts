@@ -1,4 +1,5 @@
 import { mkdirSync, writeFileSync } from "node:fs";
+import { cpus } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -12,6 +13,11 @@ export interface BenchRow {
   ratio?: string;
   /** Where a goal exists: e.g. "goal ≤ 1.2 RTT: met". */
   goal?: string;
+  /**
+   * For a ratio measured over paired queries (paired-ratio.ts): how precisely this run measured
+   * it, as numbers for the JSON (the printed ratio says it in words).
+   */
+  interval?: { ratio: number; lo: number; hi: number; confidence: number; pairs: number };
 }
 
 export function fmt(n: number): string {
@@ -37,7 +43,12 @@ export function writeResults(rows: BenchRow[], name: string): string {
   const file = join(dir, `${name}-${new Date().toISOString().replace(/[:.]/g, "-")}.json`);
   writeFileSync(
     file,
-    JSON.stringify({ when: new Date().toISOString(), node: process.version, cpus: 2, rows }, null, 2),
+    // The machine's cores (not this process's affinity, which a pinned run narrows).
+    JSON.stringify(
+      { when: new Date().toISOString(), node: process.version, cpus: cpus().length, rows },
+      null,
+      2,
+    ),
   );
   return file;
 }
