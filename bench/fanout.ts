@@ -74,7 +74,7 @@ import { SignJWT } from "jose";
 import { type CombineCost, measureCombineCostInChild } from "./combine-cost.ts";
 import { aggregatorContender } from "./hub-aggregator.ts";
 import { type CryptoCosts, fanoutLowerBound, measureCryptoCosts } from "./machine-bound.ts";
-import { MIN_PAIRS, type PairedRatio, pairedRatio } from "./paired-ratio.ts";
+import { type PairedRatio, pairedRatio } from "./paired-ratio.ts";
 import { type BenchRow, fmt, percentile } from "./report.ts";
 import { endChild, forkTs, nextMessage, type SimFleet, startSimFleet } from "./sim-fleet.ts";
 import {
@@ -1369,12 +1369,12 @@ function goal(met: boolean, text: string): string {
  * with too few queries to say.
  */
 function cpuInterval(m: HubMeasurement, base: HubMeasurement, hubs: number): PairedRatio | undefined {
-  const n = m.cpuByQueryUs.length;
-  if (n !== base.cpuByQueryUs.length || n < MIN_PAIRS) return undefined;
   try {
     return pairedRatio(m.cpuByQueryUs, base.cpuByQueryUs, { period: hubs });
   } catch {
-    return undefined; // e.g. a round of turns longer than half the queries: no interval, the figure stands
+    // pairedRatio's refusals (RangeError): fewer than MIN_PAIRS queries, or a round of turns
+    // longer than half of them. No interval then; the figure stands.
+    return undefined;
   }
 }
 
