@@ -10,7 +10,8 @@
  *
  * The same worker also serves, per simulated Totebox and on the same identity, the two baselines
  * the fan-out is compared with, so all three contenders are measured against the same processes:
- * - FLOOR: mutual TLS, length-prefixed frames, no protocol work (answers a fixed byte string);
+ * - FLOOR: mutual TLS, length-prefixed frames, no protocol work (answers a fixed byte string; a
+ *   paced request first does the cryptography a Totebox of ours must do, floor-pace.ts);
  * - USUAL WAY: HTTPS + JSON with a JWT per request (jose, EdDSA), verified with a key imported once.
  *
  * Addresses: Totebox i listens on its own loopback address (127.70.x.y) on fixed ports below the
@@ -61,6 +62,7 @@ import type { ReadAnswer, ToteboxHello } from "@os-orchestration/totebox";
 import { ToteboxError } from "@os-orchestration/totebox";
 import { RpcTarget } from "capnweb";
 import { jwtVerify } from "jose";
+import { pacedDepth, RequiredToteboxWork } from "./floor-pace.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Errors
@@ -321,6 +323,8 @@ export interface SimToteboxStats {
   httpsReads: number;
   httpsRefused: number;
   floorFrames: number;
+  /** Floor requests answered after the work a Totebox of ours must do (floor-pace.ts). */
+  floorPaced: number;
 }
 
 /** State and checks of one simulated Totebox; the RpcTargets below hold it in private fields. */
@@ -335,6 +339,7 @@ export function emptySimStats(): SimToteboxStats {
     httpsReads: 0,
     httpsRefused: 0,
     floorFrames: 0,
+    floorPaced: 0,
   };
 }
 
@@ -638,23 +643,32 @@ export function floorFrame(payload: Uint8Array): Buffer {
 
 /**
  * Counts complete frames in a byte stream without copying payloads. A length above the limit is
- * hostile: it throws, and the caller drops the connection.
+ * hostile: it throws, and the caller drops the connection. With `recordFirstBytes` it also keeps,
+ * for the frames the last push completed, each one's first payload byte (-1 for an empty payload):
+ * a paced floor request says there what work its answer waits for (floor-pace.ts).
  */
 export class FloorFrameCounter {
   readonly #header = Buffer.alloc(4);
   #headerFill = 0;
   /** Payload bytes still expected for the current frame; -1 while reading a header. */
   #remaining = -1;
+  /** The current frame's first payload byte, once read; -1 before (or for an empty payload). */
+  #first = -1;
   readonly #limit: number;
+  readonly #record: boolean;
+  /** With `recordFirstBytes`: the first payload byte of each frame the last push completed. */
+  readonly firstBytes: number[] = [];
 
-  constructor(limit = FLOOR_MAX_FRAME_BYTES) {
+  constructor(limit = FLOOR_MAX_FRAME_BYTES, recordFirstBytes = false) {
     this.#limit = limit;
+    this.#record = recordFirstBytes;
   }
 
   /** Returns how many frames this chunk completed. */
   push(chunk: Buffer): number {
     let frames = 0;
     let off = 0;
+    if (this.#record) this.firstBytes.length = 0;
     while (off < chunk.length) {
       if (this.#remaining < 0) {
         const take = Math.min(4 - this.#headerFill, chunk.length - off);
@@ -666,6 +680,12 @@ export class FloorFrameCounter {
         const len = this.#header.readUInt32BE(0);
         if (len > this.#limit) throw new BenchError("BENCH_ERR_IPC", "floor frame exceeds the limit");
         this.#remaining = len;
+        this.#first = -1;
+        if (len > 0 && off < chunk.length) this.#first = chunk[off]!;
+      } else if (this.#first < 0 && off < chunk.length) {
+        // Only a frame whose payload has not begun reaches here with #first unset: the header
+        // completed at the very end of the last chunk, so this chunk opens with its first byte.
+        this.#first = chunk[off]!;
       }
       const take = Math.min(this.#remaining, chunk.length - off);
       off += take;
@@ -673,6 +693,7 @@ export class FloorFrameCounter {
       if (this.#remaining === 0) {
         this.#remaining = -1;
         frames++;
+        if (this.#record) this.firstBytes.push(this.#first);
       }
     }
     return frames;
@@ -776,6 +797,13 @@ function readBoundedBody(req: IncomingMessage, limit: number): Promise<Buffer | 
   });
 }
 
+let sharedRequiredWork: RequiredToteboxWork | undefined;
+/** The paced floor's work for this process's Toteboxes (its keys made on the first paced request). */
+function processRequiredWork(): RequiredToteboxWork {
+  sharedRequiredWork ??= new RequiredToteboxWork();
+  return sharedRequiredWork;
+}
+
 /**
  * Starts one simulated Totebox: a PSP subject server, and on the same identity the floor and the
  * usual-way servers. `floorAnswer` is read on every floor request, so the worker can change the
@@ -786,6 +814,8 @@ export async function startSimTotebox(args: {
   host: string;
   floorAnswer: () => Buffer;
   serve?: SimServerPorts;
+  /** What a paced floor request waits for; by default one per process, made when first asked for. */
+  requiredWork?: RequiredToteboxWork;
 }): Promise<RunningSimTotebox> {
   const { totebox: tb, host } = args;
   const serve = { psp: true, floor: true, https: true, ...args.serve };
@@ -842,7 +872,7 @@ export async function startSimTotebox(args: {
           socket.destroy();
           return;
         }
-        const counter = new FloorFrameCounter();
+        const counter = new FloorFrameCounter(FLOOR_MAX_FRAME_BYTES, true);
         socket.on("data", (chunk: Buffer) => {
           let n: number;
           try {
@@ -854,7 +884,15 @@ export async function startSimTotebox(args: {
           if (n > 0) {
             tb.stats.floorFrames += n;
             const answer = args.floorAnswer();
-            for (let i = 0; i < n; i++) socket.write(answer);
+            for (let i = 0; i < n; i++) {
+              // A paced request (floor-pace.ts): the work a Totebox of ours must do first.
+              const depth = pacedDepth(counter.firstBytes[i]!);
+              if (depth !== undefined) {
+                (args.requiredWork ?? processRequiredWork()).run(depth, answer);
+                tb.stats.floorPaced++;
+              }
+              socket.write(answer);
+            }
           }
         });
         socket.on("error", () => socket.destroy());
