@@ -681,8 +681,8 @@ export class FloorFrameCounter {
         if (len > this.#limit) throw new BenchError("BENCH_ERR_IPC", "floor frame exceeds the limit");
         this.#remaining = len;
         this.#first = -1;
-        if (len > 0 && off < chunk.length) this.#first = chunk[off]!;
-      } else if (this.#first < 0 && off < chunk.length) {
+        if (this.#record && len > 0 && off < chunk.length) this.#first = chunk[off]!;
+      } else if (this.#record && this.#first < 0 && off < chunk.length) {
         // Only a frame whose payload has not begun reaches here with #first unset: the header
         // completed at the very end of the last chunk, so this chunk opens with its first byte.
         this.#first = chunk[off]!;
@@ -797,6 +797,32 @@ function readBoundedBody(req: IncomingMessage, limit: number): Promise<Buffer | 
   });
 }
 
+/**
+ * A floor server's handling of one chunk from the hub: every request it completes is answered
+ * with `answer`, a paced one (floor-pace.ts) only after the work a Totebox of ours must do first.
+ * Throws on a hostile length (the caller drops the connection) before answering any frame of it.
+ */
+export function answerFloorChunk(a: {
+  chunk: Buffer;
+  counter: FloorFrameCounter;
+  answer: Buffer;
+  work: () => RequiredToteboxWork;
+  write: (b: Buffer) => void;
+  stats: Pick<SimToteboxStats, "floorFrames" | "floorPaced">;
+}): void {
+  const n = a.counter.push(a.chunk);
+  a.stats.floorFrames += n;
+  for (let i = 0; i < n; i++) {
+    const depth = pacedDepth(a.counter.firstBytes[i]!);
+    if (depth !== undefined) {
+      // The digest covers the answer's payload, as a receipt covers the answer (not the frame header).
+      a.work().run(depth, a.answer.subarray(4));
+      a.stats.floorPaced++;
+    }
+    a.write(a.answer);
+  }
+}
+
 let sharedRequiredWork: RequiredToteboxWork | undefined;
 /** The paced floor's work for this process's Toteboxes (its keys made on the first paced request). */
 function processRequiredWork(): RequiredToteboxWork {
@@ -815,7 +841,7 @@ export async function startSimTotebox(args: {
   floorAnswer: () => Buffer;
   serve?: SimServerPorts;
   /** What a paced floor request waits for; by default one per process, made when first asked for. */
-  requiredWork?: RequiredToteboxWork;
+  requiredWork?: () => RequiredToteboxWork;
 }): Promise<RunningSimTotebox> {
   const { totebox: tb, host } = args;
   const serve = { psp: true, floor: true, https: true, ...args.serve };
@@ -873,26 +899,19 @@ export async function startSimTotebox(args: {
           return;
         }
         const counter = new FloorFrameCounter(FLOOR_MAX_FRAME_BYTES, true);
+        const write = (b: Buffer) => socket.write(b);
         socket.on("data", (chunk: Buffer) => {
-          let n: number;
           try {
-            n = counter.push(chunk);
+            answerFloorChunk({
+              chunk,
+              counter,
+              answer: args.floorAnswer(),
+              work: args.requiredWork ?? processRequiredWork,
+              write,
+              stats: tb.stats,
+            });
           } catch {
             socket.destroy();
-            return;
-          }
-          if (n > 0) {
-            tb.stats.floorFrames += n;
-            const answer = args.floorAnswer();
-            for (let i = 0; i < n; i++) {
-              // A paced request (floor-pace.ts): the work a Totebox of ours must do first.
-              const depth = pacedDepth(counter.firstBytes[i]!);
-              if (depth !== undefined) {
-                (args.requiredWork ?? processRequiredWork()).run(depth, answer);
-                tb.stats.floorPaced++;
-              }
-              socket.write(answer);
-            }
           }
         });
         socket.on("error", () => socket.destroy());

@@ -21,8 +21,13 @@ export { BenchError, type BenchErrorCode } from "./sim-fleet-worker.ts";
 
 export interface SimFleetOptions {
   count: number;
-  /** Worker processes. Default 4; raised so no worker holds more than 2,500 Toteboxes. */
+  /**
+   * Worker processes. Default 4; raised so that no worker needs more file descriptors than
+   * FD_BUDGET_PER_WORKER allows for `hubs` (2,500 Toteboxes a worker with 4 hubs).
+   */
   workers?: number;
+  /** Hubs that hold a link to every Totebox at once (the fan-out bench's contenders). Default 4. */
+  hubs?: number;
   aggregator: { fingerprint: string; publicKeyRaw: Uint8Array };
   operator: { publicKeyRaw: Uint8Array };
   /** Every operator each Totebox trusts (paired); `operator` is always trusted too. */
@@ -203,10 +208,19 @@ export async function endChild(child: ChildProcess, graceMs = 5_000): Promise<vo
 
 const WORKER_FILE = fileURLToPath(new URL("./sim-fleet-worker.ts", import.meta.url));
 /**
- * Per worker: 3 listeners per Totebox plus a live connection from each contender's hub (held side
- * by side, so up to 4: 2,500 × 7 = 17,500 descriptors), under ulimit -n 20,000.
+ * Descriptors a worker may spend on its Toteboxes: 3 listeners per Totebox plus a live connection
+ * from each hub held side by side (4 hubs: 2,500 × 7 = 17,500), under this machine's ulimit -n of
+ * 20,000 (hard) with room for the rest (IPC, stdio, the runtime's own). With 5 hubs a worker
+ * holding 2,500 ran out (EMFILE at 10,000, thirteenth round).
  */
-const MAX_PER_WORKER = 2_500;
+const FD_BUDGET_PER_WORKER = 17_500;
+
+/** The most Toteboxes one worker may hold when `hubs` hubs link to each. */
+export function maxToteboxesPerWorker(hubs: number): number {
+  if (!Number.isSafeInteger(hubs) || hubs < 0)
+    throw new BenchError("BENCH_ERR_ARGS", "hubs must be a whole number");
+  return Math.floor(FD_BUDGET_PER_WORKER / (3 + hubs));
+}
 
 function isDescriptor(v: unknown): v is SimToteboxDescriptor {
   const d = v as Partial<SimToteboxDescriptor> | null;
@@ -231,7 +245,8 @@ export async function startSimFleet(options: SimFleetOptions): Promise<SimFleet>
   if (!Number.isSafeInteger(count) || count < 1 || count > MAX_SIM_TOTEBOXES) {
     throw new BenchError("BENCH_ERR_ARGS", `count must be 1..${MAX_SIM_TOTEBOXES}`);
   }
-  const workerCount = Math.min(count, Math.max(2, options.workers ?? 4, Math.ceil(count / MAX_PER_WORKER)));
+  const perWorker = maxToteboxesPerWorker(options.hubs ?? 4);
+  const workerCount = Math.min(count, Math.max(2, options.workers ?? 4, Math.ceil(count / perWorker)));
   const timeoutMs = options.startTimeoutMs ?? 20 * 60_000;
   const progress = new Map<number, string>();
   const workers: ChildProcess[] = [];
