@@ -79,6 +79,7 @@ import { SignJWT } from "jose";
 import { type CombineCost, measureCombineCostInChild } from "./combine-cost.ts";
 import { FLOOR_PLAIN, pacedDepthFor, pacedMarker } from "./floor-pace.ts";
 import { aggregatorContender } from "./hub-aggregator.ts";
+import { TurnLoopDelay } from "./loop-delay.ts";
 import { type CryptoCosts, fanoutLowerBound, measureCryptoCosts } from "./machine-bound.ts";
 import { type PairedRatio, pairedRatio } from "./paired-ratio.ts";
 import { type BenchRow, fmt, percentile } from "./report.ts";
@@ -906,12 +907,16 @@ export async function measureHub(
   }
   const tWarm = performance.now();
   gcNow();
-  loop.reset();
+  loop.disable();
+  // While measuring, only within our own turns (loop-delay.ts: the monitor above, disabled across
+  // a wait, would record the wait).
+  const turnLoop = new TurnLoopDelay(10);
   const errors = new Map<string, number>();
   let answered = 0;
   let mismatches = 0;
   const latency: number[] = [];
   await opts.barrier?.("start", warm);
+  turnLoop.start();
   const traffic0 = contender.traffic?.() ?? { bytesOut: 0, bytesIn: 0 };
   const steps0 = contender.steps?.() ?? {};
   const cpu0 = process.cpuUsage();
@@ -931,11 +936,11 @@ export async function measureHub(
     if (q > 0) {
       const u = process.cpuUsage(turnCpu);
       inTurns += u.user + u.system;
-      // The loop-delay monitor wakes this process every 10 ms: off while others take their turns
+      // The loop-delay sampler wakes this process every 10 ms: off while others take their turns
       // (measured at 200 Toteboxes, the floor's idle hub spent ~4 ms a second on it).
-      loop.disable();
+      turnLoop.stop();
       await opts.barrier?.(`query ${q}`);
-      loop.enable();
+      turnLoop.start();
       turnCpu = process.cpuUsage();
       const used = turnCpu.user + turnCpu.system - (cpu0.user + cpu0.system);
       cpuByQuery.push(used - counted);
@@ -956,7 +961,7 @@ export async function measureHub(
   cpuByQuery.push(cpu.user + cpu.system - counted);
   const threads1 = threadCpuMicros();
   const tMeasure = performance.now();
-  loop.disable();
+  turnLoop.stop();
   const steps1 = contender.steps?.() ?? {};
   const traffic1 = contender.traffic?.() ?? { bytesOut: 0, bytesIn: 0 };
   await opts.barrier?.("end");
@@ -1006,8 +1011,8 @@ export async function measureHub(
     linksLost,
     loopDelayMs: {
       connectMax: connectLoopMax,
-      measureMax: loop.max / 1e6,
-      measureP99: loop.percentile(99) / 1e6,
+      measureMax: turnLoop.maxMs,
+      measureP99: turnLoop.percentileMs(99),
     },
   };
 }
