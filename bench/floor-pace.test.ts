@@ -191,14 +191,16 @@ describe("answerFloorChunk (a simulated Totebox's floor server)", () => {
     expect(s.counts).toEqual({ verify: 0, sign: 0, hashedBytes: [] });
   });
 
-  it("answers nothing of a chunk whose length is hostile", () => {
+  it("answers nothing of a chunk whose length is hostile, not even the good requests before it", () => {
     const s = server();
     const hostile = Buffer.alloc(4);
     hostile.writeUInt32BE(2048, 0);
-    expect(() => s.push(Buffer.concat([hostile, Buffer.alloc(8)]))).toThrow(
+    const good = floorFrame(Uint8Array.of(pacedMarker(3), 1, 2));
+    expect(() => s.push(Buffer.concat([good, hostile, Buffer.alloc(8)]))).toThrow(
       expect.objectContaining({ code: "BENCH_ERR_IPC" }),
     );
     expect(s.written).toHaveLength(0);
     expect(s.counts.verify).toBe(0);
+    expect(s.stats).toEqual({ floorFrames: 0, floorPaced: 0 });
   });
 });

@@ -5,16 +5,18 @@
  * Why: the floor's Toteboxes answer a fixed byte string at once, so on this machine its answers
  * reach the hub together. Any Totebox of ours must first verify the batch signature its
  * capability rests on, hash its inclusion path and its answer, and sign a receipt
- * (machine-bound.ts), ~250-350 µs here, and that spreads its answers out in time. The paced floor
- * measures what the same bare transport costs the floor's hub, which reads each answer as it
- * arrives, under that arrival pattern. It is for reading where a hub's CPU goes, not a bound: a
- * hub that chose to gather answers before reading them could pay less than this, and the goal
- * is still judged against the floor as the issue defines it.
+ * (machine-bound.ts), ~220-260 µs here with the fleet idle, and that spreads its answers out in
+ * time. The paced floor measures what the same bare transport costs the floor's hub, which reads
+ * each answer as it arrives, under that arrival pattern. It is for reading where a hub's CPU
+ * goes, not a bound: a hub that read otherwise might pay less (one that gathered answers before
+ * reading them did not, thirteenth round), and the goal is still judged against the floor as the
+ * issue defines it.
  *
  * The hub asks for the work in the first payload byte of its request (the rest is random, as
  * the floor's): 0 for none, 1 + d for the work with an inclusion path of d node hashes.
  */
 import { generateKeyPairSync, hash, type KeyObject, sign, verify } from "node:crypto";
+import { BenchError } from "./bench-error.ts";
 
 /** The first payload byte of a plain floor request: answer at once. */
 export const FLOOR_PLAIN = 0;
@@ -91,7 +93,7 @@ export class RequiredToteboxWork {
     const c = this.#crypto;
     // A failed verification is a bug here, not a hostile peer: nothing this side receives is signed.
     if (!c.verify(this.#batchMessage, this.#batchKey, this.#batchSignature)) {
-      throw new Error("paced floor: the batch signature did not verify");
+      throw new BenchError("BENCH_ERR_WORKER", "paced floor: the batch signature did not verify");
     }
     let h = c.sha256(this.#leaf);
     for (let d = 0; d < depth; d++) {

@@ -1,4 +1,4 @@
-import { describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { TurnLoopDelay } from "./loop-delay.ts";
 
 /** A clock the test moves by hand. */
@@ -48,5 +48,54 @@ describe("TurnLoopDelay", () => {
     d.tick();
     d.stop();
     expect(d.maxMs).toBeCloseTo(12, 1);
+  });
+});
+
+describe("TurnLoopDelay at the end of a turn", () => {
+  it("records the stretch since the last tick when it outlasts the resolution", () => {
+    const c = clock();
+    const d = new TurnLoopDelay(10, c.now);
+    d.start(false);
+    c.set(10);
+    d.tick();
+    // The turn's last stretch: 250 ms of work, then the turn ends before any tick.
+    c.set(260);
+    d.stop();
+    expect(d.histogram.count).toBe(2);
+    expect(d.maxMs).toBeCloseTo(250, 0);
+  });
+
+  it("does not record a stretch shorter than the resolution", () => {
+    const c = clock();
+    const d = new TurnLoopDelay(10, c.now);
+    d.start(false);
+    c.set(10);
+    d.tick();
+    c.set(14);
+    d.stop();
+    expect(d.histogram.count).toBe(1);
+  });
+});
+
+describe("TurnLoopDelay's timer", () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it("ticks every resolution while started, and not at all once stopped", () => {
+    vi.useFakeTimers();
+    let t = 0;
+    const d = new TurnLoopDelay(10, () => t);
+    d.start();
+    for (let i = 0; i < 5; i++) {
+      t += 10;
+      vi.advanceTimersByTime(10);
+    }
+    expect(d.histogram.count).toBe(5);
+    d.stop();
+    t += 1_000;
+    vi.advanceTimersByTime(1_000);
+    expect(d.histogram.count).toBe(5);
+    expect(vi.getTimerCount()).toBe(0);
   });
 });

@@ -45,8 +45,14 @@ export class TurnLoopDelay {
     this.#prev = now;
   }
 
-  /** Stops sampling; the time until the next start is not a delay of this loop's. */
+  /**
+   * Stops sampling; the time until the next start is not a delay of this loop's. The stretch
+   * since the last tick is recorded if it already outlasts the resolution: a turn often ends in
+   * the same run of the loop as its longest stretch (the last answers, the combine), before any
+   * tick could land in it.
+   */
   stop(): void {
+    if (this.#prev !== undefined && this.#now() - this.#prev >= this.#resolutionMs) this.tick();
     if (this.#timer !== undefined) clearInterval(this.#timer);
     this.#timer = undefined;
     this.#prev = undefined;

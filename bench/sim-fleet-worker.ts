@@ -62,29 +62,13 @@ import type { ReadAnswer, ToteboxHello } from "@os-orchestration/totebox";
 import { ToteboxError } from "@os-orchestration/totebox";
 import { RpcTarget } from "capnweb";
 import { jwtVerify } from "jose";
+import { BenchError } from "./bench-error.ts";
 import { pacedDepth, RequiredToteboxWork } from "./floor-pace.ts";
 
 // ---------------------------------------------------------------------------------------------
-// Errors
+// Errors (bench-error.ts)
 
-export type BenchErrorCode =
-  | "BENCH_ERR_ARGS"
-  | "BENCH_ERR_IDENTITY"
-  | "BENCH_ERR_IPC"
-  | "BENCH_ERR_WORKER"
-  | "BENCH_ERR_LISTEN"
-  | "BENCH_ERR_TIMEOUT"
-  | "BENCH_ERR_HUB";
-
-/** The benches' one error class: a stable code, a message without key or token bytes. */
-export class BenchError extends Error {
-  override readonly name = "BenchError";
-  readonly code: BenchErrorCode;
-  constructor(code: BenchErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.code = code;
-  }
-}
+export { BenchError, type BenchErrorCode } from "./bench-error.ts";
 
 // ---------------------------------------------------------------------------------------------
 // The simulated estate: ids, tags, addresses and the deterministic position row

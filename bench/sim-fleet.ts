@@ -240,13 +240,21 @@ function isDescriptor(v: unknown): v is SimToteboxDescriptor {
   );
 }
 
+/**
+ * How many worker processes a fleet of `count` gets: `workers` (default 4, at least 2), raised
+ * so that none holds more than maxToteboxesPerWorker(`hubs`, default 4), and never more than
+ * `count`.
+ */
+export function fleetWorkerCount(count: number, workers = 4, hubs = 4): number {
+  return Math.min(count, Math.max(2, workers, Math.ceil(count / maxToteboxesPerWorker(hubs))));
+}
+
 export async function startSimFleet(options: SimFleetOptions): Promise<SimFleet> {
   const { count, seed } = options;
   if (!Number.isSafeInteger(count) || count < 1 || count > MAX_SIM_TOTEBOXES) {
     throw new BenchError("BENCH_ERR_ARGS", `count must be 1..${MAX_SIM_TOTEBOXES}`);
   }
-  const perWorker = maxToteboxesPerWorker(options.hubs ?? 4);
-  const workerCount = Math.min(count, Math.max(2, options.workers ?? 4, Math.ceil(count / perWorker)));
+  const workerCount = fleetWorkerCount(count, options.workers, options.hubs);
   const timeoutMs = options.startTimeoutMs ?? 20 * 60_000;
   const progress = new Map<number, string>();
   const workers: ChildProcess[] = [];
