@@ -5,7 +5,7 @@
  * Why: the floor's Toteboxes answer a fixed byte string at once, so on this machine its answers
  * reach the hub together. Any Totebox of ours must first verify the batch signature its
  * capability rests on, hash its inclusion path and its answer, and sign a receipt
- * (machine-bound.ts), ~220-260 µs here with the fleet idle, and that spreads its answers out in
+ * (machine-bound.ts), ~180-270 µs here with the fleet idle, and that spreads its answers out in
  * time. The paced floor measures what the same bare transport costs the floor's hub, which reads
  * each answer as it arrives, under that arrival pattern. It is for reading where a hub's CPU
  * goes, not a bound: a hub that read otherwise might pay less (one that gathered answers before
