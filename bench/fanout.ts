@@ -1441,20 +1441,39 @@ function cpuVsFloor(
 }
 
 /**
- * A hub's CPU against the paced floor's (floor-pace.ts): how far above the bare transport it is
- * once the floor's answers arrive at the pace of a real Totebox's least work. For reading where
- * the CPU goes; the goal is judged against the floor (cpuVsFloor).
+ * A hub's CPU against another's, query by query, with how precisely this run measured the ratio
+ * (cpuInterval): the aggregator-b A/B against the aggregator, and each contender against the
+ * paced floor (floor-pace.ts), for reading where the CPU goes. `note` says what the row is for.
  */
-function vsPacedRow(who: string, m: HubMeasurement, paced: HubMeasurement, hubs: number): BenchRow {
-  const r = cpuInterval(m, paced, hubs);
+function cpuAgainstRow(a: {
+  who: string;
+  m: HubMeasurement;
+  base: HubMeasurement;
+  baseName: string;
+  hubs: number;
+  note: string;
+}): BenchRow {
+  const r = cpuInterval(a.m, a.base, a.hubs);
   return {
     section: "fanout",
-    name: `${who}: hub CPU against the paced floor's`,
-    value: m.cpuUsPerToteboxQuery / paced.cpuUsPerToteboxQuery,
+    name: `${a.who}: hub CPU against ${a.baseName}`,
+    value: a.m.cpuUsPerToteboxQuery / a.base.cpuUsPerToteboxQuery,
     unit: "×",
-    ratio: `${r ? `${describeInterval(r)}; ` : ""}for reading only: the goal is judged against the floor`,
+    ratio: `${r ? `${describeInterval(r)}; ` : ""}${a.note}`,
     ...(r ? { interval: intervalOf(r) } : {}),
   };
+}
+
+/** A contender against the paced floor: for reading only, the goal is judged against the floor. */
+function vsPacedRow(who: string, m: HubMeasurement, paced: HubMeasurement, hubs: number): BenchRow {
+  return cpuAgainstRow({
+    who,
+    m,
+    base: paced,
+    baseName: "the paced floor's",
+    hubs,
+    note: "for reading only: the goal is judged against the floor",
+  });
 }
 
 /**
@@ -1823,15 +1842,16 @@ function rowsFor(
   const agg = runs.get("aggregator");
   const aggB = runs.get("aggregator-b");
   if (agg && aggB) {
-    const r = cpuInterval(aggB.m, agg.m, runs.size);
-    rows.push({
-      section,
-      name: `aggregator-b ${at}: hub CPU against the aggregator's`,
-      value: aggB.m.cpuUsPerToteboxQuery / agg.m.cpuUsPerToteboxQuery,
-      unit: "×",
-      ratio: `${r ? `${describeInterval(r)}; ` : ""}b's flags: ${HUB_B_NODE_FLAGS.join(" ") || "none (an A/A: the interval is the run's own spread)"}`,
-      ...(r ? { interval: intervalOf(r) } : {}),
-    });
+    rows.push(
+      cpuAgainstRow({
+        who: `aggregator-b ${at}`,
+        m: aggB.m,
+        base: agg.m,
+        baseName: "the aggregator's",
+        hubs: runs.size,
+        note: `b's flags: ${HUB_B_NODE_FLAGS.join(" ") || "none (an A/A: the interval is the run's own spread)"}`,
+      }),
+    );
   }
   if (floor)
     rows.push(
