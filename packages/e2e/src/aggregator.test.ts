@@ -456,6 +456,7 @@ describe("commands and progress", () => {
     process.kill(slowed.pid!, "SIGSTOP");
     try {
       const pages: number[] = [];
+      const events: { seq: number; status: string; answered: number; targeted: number }[] = [];
       const handle = atlas.session.start({
         kind: "read",
         name: "position",
@@ -470,6 +471,15 @@ describe("commands and progress", () => {
         cursor = page.cursor;
         answered = page.answered;
         pages.push(page.events.length);
+        events.push(...page.events);
+      }
+      // The pages make one sequence: seq 1, 2, … in the order Toteboxes settled, each event
+      // counting the Toteboxes that had answered by then, itself included.
+      expect(events.map((e) => e.seq)).toEqual(events.map((_, k) => k + 1));
+      let sofar = 0;
+      for (const e of events) {
+        if (e.status === "ok" || e.status === "suppressed") sofar++;
+        expect(e).toMatchObject({ answered: sofar, targeted });
       }
       const cancelled = await handle.cancel();
       expect(cancelled.cancelled).toBe(true);

@@ -651,6 +651,17 @@ describe("one timer for every Totebox's budget", () => {
     expect(Object.getPrototypeOf(r.outcomes[0]!.tags)).toBe(Object.prototype);
     // Every progress event counts the Toteboxes that answered: none did.
     expect(f.events(0, 100).events.map((e) => e.answered)).toEqual([0, 0, 0, 0, 0, 0]);
+    // Paged: from a cursor, at most `max`, in the order they settled; done once all are read.
+    const page = f.events(2, 3);
+    expect(page.events.map((e) => [e.seq, e.totebox, e.status, e.targeted])).toEqual([
+      [3, "tb-4", "denied", 6],
+      [4, "tb-1", "timeout", 6],
+      [5, "tb-3", "timeout", 6],
+    ]);
+    expect([page.cursor, page.done]).toEqual([5, false]);
+    expect(f.events(5, 100)).toMatchObject({ cursor: 6, done: true });
+    expect(f.events(9, 100)).toEqual({ events: [], cursor: 6, done: true });
+    expect(f.events(0, 0)).toEqual({ events: [], cursor: 0, done: false });
     expect(f.answered).toBe(0);
     // Both timers (budget and deadline) are gone with the fan-out.
     expect(scheduler.pending).toBe(0);

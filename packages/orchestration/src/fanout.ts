@@ -234,7 +234,6 @@ interface Pending {
   sessionHandle: SessionHandle<ToteboxSessionRemote> | undefined;
   lease: LinkLease | undefined;
   caps: Uint8Array[];
-  ctis: Uint8Array[];
 }
 
 /**
@@ -263,6 +262,9 @@ interface DirectReads {
  * registry's null-prototype maps took V8's slow clone path once per Totebox per query. Frozen, so
  * that no holder of one outcome can change another's.
  */
+/** The answers of an outcome that keeps none: one frozen array, not a new one per Totebox. */
+const NO_ANSWERS: readonly PassedAnswer[] = Object.freeze([]);
+
 const tagsOfEntry = new WeakMap<ToteboxEntry, Readonly<Record<string, string>>>();
 
 function plainTags(entry: ToteboxEntry): Readonly<Record<string, string>> {
@@ -283,10 +285,22 @@ export class FanOut {
   readonly #grantKey: string;
   /** SHA-256 of the grant: what a direct read names its session by (psp direct-read.ts). */
   readonly #grantHash: Uint8Array;
-  readonly #events: ProgressEvent[] = [];
-  readonly #outcomes = new Map<string, ToteboxOutcome>();
+  /**
+   * What a query holds per Totebox while it runs, kept to slots of arrays rather than objects and
+   * maps of its own: all of it lives until the combine, long enough for V8 to copy it at a
+   * scavenge and promote it to the old generation at the next (at 1,000 Toteboxes the aggregator
+   * promoted ~2.5 KB per Totebox per query, fourteenth round).
+   * - `#outcomeAt[i]`: target i's outcome once settled (indexed as plan.targets);
+   * - `#arrived`, `#answeredAt`: outcomes in the order they settled and how many had answered by
+   *   then, from which `events()` makes the progress events when a console asks (one-call fan-outs
+   *   never do): seq k is `#arrived[k - 1]`;
+   * - `#decoded[i]`: target i's decoded answers, in plan.reads order, until the combine.
+   */
+  readonly #outcomeAt: (ToteboxOutcome | undefined)[];
+  readonly #arrived: ToteboxOutcome[] = [];
+  readonly #answeredAt: number[] = [];
   readonly #pending = new Map<string, Pending>();
-  readonly #decoded = new Map<string, Map<string, DecodedResult>>();
+  #decoded: (DecodedResult[] | undefined)[];
   readonly #waiters = new Set<() => void>();
   #deadline: TimerHandle | undefined;
   /** Times out every Totebox still pending when their common budget ends. */
@@ -306,6 +320,8 @@ export class FanOut {
     this.#ctx = ctx;
     this.#allDirect = new Array<boolean>(plan.reads.length).fill(true);
     this.#noneDirect = new Array<boolean>(plan.reads.length).fill(false);
+    this.#outcomeAt = new Array(plan.targets.length);
+    this.#decoded = new Array(plan.targets.length);
     this.startedAt = ctx.clock.now();
     this.done = new Promise((r) => {
       this.#finish = r;
@@ -328,18 +344,30 @@ export class FanOut {
 
   /** Progress events after `cursor` (exclusive); `done` once the result is ready. */
   events(cursor: number, max: number): { events: ProgressEvent[]; cursor: number; done: boolean } {
-    const from = Math.max(0, Math.min(cursor, this.#events.length));
-    const events = this.#events.slice(from, from + max);
-    return {
-      events,
-      cursor: from + events.length,
-      done: this.finished && from + events.length >= this.#events.length,
-    };
+    const arrived = this.#arrived;
+    const from = Math.max(0, Math.min(cursor, arrived.length));
+    const to = Math.min(arrived.length, from + Math.max(0, max));
+    const targeted = this.plan.targets.length;
+    const events: ProgressEvent[] = new Array(to - from);
+    for (let k = from; k < to; k++) {
+      const o = arrived[k]!;
+      events[k - from] = {
+        seq: k + 1,
+        totebox: o.totebox,
+        status: o.status,
+        code: o.code,
+        reason: o.reason,
+        elapsedMs: o.elapsedMs,
+        answered: this.#answeredAt[k]!,
+        targeted,
+      };
+    }
+    return { events, cursor: to, done: this.finished && to >= arrived.length };
   }
 
   /** Resolves when there is news after `cursor` or after `waitMs`. */
   waitForNews(cursor: number, waitMs: number): Promise<void> {
-    if (cursor < this.#events.length || this.finished) return Promise.resolve();
+    if (cursor < this.#arrived.length || this.finished) return Promise.resolve();
     return new Promise<void>((resolve) => {
       const wake = () => {
         t.cancel();
@@ -372,7 +400,7 @@ export class FanOut {
     ctx.hooks?.started?.({ kind: plan.kind, targets: plan.targets.length });
     const per = plan.command ? 1 : plan.reads.length;
     // Capability ids drawn once for the whole fan-out; kept to check each receipt names its own.
-    const ctiPool = randomBytes(16 * per * plan.targets.length);
+    this.#ctiPool = randomBytes(16 * per * plan.targets.length);
     this.#deadline = ctx.scheduler.after(plan.deadlineMs, () => this.#onDeadline());
     // Every target is pending (and timed) from the start; the requests themselves leave in slices
     // of DISPATCH_SLICE per event-loop turn, so that 10,000 Toteboxes never block the loop long
@@ -385,8 +413,6 @@ export class FanOut {
     const all: Pending[] = new Array(plan.targets.length);
     for (let i = 0; i < all.length; i++) {
       const entry = plan.targets[i]!;
-      const ctis: Uint8Array[] = new Array(per);
-      for (let k = 0; k < per; k++) ctis[k] = ctiPool.subarray(16 * (i * per + k), 16 * (i * per + k) + 16);
       const p: Pending = {
         entry,
         index: i,
@@ -397,7 +423,6 @@ export class FanOut {
         sessionHandle: undefined,
         lease: undefined,
         caps: [],
-        ctis,
       };
       this.#pending.set(entry.id, p);
       all[i] = p;
@@ -417,6 +442,19 @@ export class FanOut {
 
   /** What #dispatch needs of start(): the per-Totebox budget, calls per Totebox, capability lifetime. */
   #dispatching = { budget: 0, per: 0, lifetimeSeconds: 0 };
+
+  /**
+   * Capability ids, 16 random bytes per call, target i's k-th at `16 × (i × per + k)`: drawn once
+   * per fan-out, and viewed when a capability is made or a receipt checked rather than kept as a
+   * view per Totebox for the whole query (fourteenth round).
+   */
+  #ctiPool: Uint8Array = new Uint8Array(0);
+
+  /** Target `p`'s k-th capability id (a view of #ctiPool: compared, copied, never kept). */
+  #cti(p: Pending, k: number): Uint8Array {
+    const at = 16 * (p.index * this.#dispatching.per + k);
+    return this.#ctiPool.subarray(at, at + 16);
+  }
 
   static #dispatchLater(f: FanOut, from: number): void {
     f.#dispatch(from);
@@ -468,7 +506,7 @@ export class FanOut {
         totebox: p.entry.id,
         command: plan.command.name,
         action: plan.command.name,
-        cti: p.ctis[0]!,
+        cti: this.#cti(p, 0),
         lifetimeSeconds,
         clock,
       });
@@ -485,7 +523,7 @@ export class FanOut {
         view: r.view,
         action: "read",
         row: r.row,
-        cti: p.ctis[k]!,
+        cti: this.#cti(p, k),
         lifetimeSeconds,
         clock,
       });
@@ -563,7 +601,7 @@ export class FanOut {
         const reply = (await session.command(p.caps[0]!, c.name, { ...c.args }, c.idempotencyKey)) as unknown;
         if (p.settled) return;
         checking = true;
-        const checked = checkCommandReply(reply, p.entry.id, c, p.ctis[0]!, lease);
+        const checked = checkCommandReply(reply, p.entry.id, c, this.#cti(p, 0), lease);
         this.#settle(p, "ok", null, "", [], checked);
       } else {
         const raw = await this.#readCapnweb(p, session);
@@ -604,7 +642,7 @@ export class FanOut {
   #checkReads(p: Pending, lease: LinkLease, raw: readonly unknown[], viaDirect: readonly boolean[]): void {
     const { plan } = this;
     const answers: PassedAnswer[] = [];
-    const decoded = new Map<string, DecodedResult>();
+    const decoded: DecodedResult[] = new Array(plan.reads.length);
     let suppressed = 0;
     let rows = 0;
     // Every reply is read (refused if malformed) before any is checked, as before.
@@ -614,13 +652,13 @@ export class FanOut {
     }
     for (let i = 0; i < plan.reads.length; i++) {
       const r = plan.reads[i]!;
-      const { answer, result } = this.#checkRead(replies[i]!, r, p.ctis[i]!, p.entry.id, lease);
+      const { answer, result } = this.#checkRead(replies[i]!, r, this.#cti(p, i), p.entry.id, lease);
       answers.push(answer);
-      decoded.set(r.as, result);
+      decoded[i] = result;
       suppressed += answer.suppressedGroups;
       rows += answer.rowCount;
     }
-    this.#decoded.set(p.entry.id, decoded);
+    this.#decoded[p.index] = decoded;
     // A Totebox whose every group fell under the owner's privacy floor answered, but with nothing.
     if (rows === 0 && suppressed > 0) {
       this.#settle(
@@ -855,13 +893,13 @@ export class FanOut {
     status: ToteboxStatus,
     code: string | null,
     reason: string,
-    answers: PassedAnswer[] = [],
+    answers: readonly PassedAnswer[] = NO_ANSWERS,
     command: PassedCommand | null = null,
   ): void {
     if (p.settled) return; // a late answer: dropped, never merged
     p.settled = true;
     if (status !== "ok" && status !== "suppressed") {
-      this.#decoded.delete(p.entry.id);
+      this.#decoded[p.index] = undefined;
       this.#cancelAtTotebox(p);
     }
     // A cached session stays for the next fan-out, unless something went wrong on it.
@@ -874,7 +912,7 @@ export class FanOut {
     this.#pending.delete(p.entry.id);
     // Checked answers the console did not ask for are dropped at once, not held to the end.
     const keep = this.plan.keepAnswers;
-    this.#record({
+    this.#record(p.index, {
       totebox: p.entry.id,
       name: p.entry.name,
       tags: plainTags(p.entry),
@@ -882,7 +920,7 @@ export class FanOut {
       code,
       reason,
       elapsedMs: this.#ctx.clock.now() - p.started,
-      answers: keep ? answers : [],
+      answers: keep ? answers : NO_ANSWERS,
       command: keep ? command : null,
     });
     if (this.#pending.size === 0) void this.#complete();
@@ -907,22 +945,15 @@ export class FanOut {
     }
   }
 
-  #record(o: ToteboxOutcome): void {
-    if (this.#outcomes.has(o.totebox)) return;
-    this.#outcomes.set(o.totebox, o);
+  /** Records target `index`'s outcome (its first only). */
+  #record(index: number, o: ToteboxOutcome): void {
+    if (this.#outcomeAt[index] !== undefined) return;
+    this.#outcomeAt[index] = o;
     // Counted here, not by a walk over every outcome: each outcome's progress event carries the
     // count, and the walk made a fan-out's bookkeeping quadratic (5×10^7 steps at 10,000 Toteboxes).
     if (o.status === "ok" || o.status === "suppressed") this.#answered++;
-    this.#events.push({
-      seq: this.#events.length + 1,
-      totebox: o.totebox,
-      status: o.status,
-      code: o.code,
-      reason: o.reason,
-      elapsedMs: o.elapsedMs,
-      answered: this.answered,
-      targeted: this.plan.targets.length,
-    });
+    this.#arrived.push(o);
+    this.#answeredAt.push(this.#answered);
     this.#ctx.hooks?.outcome?.(o);
     this.#notify();
   }
@@ -959,7 +990,7 @@ export class FanOut {
     // Every target exactly once, in the order they were targeted.
     // #settle already dropped the answers of a fan-out that does not keep them.
     const outcomes: ToteboxOutcome[] = new Array(plan.targets.length);
-    for (let i = 0; i < outcomes.length; i++) outcomes[i] = this.#outcomes.get(plan.targets[i]!.id)!;
+    for (let i = 0; i < outcomes.length; i++) outcomes[i] = this.#outcomeAt[i]!;
     const answered = this.#answered; // every target is recorded exactly once by now
     const partial = answered < outcomes.length;
     let error = this.#failure;
@@ -978,7 +1009,7 @@ export class FanOut {
         error = errorInfo(e);
       }
     }
-    this.#decoded.clear(); // nothing outlives the query (invariant 1)
+    this.#decoded = []; // nothing outlives the query (invariant 1)
     const result: FanOutResult = {
       id: this.id,
       kind: plan.kind,
@@ -1006,11 +1037,17 @@ export class FanOut {
       string,
       { totebox: string; tags: Readonly<Record<string, string>>; result: DecodedResult }[]
     >();
-    for (const r of plan.reads) results.set(r.as, []);
-    for (const o of outcomes) {
-      const d = this.#decoded.get(o.totebox);
-      if (!d) continue;
-      for (const [as, result] of d) results.get(as)?.push({ totebox: o.totebox, tags: o.tags, result });
+    const lists = plan.reads.map((r) => {
+      const list: { totebox: string; tags: Readonly<Record<string, string>>; result: DecodedResult }[] = [];
+      results.set(r.as, list);
+      return list;
+    });
+    // outcomes[i] is target i's (#complete), as #decoded[i] is.
+    for (let i = 0; i < outcomes.length; i++) {
+      const d = this.#decoded[i];
+      if (d === undefined) continue;
+      const o = outcomes[i]!;
+      for (let k = 0; k < d.length; k++) lists[k]!.push({ totebox: o.totebox, tags: o.tags, result: d[k]! });
     }
     if (plan.viewport) {
       return runCombine({
