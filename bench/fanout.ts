@@ -32,7 +32,8 @@
  * BENCH_FANOUT_WARMUP (default 3), BENCH_FANOUT_CONTENDERS (default
  * "ours,floor,floor-paced,usual,aggregator";
  * also ours-fresh, ours-everysig, ours-noreceipt, and aggregator-b: the aggregator with
- * BENCH_HUB_B_NODE_FLAGS added, for an A/B of hub flags within one run), BENCH_SEED (default 1),
+ * BENCH_HUB_B_NODE_FLAGS added, for an A/B of hub flags within one run, and run from the checkout
+ * at BENCH_HUB_B_TREE if set, for an A/B of code), BENCH_SEED (default 1),
  * BENCH_CPU_PROF_DIR (a V8 CPU profile of every hub and fleet worker process, written there on
  * exit), BENCH_PIN_HUB=1 (each hub alone on core 0, the fleet on the others),
  * BENCH_HUB_NODE_FLAGS (V8 flags for every hub alike; with --perf-basic-prof, `perf record -e
@@ -46,6 +47,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import type { IncomingMessage } from "node:http";
 import https from "node:https";
 import { availableParallelism, loadavg, cpus as machineCpus } from "node:os";
+import { resolve as resolvePath } from "node:path";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import tls from "node:tls";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -1148,6 +1150,14 @@ const CORES = availableParallelism();
 const HUB_NODE_FLAGS = flagsFrom("BENCH_HUB_NODE_FLAGS");
 /** BENCH_HUB_B_NODE_FLAGS: flags for the `aggregator-b` hub alone, after those above (an A/B). */
 const HUB_B_NODE_FLAGS = flagsFrom("BENCH_HUB_B_NODE_FLAGS");
+/**
+ * BENCH_HUB_B_TREE: another checkout (its dependencies installed) whose `bench/fanout.ts` runs the
+ * `aggregator-b` hub, with that checkout's packages: an A/B of two versions of the code, query by
+ * query in one run, against the same fleet. The hub's messages are this file's, so the other
+ * checkout must be close enough to speak them (a version of the same bench).
+ */
+const HUB_B_TREE = process.env.BENCH_HUB_B_TREE;
+const HUB_B_FILE = HUB_B_TREE ? resolvePath(HUB_B_TREE, "bench", "fanout.ts") : FANOUT_FILE;
 
 function flagsFrom(env: string): string[] {
   return (process.env[env] ?? "").split(/\s+/).filter((f) => f !== "");
@@ -1246,7 +1256,7 @@ class HubRun {
     contender: string,
   ): Promise<HubRun> {
     const child = forkTs(
-      FANOUT_FILE,
+      contender === "aggregator-b" ? HUB_B_FILE : FANOUT_FILE,
       ["--hub"],
       [
         "--expose-gc",
@@ -1849,7 +1859,7 @@ function rowsFor(
         base: agg.m,
         baseName: "the aggregator's",
         hubs: runs.size,
-        note: `b's flags: ${HUB_B_NODE_FLAGS.join(" ") || "none (an A/A: the interval is the run's own spread)"}`,
+        note: abNote(),
       }),
     );
   }
@@ -1858,6 +1868,15 @@ function rowsFor(
       ...boundRows(n, costs, { floor, paced, ours, usual, aggregator: runs.get("aggregator") }, combine),
     );
   return rows;
+}
+
+/** What aggregator-b differs in: its flags, its code, or nothing (an A/A). */
+function abNote(): string {
+  const what = [
+    ...(HUB_B_NODE_FLAGS.length > 0 ? [`b's flags: ${HUB_B_NODE_FLAGS.join(" ")}`] : []),
+    ...(HUB_B_TREE ? [`b's code: ${HUB_B_TREE}`] : []),
+  ];
+  return what.join("; ") || "b is the same code with no flags (an A/A: the interval is the run's own spread)";
 }
 
 function withinReach(leastUs: number, floorUs: number): string {
