@@ -662,6 +662,12 @@ describe("one timer for every Totebox's budget", () => {
     expect(f.events(5, 100)).toMatchObject({ cursor: 6, done: true });
     expect(f.events(9, 100)).toEqual({ events: [], cursor: 6, done: true });
     expect(f.events(0, 0)).toEqual({ events: [], cursor: 0, done: false });
+    // A cursor or count that is no whole number is read as its floor, or 0 (NaN, negative).
+    expect(f.events(1.7, 1.9).events.map((e) => e.seq)).toEqual([2]);
+    expect(f.events(Number.NaN, 2).events.map((e) => e.seq)).toEqual([1, 2]);
+    expect(f.events(-3, Number.NaN)).toEqual({ events: [], cursor: 0, done: false });
+    expect(f.events(4, -1)).toEqual({ events: [], cursor: 4, done: false });
+    expect(f.events(4, Number.POSITIVE_INFINITY)).toMatchObject({ cursor: 6, done: true });
     expect(f.answered).toBe(0);
     // Both timers (budget and deadline) are gone with the fan-out.
     expect(scheduler.pending).toBe(0);

@@ -256,15 +256,22 @@ interface DirectReads {
   failure: unknown;
 }
 
+/** A count or cursor from a caller, as a whole number ≥ 0 (NaN and negatives are 0). */
+function wholeAtLeast0(n: number): number {
+  return n > 0 ? Math.floor(n) : 0;
+}
+
+const NO_CTIS = new Uint8Array(0);
+
+/** The answers of an outcome that keeps none: one frozen array, not a new one per Totebox. */
+const NO_ANSWERS: readonly PassedAnswer[] = Object.freeze([]);
+
 /**
  * Each registry entry's tags as one frozen plain object, made once per entry (a registry reload
  * makes new entries): every outcome of every fan-out carries its Totebox's tags, and copying the
  * registry's null-prototype maps took V8's slow clone path once per Totebox per query. Frozen, so
  * that no holder of one outcome can change another's.
  */
-/** The answers of an outcome that keeps none: one frozen array, not a new one per Totebox. */
-const NO_ANSWERS: readonly PassedAnswer[] = Object.freeze([]);
-
 const tagsOfEntry = new WeakMap<ToteboxEntry, Readonly<Record<string, string>>>();
 
 function plainTags(entry: ToteboxEntry): Readonly<Record<string, string>> {
@@ -345,8 +352,11 @@ export class FanOut {
   /** Progress events after `cursor` (exclusive); `done` once the result is ready. */
   events(cursor: number, max: number): { events: ProgressEvent[]; cursor: number; done: boolean } {
     const arrived = this.#arrived;
-    const from = Math.max(0, Math.min(cursor, arrived.length));
-    const to = Math.min(arrived.length, from + Math.max(0, max));
+    // Whole numbers within [0, length]: a fractional cursor or count reads as its floor, a NaN or
+    // negative one as 0, never as an index no event has (limits.ts refuses such a maxEventsPerPoll;
+    // service.ts passes only a whole cursor, but this is public).
+    const from = Math.min(wholeAtLeast0(cursor), arrived.length);
+    const to = Math.min(arrived.length, from + wholeAtLeast0(max));
     const targeted = this.plan.targets.length;
     const events: ProgressEvent[] = new Array(to - from);
     for (let k = from; k < to; k++) {
@@ -448,9 +458,13 @@ export class FanOut {
    * per fan-out, and viewed when a capability is made or a receipt checked rather than kept as a
    * view per Totebox for the whole query (fourteenth round).
    */
-  #ctiPool: Uint8Array = new Uint8Array(0);
+  #ctiPool: Uint8Array = NO_CTIS;
 
-  /** Target `p`'s k-th capability id (a view of #ctiPool: compared, copied, never kept). */
+  /**
+   * Target `p`'s k-th capability id, a view of #ctiPool made where it is used: copied into the
+   * capability, compared with the receipt's, and kept only in a checked answer the console asked
+   * to keep (PassedAnswer.capabilityId), which then holds the pool as it held its view before.
+   */
   #cti(p: Pending, k: number): Uint8Array {
     const at = 16 * (p.index * this.#dispatching.per + k);
     return this.#ctiPool.subarray(at, at + 16);
@@ -602,7 +616,7 @@ export class FanOut {
         if (p.settled) return;
         checking = true;
         const checked = checkCommandReply(reply, p.entry.id, c, this.#cti(p, 0), lease);
-        this.#settle(p, "ok", null, "", [], checked);
+        this.#settle(p, "ok", null, "", NO_ANSWERS, checked);
       } else {
         const raw = await this.#readCapnweb(p, session);
         // Answered: the Totebox authorized the session and holds it. Later reads on it go direct.
@@ -984,6 +998,8 @@ export class FanOut {
     // Every target is settled: nothing may reach them through the direct sink any more, and a
     // retained fan-out must not keep their leases (links, sessions) and capabilities alive.
     this.#all = [];
+    // Nor its capability ids: a retained result keeps only the views its kept answers hold.
+    this.#ctiPool = NO_CTIS;
     this.#deadline?.cancel();
     this.#timeout?.cancel();
     const { plan } = this;

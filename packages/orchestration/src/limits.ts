@@ -101,5 +101,8 @@ export function resolveOrchLimits(overrides?: Partial<OrchLimits>): Readonly<Orc
   if (!Number.isInteger(l.maxSessionsPerLink) || l.maxSessionsPerLink < 0) {
     throw new RangeError("maxSessionsPerLink must be a whole number ≥ 0");
   }
+  if (!Number.isInteger(l.maxEventsPerPoll) || l.maxEventsPerPoll < 1) {
+    throw new RangeError("maxEventsPerPoll must be a whole number ≥ 1");
+  }
   return l;
 }
