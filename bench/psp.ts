@@ -325,23 +325,7 @@ async function benchCapabilityChains(): Promise<BenchRow[]> {
   ]);
   const clock = psp.systemClock;
   const msg = new Uint8Array(200).fill(7);
-  const N = 4000;
-  // fn gets a running index across warm-up and measurement, so single-use tokens are never reused.
-  const rate = (fn: (i: number) => void, n = N) => {
-    let k = 0;
-    for (let i = 0; i < 200; i++) fn(k++); // warm-up
-    const t = process.hrtime.bigint();
-    for (let i = 0; i < n; i++) fn(k++);
-    return n / (Number(process.hrtime.bigint() - t) / 1e9);
-  };
   const sig = sign(null, msg, agg.privateKey);
-  const rawSignOnce = () => rate(() => sign(null, msg, agg.privateKey));
-  const rawVerifyOnce = () => rate(() => verify(null, msg, agg.publicKey, sig));
-  // Baselines are taken before and after the rows they anchor, and the better of the two kept:
-  // on a shared machine the load drifts within a section, and a baseline caught in a busy moment
-  // would make our own rows look faster than the primitive they contain.
-  let rawSign = rawSignOnce();
-  let rawVerify = rawVerifyOnce();
 
   const grant = psp.issueGrant({
     operator: "op",
@@ -354,7 +338,7 @@ async function benchCapabilityChains(): Promise<BenchRow[]> {
     signer: op.privateKey,
     clock,
   });
-  const issue = rate(() =>
+  const issueOne = () =>
     psp.issueCallCapability({
       grant,
       totebox: "tb",
@@ -362,8 +346,7 @@ async function benchCapabilityChains(): Promise<BenchRow[]> {
       action: "read",
       clock,
       signer: agg.privateKey,
-    }),
-  );
+    });
   const BATCH = 1000;
   const batchInputs = Array.from({ length: BATCH }, () => ({
     grant,
@@ -374,11 +357,10 @@ async function benchCapabilityChains(): Promise<BenchRow[]> {
   }));
   // A fan-out signs one batch per query: the best of 7 batches after 3 to warm up, as the hub
   // runs it (a single cold batch measured the JIT more than the code).
-  let batchCaps: Uint8Array[] = [];
   let batchRate = 0;
   for (let round = 0; round < 10; round++) {
     const batchT = process.hrtime.bigint();
-    batchCaps = psp.issueCallCapabilityBatch(batchInputs, agg.privateKey);
+    psp.issueCallCapabilityBatch(batchInputs, agg.privateKey);
     const r = BATCH / (Number(process.hrtime.bigint() - batchT) / 1e9);
     if (round >= 3) batchRate = Math.max(batchRate, r);
   }
@@ -390,16 +372,16 @@ async function benchCapabilityChains(): Promise<BenchRow[]> {
     aggregatorId: agg.fingerprint,
     clock,
   });
-  const caps = Array.from({ length: N + 200 }, () =>
-    psp.issueCallCapability({
-      grant,
-      totebox: "tb",
-      view: "position",
-      action: "read",
-      clock,
-      signer: agg.privateKey,
-    }),
-  );
+  // Capabilities are single-use (each verifier's replay store refuses a second check), so every
+  // call of a verifier below gets a capability of its own: CHAIN_WARM + ROUNDS × PER_ROUND of them.
+  const uses = CHAIN_WARM + CHAIN_ROUNDS * CHAIN_PER_ROUND;
+  const caps = Array.from({ length: uses }, issueOne);
+  // Batches of BATCH as a fan-out signs them, as many as the batch verifiers use (a root cache
+  // then verifies one signature per batch, as a Totebox given several capabilities of one batch).
+  const verifyBatches: Uint8Array[] = [];
+  while (verifyBatches.length < uses) {
+    verifyBatches.push(...psp.issueCallCapabilityBatch(batchInputs, agg.privateKey));
+  }
   type BatchRoots = InstanceType<typeof psp.BatchRootCache>;
   /** One verifier (one Totebox "tb"): its own replay store and, optionally, its own root cache. */
   const verifier = (batchRoots?: BatchRoots) => {
@@ -418,57 +400,122 @@ async function benchCapabilityChains(): Promise<BenchRow[]> {
       });
   };
   const chainCheck = verifier();
-  const verifyRate = rate((i) => chainCheck(caps[i]!), N);
   // Each capability of a batch, as a Totebox receives it: its own root recomputed from its path,
   // and the root's signature verified; then the same with the verifier's BatchRootCache, which
   // only helps a Totebox given several capabilities of one batch (two views in one fan-out).
-  const batchVerifyWith = (batchRoots?: BatchRoots) => {
-    const check = verifier(batchRoots);
-    return rate((i) => check(batchCaps[i % BATCH]!), BATCH - 200);
-  };
-  const batchVerify = batchVerifyWith(undefined);
-  const batchVerifyCached = batchVerifyWith(new psp.BatchRootCache());
-  rawSign = Math.max(rawSign, rawSignOnce());
-  rawVerify = Math.max(rawVerify, rawVerifyOnce());
+  const batchCheck = verifier(undefined);
+  const batchCheckCached = verifier(new psp.BatchRootCache());
+  // Each against its primitive in interleaved rounds (the primitive, then each of ours, round after
+  // round): this machine's pace drifts by half within a section, and a baseline timed a second
+  // apart from what it anchors read anywhere from 0.62× to 1.05× in two runs of one commit.
+  const signs = interleavedRates([() => sign(null, msg, agg.privateKey), () => issueOne()], {
+    perRound: 1000,
+    rounds: CHAIN_ROUNDS,
+    warm: CHAIN_WARM,
+  });
+  const verifies = interleavedRates(
+    [
+      () => verify(null, msg, agg.publicKey, sig),
+      (i) => chainCheck(caps[i]!),
+      (i) => batchCheck(verifyBatches[i]!),
+      (i) => batchCheckCached(verifyBatches[i]!),
+    ],
+    { perRound: CHAIN_PER_ROUND, rounds: CHAIN_ROUNDS, warm: CHAIN_WARM },
+  );
+  const against = (r: InterleavedRates, j: number, what: string) =>
+    `${r.ratios[j]!.median.toFixed(2)}× ${what} (${r.ratios[j]!.low.toFixed(2)}-${r.ratios[j]!.high.toFixed(2)}× over ${CHAIN_ROUNDS} interleaved rounds)`;
+  const rawSign = signs.rates[0]!;
   return [
     { section: "psp", name: "raw Ed25519 sign", value: rawSign, unit: "ops/s", ratio: "baseline" },
-    { section: "psp", name: "raw Ed25519 verify", value: rawVerify, unit: "ops/s", ratio: "baseline" },
+    {
+      section: "psp",
+      name: "raw Ed25519 verify",
+      value: verifies.rates[0]!,
+      unit: "ops/s",
+      ratio: "baseline",
+    },
     {
       section: "psp",
       name: "call capability sign (one each)",
-      value: issue,
+      value: signs.rates[1]!,
       unit: "caps/s",
-      ratio: `${(issue / rawSign).toFixed(2)}× raw sign`,
+      ratio: against(signs, 1, "raw sign"),
     },
     {
       section: "psp",
       name: `call capability sign (batch of ${BATCH})`,
       value: batchRate,
       unit: "caps/s",
-      ratio: `${(batchRate / rawSign).toFixed(2)}× raw sign`,
+      ratio: `${(batchRate / rawSign).toFixed(2)}× raw sign (best batch, against the median raw sign)`,
     },
     {
       section: "psp",
       name: "capability chain verify (grant cached)",
-      value: verifyRate,
+      value: verifies.rates[1]!,
       unit: "verifies/s",
-      ratio: `${(verifyRate / rawVerify).toFixed(2)}× raw verify`,
+      ratio: against(verifies, 1, "raw verify"),
     },
     {
       section: "psp",
       name: "batch capability chain verify",
-      value: batchVerify,
+      value: verifies.rates[2]!,
       unit: "verifies/s",
-      ratio: `${(batchVerify / rawVerify).toFixed(2)}× raw verify`,
+      ratio: against(verifies, 2, "raw verify"),
     },
     {
       section: "psp",
       name: "batch capability chain verify, root cached (many capabilities of one batch, one verifier)",
-      value: batchVerifyCached,
+      value: verifies.rates[3]!,
       unit: "verifies/s",
-      ratio: `${(batchVerifyCached / rawVerify).toFixed(2)}× raw verify`,
+      ratio: against(verifies, 3, "raw verify"),
     },
   ];
+}
+
+/** Warm-up calls of each function, then rounds of calls per function, for the chains above. */
+const CHAIN_WARM = 200;
+const CHAIN_ROUNDS = 10;
+/** Calls per function per round (a round of one verifier: ~10-100 ms here). */
+const CHAIN_PER_ROUND = 500;
+
+interface InterleavedRates {
+  /** Median calls per second of each function over the rounds. */
+  readonly rates: number[];
+  /** Per function, its rate over the first's within each round: median, lowest, highest. */
+  readonly ratios: { median: number; low: number; high: number }[];
+}
+
+/**
+ * Calls per second of each function in interleaved rounds (a, b, c, a, b, c, ...) after a warm-up
+ * of each, and each function's rate over the first's, round by round. `fn` gets a running index of
+ * its own calls (warm-up included), so that single-use inputs are never used twice.
+ */
+function interleavedRates(
+  fns: readonly ((i: number) => unknown)[],
+  opts: { perRound: number; rounds: number; warm: number },
+): InterleavedRates {
+  const next = fns.map(() => 0);
+  for (let j = 0; j < fns.length; j++) for (let i = 0; i < opts.warm; i++) fns[j]!(next[j]!++);
+  const rates = fns.map(() => [] as number[]);
+  for (let r = 0; r < opts.rounds; r++) {
+    for (let j = 0; j < fns.length; j++) {
+      const fn = fns[j]!;
+      const t = process.hrtime.bigint();
+      for (let i = 0; i < opts.perRound; i++) fn(next[j]!++);
+      rates[j]!.push(opts.perRound / (Number(process.hrtime.bigint() - t) / 1e9));
+    }
+  }
+  const median = (xs: number[]) => {
+    const s = [...xs].sort((a, b) => a - b);
+    return s.length % 2 === 1 ? s[s.length >> 1]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+  };
+  return {
+    rates: rates.map(median),
+    ratios: rates.map((rs) => {
+      const ratios = rs.map((x, r) => x / rates[0]![r]!);
+      return { median: median(ratios), low: Math.min(...ratios), high: Math.max(...ratios) };
+    }),
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
