@@ -4,7 +4,7 @@ import { defineConfig } from "vitest/config";
  * Two groups, run one after the other:
  * - unit: every package's own tests and the dashboard's (pure modules, API client over real
  *   HTTP), and the bench's own (its statistics, the paced floor's framing and work, its loop-delay
- *   sampler), files in parallel;
+ *   sampler, the psp section's interleaved rounds), files in parallel;
  * - e2e: cross-package tests that start fleets of real processes (Toteboxes, the aggregator, the
  *   dashboard, Chromium), one file at a time: on a 2-core machine two such fleets at once would
  *   turn their timeouts (idle links, per-Totebox deadlines) into a measure of CPU contention.

@@ -23,7 +23,7 @@ import {
   systemClock,
 } from "@os-orchestration/psp";
 import type { ToteboxRemote, ToteboxSessionRemote, ToteboxViewRemote } from "@os-orchestration/totebox";
-import type { BenchRow } from "./report.ts";
+import { type BenchRow, median } from "./report.ts";
 import {
   BenchError,
   benchIdentity,
@@ -126,11 +126,6 @@ export function startDelayProxy(
       });
     });
   });
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
 }
 
 export async function benchPipelining(): Promise<BenchRow[]> {

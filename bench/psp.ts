@@ -13,7 +13,7 @@ import {
   pinOnly,
   serveSubject,
 } from "../packages/psp/src/index.ts";
-import type { BenchRow } from "./report.ts";
+import { type BenchRow, median } from "./report.ts";
 import { POSITION_COLUMNS } from "./sim-fleet-worker.ts";
 
 class Api extends RpcTarget {
@@ -278,7 +278,6 @@ export async function benchCallTax(): Promise<BenchRow[]> {
   await new Promise<void>((r) => raw.close(() => r()));
   for (const l of links) l.close();
   await server.close();
-  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
   const pspUs = median(psp);
   const directUs = median(direct);
   const rawUs = median(floor);
@@ -478,7 +477,7 @@ const CHAIN_ROUNDS = 10;
 /** Calls per function per round (a round of one verifier: ~10-100 ms here). */
 const CHAIN_PER_ROUND = 500;
 
-interface InterleavedRates {
+export interface InterleavedRates {
   /** Median calls per second of each function over the rounds. */
   readonly rates: number[];
   /** Per function, its rate over the first's within each round: median, lowest, highest. */
@@ -488,27 +487,25 @@ interface InterleavedRates {
 /**
  * Calls per second of each function in interleaved rounds (a, b, c, a, b, c, ...) after a warm-up
  * of each, and each function's rate over the first's, round by round. `fn` gets a running index of
- * its own calls (warm-up included), so that single-use inputs are never used twice.
+ * its own calls (warm-up included), so that single-use inputs are never used twice. `now` is the
+ * clock in ns (process.hrtime.bigint; a test's own).
  */
-function interleavedRates(
+export function interleavedRates(
   fns: readonly ((i: number) => unknown)[],
-  opts: { perRound: number; rounds: number; warm: number },
+  opts: { perRound: number; rounds: number; warm: number; now?: () => bigint },
 ): InterleavedRates {
+  const now = opts.now ?? process.hrtime.bigint;
   const next = fns.map(() => 0);
   for (let j = 0; j < fns.length; j++) for (let i = 0; i < opts.warm; i++) fns[j]!(next[j]!++);
   const rates = fns.map(() => [] as number[]);
   for (let r = 0; r < opts.rounds; r++) {
     for (let j = 0; j < fns.length; j++) {
       const fn = fns[j]!;
-      const t = process.hrtime.bigint();
+      const t = now();
       for (let i = 0; i < opts.perRound; i++) fn(next[j]!++);
-      rates[j]!.push(opts.perRound / (Number(process.hrtime.bigint() - t) / 1e9));
+      rates[j]!.push(opts.perRound / (Number(now() - t) / 1e9));
     }
   }
-  const median = (xs: number[]) => {
-    const s = [...xs].sort((a, b) => a - b);
-    return s.length % 2 === 1 ? s[s.length >> 1]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-  };
   return {
     rates: rates.map(median),
     ratios: rates.map((rs) => {
@@ -759,7 +756,6 @@ async function benchDigests(answer: Uint8Array): Promise<BenchRow[]> {
       base.push(cpuRound(viaBuffer, 50_000));
       mine.push(cpuRound(ours, 50_000));
     }
-    const median = (xs: number[]) => xs.sort((a, b) => a - b)[xs.length >> 1]!;
     const b = median(base);
     const m = median(mine);
     rows.push(

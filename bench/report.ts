@@ -53,6 +53,12 @@ export function writeResults(rows: BenchRow[], name: string): string {
   return file;
 }
 
+/** The median of a sample (the upper of the middle two when even), without reordering it. */
+export function median(xs: readonly number[]): number {
+  if (xs.length === 0) return Number.NaN;
+  return [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+}
+
 /** Median and percentiles of a sample, in the sample's unit. */
 export function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return Number.NaN;
