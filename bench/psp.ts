@@ -453,7 +453,7 @@ async function benchCapabilityChains(): Promise<BenchRow[]> {
       name: `call capability sign (batch of ${BATCH})`,
       value: batchRate,
       unit: "caps/s",
-      ratio: `${(batchRate / rawSign).toFixed(2)}× raw sign (best batch, against the median raw sign)`,
+      ratio: `${times(batchRate, rawSign, "raw sign")} (best batch, against the median raw sign)`,
     },
     {
       section: "psp",
@@ -550,7 +550,7 @@ function microseconds(fns: readonly (() => unknown)[], ms = 100, rounds = 7): nu
   for (let r = 0; r < rounds; r++) {
     for (let i = 0; i < fns.length; i++) samples[i]!.push(round(fns[i]!, ms));
   }
-  return samples.map((s) => s.sort((a, b) => a - b)[s.length >> 1]!);
+  return samples.map(median);
 }
 
 const times = (x: number, base: number, what: string) => `${(x / base).toFixed(2)}× ${what}`;
