@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { createHash, createPrivateKey, createPublicKey } from "node:crypto";
+import { createHash, createPrivateKey, createPublicKey, KeyObject } from "node:crypto";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { rename, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -14,9 +14,57 @@ import {
   parseRegistry,
   type Registry,
   type RegistryDiff,
+  type RegistryParseInfo,
   selectorsValid,
+  type WatchRegistryOptions,
   watchRegistry,
 } from "./registry.ts";
+
+/**
+ * `actual` deep-equals `expected`, including prototypes (a prototype-free tags object is not a plain one),
+ * frozenness, Map entries, typed-array bytes and KeyObjects, and which objects are shared: where
+ * `expected` reaches one object by two paths, `actual` must too.
+ */
+function expectSameValue(expected: unknown, actual: unknown): void {
+  const pairs = new Map<object, object>();
+  const walk = (x: unknown, y: unknown, path: string): void => {
+    if (typeof x !== "object" || x === null || typeof y !== "object" || y === null) {
+      expect(y, path).toStrictEqual(x);
+      return;
+    }
+    const seen = pairs.get(x);
+    if (seen !== undefined) {
+      expect(seen === y, `${path}: shared in one, not in the other`).toBe(true);
+      return;
+    }
+    pairs.set(x, y);
+    expect(Object.getPrototypeOf(y), `${path}: prototype`).toBe(Object.getPrototypeOf(x));
+    expect(Object.isFrozen(y), `${path}: frozen`).toBe(Object.isFrozen(x));
+    if (x instanceof KeyObject) {
+      expect(x.equals(y as KeyObject), `${path}: key`).toBe(true);
+      return;
+    }
+    if (ArrayBuffer.isView(x)) {
+      expect(Buffer.from(y as Uint8Array).equals(Buffer.from(x as Uint8Array)), `${path}: bytes`).toBe(true);
+      return;
+    }
+    if (x instanceof Map) {
+      const ym = y as Map<unknown, unknown>;
+      expect([...ym.keys()], `${path}: keys`).toEqual([...x.keys()]);
+      for (const [k, v] of x) walk(v, ym.get(k), `${path}.get(${String(k)})`);
+      return;
+    }
+    expect(Reflect.ownKeys(y), `${path}: keys`).toEqual(Reflect.ownKeys(x));
+    for (const k of Reflect.ownKeys(x)) {
+      walk(
+        (x as Record<PropertyKey, unknown>)[k],
+        (y as Record<PropertyKey, unknown>)[k],
+        `${path}.${String(k)}`,
+      );
+    }
+  };
+  walk(expected, actual, "registry");
+}
 
 /** Reproduce a property failure with FC_SEED=<logged seed>. */
 const seed = Number(process.env.FC_SEED ?? Date.now() % 2 ** 31);
@@ -681,10 +729,15 @@ describe("selectorsValid", () => {
 });
 
 describe("watchRegistry", () => {
-  type Event = { kind: "change"; next: Registry; diff: RegistryDiff } | { kind: "error"; error: OrchError };
+  type Event =
+    | { kind: "change"; next: Registry; diff: RegistryDiff; info: RegistryParseInfo }
+    | { kind: "error"; error: OrchError };
 
   /** A watcher whose callbacks feed a queue the test awaits (no sleeping). */
-  async function startWatcher(text: string) {
+  async function startWatcher(
+    text: string,
+    options?: Pick<WatchRegistryOptions, "offThreadBytes" | "offThreadTimeoutMs">,
+  ) {
     const path = join(scratchDir(), "fleet.yaml");
     writeFileSync(path, text);
     const initial = await loadRegistry(path);
@@ -698,7 +751,8 @@ describe("watchRegistry", () => {
       path,
       initial,
       pollMs: 20,
-      onChange: (next, diff) => push({ kind: "change", next, diff }),
+      ...options,
+      onChange: (next, diff, info) => push({ kind: "change", next, diff, info }),
       onError: (error) => push({ kind: "error", error }),
     });
     let read = 0;
@@ -739,6 +793,71 @@ describe("watchRegistry", () => {
       expect(fixed.diff.relinked.map((t) => t.id)).toEqual(["prop-001"]);
       expect(w.events.filter((e) => e.kind === "error")).toHaveLength(1);
       expect(w.watcher.current.digest).toBe(sha256(v3));
+    } finally {
+      w.watcher.close();
+    }
+  });
+
+  it("parses a change at or above offThreadBytes on a worker thread, to the registry parsed in place", {
+    timeout: 30_000,
+  }, async () => {
+    const w = await startWatcher(BASE, { offThreadBytes: 0 });
+    try {
+      const v2 = edit(21, "state", "    state: archived");
+      await replaceFile(w.path, v2);
+      const changed = await w.next();
+      if (changed.kind !== "change") throw new Error(`expected a change, got ${changed.error.code}`);
+      expect(changed.info.offThread).toBe(true);
+      expect(changed.diff.changed.map((t) => t.id)).toEqual(["prop-002"]);
+      expectSameValue(parseRegistry(v2, { source: w.path }), changed.next);
+      // Prototype-free tags again: no Totebox has a tag `constructor`.
+      expect(changed.next.toteboxById.get("prop-001")!.tags.constructor).toBeUndefined();
+      expect(selectorMatches("region=west", changed.next.toteboxById.get("prop-002")!.tags)).toBe(true);
+
+      // A refusal crosses back as the same OrchError: code, message and detail.
+      const bad = edit(17, "prop-002", "  - id: prop-001", v2);
+      await replaceFile(w.path, bad);
+      const failed = await w.next();
+      if (failed.kind !== "error") throw new Error("expected an error");
+      const inPlace = errorOf(() => parseRegistry(bad, { source: w.path }));
+      expect(failed.error).toBeInstanceOf(OrchError);
+      expect({ code: failed.error.code, message: failed.error.message, detail: failed.error.detail }).toEqual(
+        {
+          code: inPlace.code,
+          message: inPlace.message,
+          detail: inPlace.detail,
+        },
+      );
+      expect(w.watcher.current).toBe(changed.next);
+    } finally {
+      w.watcher.close();
+    }
+  });
+
+  it("parses a change below offThreadBytes in place", { timeout: 20_000 }, async () => {
+    const w = await startWatcher(BASE); // the default threshold, 256 KiB
+    try {
+      await replaceFile(w.path, edit(21, "state", "    state: archived"));
+      const changed = await w.next();
+      if (changed.kind !== "change") throw new Error(`expected a change, got ${changed.error.code}`);
+      expect(changed.info.offThread).toBe(false);
+    } finally {
+      w.watcher.close();
+    }
+  });
+
+  it("refuses a change whose parse thread outlives offThreadTimeoutMs, and keeps the registry", {
+    timeout: 20_000,
+  }, async () => {
+    // 1 ms: a thread cannot even start in that time, let alone load its modules and parse.
+    const w = await startWatcher(BASE, { offThreadBytes: 0, offThreadTimeoutMs: 1 });
+    try {
+      await replaceFile(w.path, edit(21, "state", "    state: archived"));
+      const failed = await w.next();
+      if (failed.kind !== "error") throw new Error("expected an error");
+      expect(failed.error.code).toBe("ORCH_ERR_INTERNAL");
+      expect(failed.error.message).toContain("took longer than 1 ms");
+      expect(w.watcher.current).toBe(w.initial);
     } finally {
       w.watcher.close();
     }

@@ -22,6 +22,7 @@ import { createHash, type KeyObject } from "node:crypto";
 import { type FSWatcher, constants as fsConstants, watch } from "node:fs";
 import { open } from "node:fs/promises";
 import { basename, dirname, resolve as resolvePath } from "node:path";
+import { Worker } from "node:worker_threads";
 import {
   isValidHost,
   keyIdOfRaw,
@@ -250,19 +251,48 @@ export interface WatchRegistryOptions {
   readonly initial: Registry;
   readonly limits?: Partial<OrchLimits>;
   /** Called once per valid new content (new digest), after `current` has been replaced. */
-  readonly onChange: (next: Registry, diff: RegistryDiff) => void;
+  readonly onChange: (next: Registry, diff: RegistryDiff, info: RegistryParseInfo) => void;
   /** Called once per distinct bad state (invalid content, unreadable or too large file); `current`
    *  stays. A throwing onChange is reported here as ORCH_ERR_INTERNAL. */
   readonly onError: (error: OrchError) => void;
   /** Poll interval in ms (default 1000, clamped to 10..3 600 000). */
   readonly pollMs?: number;
+  /**
+   * A changed file of at least this many bytes is parsed on a worker thread, so that the event
+   * loop keeps serving every operator meanwhile: yaml parses ~1.5-2 MB/s here, so a 10,000-Totebox
+   * file (2 MB) held the loop for 1.1-1.5 s. Smaller files parse in place, which costs less than
+   * starting a thread (~0.5-1 s of the thread's own CPU, mostly compiling our modules there).
+   * Default DEFAULT_OFF_THREAD_BYTES; 0 parses every change off the thread.
+   */
+  readonly offThreadBytes?: number;
+  /** Longest a parse on a worker thread may take, in ms, before the thread is stopped and the
+   *  change refused as ORCH_ERR_INTERNAL (default 60 000). */
+  readonly offThreadTimeoutMs?: number;
 }
+
+/** How a change was parsed (for logs): on a worker thread or in place, and how long it took. */
+export interface RegistryParseInfo {
+  readonly offThread: boolean;
+  /** Wall time from the bytes read to the registry ready, in ms (a worker's start included). */
+  readonly ms: number;
+}
+
+/** 256 KiB: ~1,200 Toteboxes of the bench's shape, ~0.1-0.15 s of parsing in place. */
+export const DEFAULT_OFF_THREAD_BYTES = 256 * 1024;
+const DEFAULT_OFF_THREAD_TIMEOUT_MS = 60_000;
+/**
+ * The worker's heap: parsing the largest file allowed (4 MiB) peaks at a few hundred MB in yaml's
+ * document; a worker that needs more is stopped by V8 (ERR_WORKER_OUT_OF_MEMORY), not the process.
+ */
+const OFF_THREAD_HEAP_MB = 1024;
 
 /**
  * Hot reload. Two triggers feed one serialized check: `fs.watch` on the file's directory (editors
  * save by writing a temporary file and renaming it over the original, which a watch on the file
  * itself would miss) debounced so a burst of events costs one parse, and a poll every `pollMs`
  * comparing content digests (fs.watch is unreliable on network and container file systems).
+ * A large change is parsed on a worker thread (`offThreadBytes`); the watcher's state and callbacks
+ * stay on the calling thread.
  */
 export function watchRegistry(options: WatchRegistryOptions): RegistryWatcher {
   const path = resolvePath(options.path);
@@ -273,6 +303,14 @@ export function watchRegistry(options: WatchRegistryOptions): RegistryWatcher {
   const pollMs = Number.isFinite(requested) ? Math.min(3_600_000, Math.max(10, Math.floor(requested))) : 1000;
   // Trailing debounce: an editor's save is several events within a few milliseconds.
   const debounceMs = Math.min(50, pollMs);
+  const offThreadBytes = optionAtLeast0(options.offThreadBytes, DEFAULT_OFF_THREAD_BYTES);
+  // setTimeout takes at most 2^31 - 1 ms (it fires at once beyond).
+  const offThreadTimeoutMs = Math.min(
+    2 ** 31 - 1,
+    Math.max(1, optionAtLeast0(options.offThreadTimeoutMs, DEFAULT_OFF_THREAD_TIMEOUT_MS)),
+  );
+  // The parse thread in flight, stopped by close().
+  let parsing: OffThreadParse | undefined;
 
   let current = options.initial;
   // What the last check saw (a digest, or an error state): the same state is reported only once.
@@ -309,17 +347,30 @@ export function watchRegistry(options: WatchRegistryOptions): RegistryWatcher {
     lastSeen = digest;
     // Back to the content already in force (after an invalid edit was reverted): nothing changed.
     if (digest === current.digest) return;
+    const offThread = bytes.length >= offThreadBytes;
+    const started = performance.now();
     let next: Registry;
     try {
-      next = parseBytes(bytes, path, digest, limits);
+      if (offThread) {
+        parsing = parseOffThread({ bytes, source: path, digest, limits, timeoutMs: offThreadTimeoutMs });
+        try {
+          next = await parsing.result;
+        } finally {
+          parsing = undefined;
+        }
+        if (closed) return;
+      } else {
+        next = parseBytes(bytes, path, digest, limits);
+      }
     } catch (e) {
       report(asConfigError(e, path));
       return;
     }
+    const info: RegistryParseInfo = { offThread, ms: performance.now() - started };
     const previous = current;
     current = next;
     try {
-      options.onChange(next, diffRegistry(previous, next));
+      options.onChange(next, diffRegistry(previous, next), info);
     } catch (e) {
       report(
         new OrchError("ORCH_ERR_INTERNAL", "registry onChange handler threw", { source: path }, { cause: e }),
@@ -382,6 +433,7 @@ export function watchRegistry(options: WatchRegistryOptions): RegistryWatcher {
       debounce = undefined;
       fsWatcher?.close();
       fsWatcher = undefined;
+      parsing?.stop();
     },
     get current(): Registry {
       return current;
@@ -501,6 +553,237 @@ function parseBytes(bytes: Buffer, source: string, digest: string, limits: Reado
     });
   }
   return parseText(text, source, digest, limits);
+}
+
+/** A whole number ≥ 0 (Infinity kept), or `fallback` for undefined or NaN. */
+function optionAtLeast0(value: number | undefined, fallback: number): number {
+  if (value === undefined || Number.isNaN(value)) return fallback;
+  return Math.max(0, Math.floor(value));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing on a worker thread
+//
+// yaml is plain JavaScript with no way to yield, so a large file held the aggregator's event loop
+// for the whole parse. The worker (registry-worker.mjs) runs parseBytes on a copy of the bytes and
+// posts back either the Registry (structured clone: Maps, arrays, typed arrays and KeyObjects
+// cross; prototypes and frozenness do not, so reviveRegistry rebuilds them) or the OrchError's
+// code, message and detail. The worker is same-process code of ours, not a trust boundary, but
+// its reply is still checked for shape before use.
+
+/** What the worker receives (workerData). */
+export interface OffThreadRequest {
+  readonly bytes: Uint8Array;
+  readonly source: string;
+  readonly digest: string;
+  readonly limits: Readonly<OrchLimits>;
+}
+
+/** What the worker posts back. */
+export type OffThreadReply =
+  | { readonly ok: true; readonly registry: Registry }
+  | { readonly ok: false; readonly code: string; readonly message: string; readonly detail: OrchErrorDetail };
+
+/** The worker's side: parse, and turn a config error into plain data (an Error clones without
+ *  its code and detail). Anything else is a bug and is rethrown, failing the worker. */
+export function parseForWorker(request: OffThreadRequest): OffThreadReply {
+  try {
+    const bytes = Buffer.from(request.bytes.buffer, request.bytes.byteOffset, request.bytes.byteLength);
+    return { ok: true, registry: parseBytes(bytes, request.source, request.digest, request.limits) };
+  } catch (e) {
+    if (!(e instanceof OrchError)) throw e;
+    return { ok: false, code: e.code, message: e.message, detail: e.detail ?? {} };
+  }
+}
+
+interface OffThreadParse {
+  readonly result: Promise<Registry>;
+  /** Stops the thread; `result` then rejects (nobody awaits it after close()). */
+  stop(): void;
+}
+
+const WORKER_URL = new URL("./registry-worker.mjs", import.meta.url);
+
+function parseOffThread(o: OffThreadRequest & { readonly timeoutMs: number }): OffThreadParse {
+  const request: OffThreadRequest = { bytes: o.bytes, source: o.source, digest: o.digest, limits: o.limits };
+  const failed = (why: string, cause?: unknown): OrchError =>
+    new OrchError(
+      "ORCH_ERR_INTERNAL",
+      `${o.source}: the registry's parse thread ${why}`,
+      { source: o.source },
+      cause === undefined ? undefined : { cause },
+    );
+  let worker: Worker | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  const result = new Promise<Registry>((resolve, reject) => {
+    let settled = false;
+    const settle = (value: Registry | OrchError): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      void worker?.terminate();
+      if (value instanceof OrchError) reject(value);
+      else resolve(value);
+    };
+    try {
+      worker = new Worker(WORKER_URL, {
+        workerData: request,
+        resourceLimits: { maxOldGenerationSizeMb: OFF_THREAD_HEAP_MB },
+      });
+    } catch (e) {
+      settle(failed("could not start", e));
+      return;
+    }
+    timer = setTimeout(() => settle(failed(`took longer than ${o.timeoutMs} ms`)), o.timeoutMs);
+    timer.unref();
+    worker.once("message", (reply: unknown) => {
+      try {
+        settle(fromReply(reply, o.source));
+      } catch (e) {
+        settle(failed("replied out of shape", e));
+      }
+    });
+    worker.once("error", (e) => settle(failed("failed", e)));
+    worker.once("exit", (exitCode) => settle(failed(`exited (${exitCode}) without a reply`)));
+  });
+  return {
+    result,
+    stop: () => {
+      clearTimeout(timer);
+      void worker?.terminate();
+    },
+  };
+}
+
+function fromReply(reply: unknown, source: string): Registry | OrchError {
+  if (typeof reply !== "object" || reply === null || !("ok" in reply)) throw new TypeError("not a reply");
+  if (reply.ok === true && "registry" in reply) return reviveRegistry(reply.registry);
+  if (
+    reply.ok === false &&
+    "code" in reply &&
+    typeof reply.code === "string" &&
+    reply.code.startsWith("ORCH_ERR_CONFIG_") &&
+    "message" in reply &&
+    typeof reply.message === "string" &&
+    "detail" in reply &&
+    typeof reply.detail === "object" &&
+    reply.detail !== null
+  ) {
+    return new OrchError(reply.code as OrchErrorCode, reply.message, reply.detail as OrchErrorDetail);
+  }
+  throw new TypeError(`not a reply from the parse of ${source}`);
+}
+
+/**
+ * The Registry as parseBytes made it, from its structured clone: the same values, frozen where
+ * RegistryReader froze them, tags prototype-free again (callers index them with any key), and
+ * what RegistryReader shared (a tags object or tenant list reached through a YAML alias) still
+ * shared, since a structured clone keeps identity within one message. Shapes are those of the
+ * types above; a clone of anything else fails here rather than later.
+ */
+function reviveRegistry(raw: unknown): Registry {
+  const r = raw as Registry;
+  if (typeof r !== "object" || r === null || r.version !== 1 || typeof r.digest !== "string") {
+    throw new TypeError("not a registry");
+  }
+  const revivedTags = new Map<object, Readonly<Record<string, string>>>();
+  const revivedTenantLists = new Map<object, readonly string[]>();
+  const tagsOf = (t: Readonly<Record<string, string>>): Readonly<Record<string, string>> => {
+    let out = revivedTags.get(t);
+    if (out === undefined) {
+      const copy: Record<string, string> = Object.create(null);
+      for (const k of Object.keys(t)) copy[k] = t[k]!;
+      out = Object.freeze(copy);
+      revivedTags.set(t, out);
+    }
+    return out;
+  };
+  const tenantListOf = (l: readonly string[]): readonly string[] => {
+    let out = revivedTenantLists.get(l);
+    if (out === undefined) {
+      out = Object.freeze([...l]);
+      revivedTenantLists.set(l, out);
+    }
+    return out;
+  };
+  const address = (a: ListenAddress | undefined): ListenAddress | undefined =>
+    a === undefined ? undefined : Object.freeze({ host: a.host, port: a.port });
+
+  const aggregator: { listen?: ListenAddress; http?: ListenAddress } = {};
+  for (const name of AGGREGATOR_KEYS) {
+    const a = address(r.aggregator[name]);
+    if (a !== undefined) aggregator[name] = a;
+  }
+  const tenants = new Map<string, TenantEntry>();
+  for (const [id, t] of r.tenants) {
+    tenants.set(id, Object.freeze({ id: t.id, name: t.name, maxConcurrentFanouts: t.maxConcurrentFanouts }));
+  }
+  const toteboxes = r.toteboxes.map((t) =>
+    Object.freeze({
+      id: t.id,
+      name: t.name,
+      host: t.host,
+      port: t.port,
+      fingerprint: t.fingerprint,
+      tags: tagsOf(t.tags),
+      state: t.state,
+      tenants: tenantListOf(t.tenants),
+      line: t.line,
+    }),
+  );
+  const operators = r.operators.map((op) =>
+    Object.freeze({
+      id: op.id,
+      keyId: op.keyId,
+      publicKey: op.publicKey,
+      publicKeyRaw: op.publicKeyRaw,
+      tenant: op.tenant,
+      role: op.role,
+    }),
+  );
+  const viewports = r.viewports.map((v) =>
+    Object.freeze({ name: v.name, definition: v.definition, line: v.line, column: v.column }),
+  );
+  return assembleRegistry({
+    source: r.source,
+    digest: r.digest,
+    aggregator: Object.freeze(aggregator),
+    tenants,
+    toteboxes,
+    operators,
+    viewports,
+  });
+}
+
+/** The frozen Registry of its parts, with its indexes by id and key id. */
+function assembleRegistry(
+  parts: Pick<Registry, "source" | "digest" | "aggregator" | "tenants"> & {
+    toteboxes: ToteboxEntry[];
+    operators: OperatorEntry[];
+    viewports: ViewportSource[];
+  },
+): Registry {
+  const toteboxById = new Map<string, ToteboxEntry>();
+  for (const t of parts.toteboxes) toteboxById.set(t.id, t);
+  const operatorById = new Map<string, OperatorEntry>();
+  const operatorByKeyId = new Map<string, OperatorEntry>();
+  for (const op of parts.operators) {
+    operatorById.set(op.id, op);
+    operatorByKeyId.set(op.keyId, op);
+  }
+  return Object.freeze({
+    version: 1 as const,
+    source: parts.source,
+    digest: parts.digest,
+    aggregator: parts.aggregator,
+    tenants: parts.tenants,
+    toteboxes: Object.freeze(parts.toteboxes),
+    toteboxById,
+    operators: Object.freeze(parts.operators),
+    operatorByKeyId,
+    operatorById,
+    viewports: Object.freeze(parts.viewports),
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -790,26 +1073,14 @@ class RegistryReader {
     const operators = this.#operators(top.get("operators"), tenants);
     const viewports = this.#viewports(top.get("viewports"));
 
-    const toteboxById = new Map<string, ToteboxEntry>();
-    for (const t of toteboxes) toteboxById.set(t.id, t);
-    const operatorById = new Map<string, OperatorEntry>();
-    const operatorByKeyId = new Map<string, OperatorEntry>();
-    for (const o of operators) {
-      operatorById.set(o.id, o);
-      operatorByKeyId.set(o.keyId, o);
-    }
-    return Object.freeze({
-      version: 1 as const,
+    return assembleRegistry({
       source: this.#source,
       digest,
       aggregator,
       tenants,
-      toteboxes: Object.freeze(toteboxes),
-      toteboxById,
-      operators: Object.freeze(operators),
-      operatorByKeyId,
-      operatorById,
-      viewports: Object.freeze(viewports),
+      toteboxes,
+      operators,
+      viewports,
     });
   }
 

@@ -26,6 +26,7 @@ import {
   loadRegistry,
   type Registry,
   type RegistryDiff,
+  type RegistryParseInfo,
   type RegistryWatcher,
   watchRegistry,
 } from "./registry.ts";
@@ -247,7 +248,7 @@ export class OrchestrationServer {
       initial: registry,
       limits,
       ...(o.configPollMs !== undefined ? { pollMs: o.configPollMs } : {}),
-      onChange: (next: Registry, diff: RegistryDiff) => {
+      onChange: (next: Registry, diff: RegistryDiff, parsed: RegistryParseInfo) => {
         void (async () => {
           let vps: ReadonlyMap<string, Viewport>;
           try {
@@ -276,6 +277,8 @@ export class OrchestrationServer {
               removed: diff.removed.length,
               relinked: diff.relinked.length,
               changed: diff.changed.length,
+              parseMs: Math.round(parsed.ms),
+              parsedOffThread: parsed.offThread,
             },
             "config applied",
           );
