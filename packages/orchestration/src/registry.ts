@@ -22,6 +22,7 @@ import { createHash, type KeyObject } from "node:crypto";
 import { type FSWatcher, constants as fsConstants, watch } from "node:fs";
 import { open } from "node:fs/promises";
 import { basename, dirname, resolve as resolvePath } from "node:path";
+import { getHeapStatistics } from "node:v8";
 import { Worker } from "node:worker_threads";
 import {
   isValidHost,
@@ -259,14 +260,18 @@ export interface WatchRegistryOptions {
   readonly pollMs?: number;
   /**
    * A changed file of at least this many bytes is parsed on a worker thread, so that the event
-   * loop keeps serving every operator meanwhile: yaml parses ~1.5-2 MB/s here, so a 10,000-Totebox
-   * file (2 MB) held the loop for 1.1-1.5 s. Smaller files parse in place, which costs less than
+   * loop keeps serving every operator meanwhile: yaml parses ~1.2-1.9 MB/s here, so a 10,000-Totebox
+   * file (2 MB) held the loop for 1.1-1.7 s. Smaller files parse in place, which costs less than
    * starting a thread (~0.5-1 s of the thread's own CPU, mostly compiling our modules there).
    * Default DEFAULT_OFF_THREAD_BYTES; 0 parses every change off the thread.
    */
   readonly offThreadBytes?: number;
-  /** Longest a parse on a worker thread may take, in ms, before the thread is stopped and the
-   *  change refused as ORCH_ERR_INTERNAL (default 60 000). */
+  /**
+   * Longest a parse on a worker thread may take, in ms, before the thread is stopped (default
+   * 60 000). A change whose thread failed (could not start, crashed, ran out of its heap or of
+   * time) is reported as ORCH_ERR_INTERNAL each time and tried again after pollMs, then twice as
+   * long each time (at most 15 minutes): the content may be fine and the failure the host's.
+   */
   readonly offThreadTimeoutMs?: number;
 }
 
@@ -280,11 +285,17 @@ export interface RegistryParseInfo {
 /** 256 KiB: ~1,200 Toteboxes of the bench's shape, ~0.1-0.15 s of parsing in place. */
 export const DEFAULT_OFF_THREAD_BYTES = 256 * 1024;
 const DEFAULT_OFF_THREAD_TIMEOUT_MS = 60_000;
+/** Longest wait before a change whose parse thread failed is tried again. */
+const MAX_OFF_THREAD_RETRY_MS = 15 * 60_000;
 /**
- * The worker's heap: parsing the largest file allowed (4 MiB) peaks at a few hundred MB in yaml's
- * document; a worker that needs more is stopped by V8 (ERR_WORKER_OUT_OF_MEMORY), not the process.
+ * The worker's heap: as large as this thread's, so that a file the aggregator parses at start is
+ * never refused on reload. yaml's document costs over 1 KB per value: a valid 3 MB file of 1,000,000
+ * empty mappings (in a viewport's list) ran a 1 GiB heap out and parsed in 13 s with 4 GiB
+ * (01:30 on 2026-11-28); the largest real registry allowed (4 MiB, ~19,500 Toteboxes) fits in a
+ * few hundred MB. A worker that needs more still is stopped by V8 (ERR_WORKER_OUT_OF_MEMORY), not
+ * the process.
  */
-const OFF_THREAD_HEAP_MB = 1024;
+const OFF_THREAD_HEAP_MB = Math.ceil(getHeapStatistics().heap_size_limit / (1024 * 1024));
 
 /**
  * Hot reload. Two triggers feed one serialized check: `fs.watch` on the file's directory (editors
@@ -311,6 +322,8 @@ export function watchRegistry(options: WatchRegistryOptions): RegistryWatcher {
   );
   // The parse thread in flight, stopped by close().
   let parsing: OffThreadParse | undefined;
+  // The content whose parse thread failed last, and when to try it again.
+  let retry: { digest: string; attempt: number; at: number } | undefined;
 
   let current = options.initial;
   // What the last check saw (a digest, or an error state): the same state is reported only once.
@@ -344,6 +357,7 @@ export function watchRegistry(options: WatchRegistryOptions): RegistryWatcher {
     }
     const digest = sha256Hex(bytes);
     if (closed || digest === lastSeen) return;
+    if (retry !== undefined && retry.digest === digest && performance.now() < retry.at) return;
     lastSeen = digest;
     // Back to the content already in force (after an invalid edit was reverted): nothing changed.
     if (digest === current.digest) return;
@@ -363,9 +377,20 @@ export function watchRegistry(options: WatchRegistryOptions): RegistryWatcher {
         next = parseBytes(bytes, path, digest, limits);
       }
     } catch (e) {
-      report(asConfigError(e, path));
+      const error = asConfigError(e, path);
+      if (offThread && error.code === "ORCH_ERR_INTERNAL") {
+        // The thread failed, not the content: not "seen", so a later check tries it again.
+        const attempt = retry?.digest === digest ? retry.attempt + 1 : 1;
+        const retryInMs = Math.min(MAX_OFF_THREAD_RETRY_MS, pollMs * 2 ** (attempt - 1));
+        retry = { digest, attempt, at: performance.now() + retryInMs };
+        lastSeen = `thread-failed:${digest}`;
+        report(new OrchError(error.code, error.message, { ...error.detail, attempt, retryInMs }));
+        return;
+      }
+      report(error);
       return;
     }
+    retry = undefined;
     const info: RegistryParseInfo = { offThread, ms: performance.now() - started };
     const previous = current;
     current = next;
@@ -605,14 +630,29 @@ interface OffThreadParse {
 const WORKER_URL = new URL("./registry-worker.mjs", import.meta.url);
 
 function parseOffThread(o: OffThreadRequest & { readonly timeoutMs: number }): OffThreadParse {
-  const request: OffThreadRequest = { bytes: o.bytes, source: o.source, digest: o.digest, limits: o.limits };
-  const failed = (why: string, cause?: unknown): OrchError =>
+  const request: OffThreadRequest = {
+    // An exact copy: a small file's bytes may be a view into Node's shared buffer pool, and a
+    // clone of the view would carry the whole pool, other data of this thread's with it.
+    bytes: Uint8Array.prototype.slice.call(o.bytes),
+    source: o.source,
+    digest: o.digest,
+    limits: o.limits,
+  };
+  // `reason` is what the log shows of a failure: a Node error code such as
+  // ERR_WORKER_OUT_OF_MEMORY, never a message (which could echo the file).
+  const failed = (why: string, reason: string, cause?: unknown): OrchError =>
     new OrchError(
       "ORCH_ERR_INTERNAL",
       `${o.source}: the registry's parse thread ${why}`,
-      { source: o.source },
+      { source: o.source, reason },
       cause === undefined ? undefined : { cause },
     );
+  const reasonOf = (e: unknown): string =>
+    typeof e === "object" && e !== null && "code" in e && typeof e.code === "string"
+      ? e.code
+      : e instanceof Error
+        ? e.name
+        : "unknown";
   let worker: Worker | undefined;
   let timer: NodeJS.Timeout | undefined;
   const result = new Promise<Registry>((resolve, reject) => {
@@ -628,23 +668,27 @@ function parseOffThread(o: OffThreadRequest & { readonly timeoutMs: number }): O
     try {
       worker = new Worker(WORKER_URL, {
         workerData: request,
+        // Invariant 1, the aggregator writes no file: tsx's compile cache stays off in the thread
+        // whatever this process's environment says (tsx reads the variable when first loaded).
+        env: { ...process.env, TSX_DISABLE_CACHE: "1" },
         resourceLimits: { maxOldGenerationSizeMb: OFF_THREAD_HEAP_MB },
       });
     } catch (e) {
-      settle(failed("could not start", e));
+      settle(failed("could not start", reasonOf(e), e));
       return;
     }
-    timer = setTimeout(() => settle(failed(`took longer than ${o.timeoutMs} ms`)), o.timeoutMs);
+    timer = setTimeout(() => settle(failed(`took longer than ${o.timeoutMs} ms`, "timeout")), o.timeoutMs);
     timer.unref();
     worker.once("message", (reply: unknown) => {
       try {
-        settle(fromReply(reply, o.source));
+        settle(fromReply(reply, request));
       } catch (e) {
-        settle(failed("replied out of shape", e));
+        settle(failed("replied out of shape", "reply", e));
       }
     });
-    worker.once("error", (e) => settle(failed("failed", e)));
-    worker.once("exit", (exitCode) => settle(failed(`exited (${exitCode}) without a reply`)));
+    worker.once("messageerror", (e) => settle(failed("sent a reply that could not be read", "reply", e)));
+    worker.once("error", (e) => settle(failed("failed", reasonOf(e), e)));
+    worker.once("exit", (exitCode) => settle(failed(`exited (${exitCode}) without a reply`, "exit")));
   });
   return {
     result,
@@ -655,9 +699,16 @@ function parseOffThread(o: OffThreadRequest & { readonly timeoutMs: number }): O
   };
 }
 
-function fromReply(reply: unknown, source: string): Registry | OrchError {
+function fromReply(reply: unknown, request: OffThreadRequest): Registry | OrchError {
   if (typeof reply !== "object" || reply === null || !("ok" in reply)) throw new TypeError("not a reply");
-  if (reply.ok === true && "registry" in reply) return reviveRegistry(reply.registry);
+  if (reply.ok === true && "registry" in reply) {
+    const registry = reviveRegistry(reply.registry);
+    // The reply is for these bytes (a thread parses one file once, but a mix-up must not apply).
+    if (registry.digest !== request.digest || registry.source !== request.source) {
+      throw new TypeError("a reply for other bytes");
+    }
+    return registry;
+  }
   if (
     reply.ok === false &&
     "code" in reply &&
@@ -671,19 +722,29 @@ function fromReply(reply: unknown, source: string): Registry | OrchError {
   ) {
     return new OrchError(reply.code as OrchErrorCode, reply.message, reply.detail as OrchErrorDetail);
   }
-  throw new TypeError(`not a reply from the parse of ${source}`);
+  throw new TypeError(`not a reply from the parse of ${request.source}`);
 }
 
 /**
  * The Registry as parseBytes made it, from its structured clone: the same values, frozen where
  * RegistryReader froze them, tags prototype-free again (callers index them with any key), and
  * what RegistryReader shared (a tags object or tenant list reached through a YAML alias) still
- * shared, since a structured clone keeps identity within one message. Shapes are those of the
- * types above; a clone of anything else fails here rather than later.
+ * shared, since a structured clone keeps identity within one message. The clone comes from our
+ * own parser on our own thread, so its fields are not re-validated one by one: only that it is a
+ * registry at all (and, in fromReply, of the bytes asked about).
  */
 function reviveRegistry(raw: unknown): Registry {
   const r = raw as Registry;
-  if (typeof r !== "object" || r === null || r.version !== 1 || typeof r.digest !== "string") {
+  if (
+    typeof r !== "object" ||
+    r === null ||
+    r.version !== 1 ||
+    typeof r.digest !== "string" ||
+    !(r.tenants instanceof Map) ||
+    !Array.isArray(r.toteboxes) ||
+    !Array.isArray(r.operators) ||
+    !Array.isArray(r.viewports)
+  ) {
     throw new TypeError("not a registry");
   }
   const revivedTags = new Map<object, Readonly<Record<string, string>>>();
