@@ -9,7 +9,8 @@ export type BenchErrorCode =
   | "BENCH_ERR_WORKER"
   | "BENCH_ERR_LISTEN"
   | "BENCH_ERR_TIMEOUT"
-  | "BENCH_ERR_HUB";
+  | "BENCH_ERR_HUB"
+  | "BENCH_ERR_RELOAD";
 
 /** A stable code, and a message without key or token bytes. */
 export class BenchError extends Error {

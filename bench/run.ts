@@ -7,11 +7,13 @@
  *   npm run bench -- psp          one section
  *   BENCH_FANOUT_SIZES=1000 npm run bench -- fanout    fan-out at one fleet size (bench/fanout.ts)
  *   npm run bench -- hubpath      the hub's own code per Totebox, no network (bench/hub-path.ts)
+ *   npm run bench -- registry     a fleet.yaml reload's event-loop delay (bench/registry-reload.ts)
  */
 import { benchFanout } from "./fanout.ts";
 import { benchHubPath } from "./hub-path.ts";
 import { benchPipelining } from "./pipelining.ts";
 import { benchCallTax, benchCapabilities, benchRoundTrips } from "./psp.ts";
+import { benchRegistryReload } from "./registry-reload.ts";
 import { type BenchRow, printTable, writeResults } from "./report.ts";
 import { benchTotebox } from "./totebox.ts";
 
@@ -21,6 +23,7 @@ const sections: Record<string, () => Promise<BenchRow[]>> = {
   fanout: benchFanout,
   pipelining: benchPipelining,
   hubpath: benchHubPath,
+  registry: benchRegistryReload,
 };
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith("-"));

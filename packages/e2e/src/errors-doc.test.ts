@@ -6,7 +6,7 @@ import { describe, expect, it } from "vitest";
 // and the document must not list codes that no longer exist.
 const root = resolve(import.meta.dirname, "..", "..", "..");
 // A code ends in a letter or digit; "PSP_ERR_CAP_" in `code.startsWith("PSP_ERR_CAP_")` is a prefix.
-const CODE = /\b(?:PSP|TOTEBOX|ORCH|CONSOLE|UI)_ERR_[A-Z0-9_]*[A-Z0-9]\b(?!_)/g;
+const CODE = /\b(?:PSP|TOTEBOX|ORCH|CONSOLE|UI|BENCH)_ERR_[A-Z0-9_]*[A-Z0-9]\b(?!_)/g;
 
 function sources(dir: string): string[] {
   const out: string[] = [];
@@ -20,10 +20,11 @@ function sources(dir: string): string[] {
 
 describe("docs/errors.md", () => {
   const used = new Set<string>();
-  // Every package's sources, and the dashboard's (packages/console/ui/src).
+  // Every package's sources, the dashboard's (packages/console/ui/src) and the benches'.
   const roots = [
     ...readdirSync(join(root, "packages")).map((pkg) => join(root, "packages", pkg, "src")),
     join(root, "packages", "console", "ui", "src"),
+    join(root, "bench"),
   ];
   for (const src of roots) {
     try {

@@ -839,7 +839,7 @@ describe("watchRegistry", () => {
   });
 
   it("parses a change below offThreadBytes in place", { timeout: 20_000 }, async () => {
-    const w = await startWatcher(BASE); // the default threshold, 256 KiB
+    const w = await startWatcher(BASE); // the default threshold, 64 KiB
     try {
       await replaceFile(w.path, edit(21, "state", "    state: archived"));
       const changed = await w.next();

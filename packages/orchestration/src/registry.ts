@@ -282,8 +282,14 @@ export interface RegistryParseInfo {
   readonly ms: number;
 }
 
-/** 256 KiB: ~1,200 Toteboxes of the bench's shape, ~0.1-0.15 s of parsing in place. */
-export const DEFAULT_OFF_THREAD_BYTES = 256 * 1024;
+/**
+ * 64 KiB: ~300 Toteboxes of the bench's shape, ~50-70 ms of parsing in place (about the
+ * aggregator's worst turn of a fan-out at 1,000). Above it the thread wins: `npm run bench --
+ * registry` read a 1,000-Totebox reload (0.2 MB) at 212 ms of event-loop delay in place and
+ * 16 ms on the thread (01:46 on 2026-11-28). Below it the thread's start (~1.5 s to the new
+ * registry) buys little.
+ */
+export const DEFAULT_OFF_THREAD_BYTES = 64 * 1024;
 const DEFAULT_OFF_THREAD_TIMEOUT_MS = 60_000;
 /** Longest wait before a change whose parse thread failed is tried again. */
 const MAX_OFF_THREAD_RETRY_MS = 15 * 60_000;
