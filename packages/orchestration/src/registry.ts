@@ -260,8 +260,8 @@ export interface WatchRegistryOptions {
   readonly pollMs?: number;
   /**
    * A changed file of at least this many bytes is parsed on a worker thread, so that the event
-   * loop keeps serving every operator meanwhile: yaml parses ~1.2-1.9 MB/s here, so a 10,000-Totebox
-   * file (2 MB) held the loop for 1.1-1.7 s. Smaller files parse in place, which costs less than
+   * loop keeps serving every operator meanwhile: yaml parses ~1-1.9 MB/s here, so a 10,000-Totebox
+   * file (2 MB) held the loop for 1.1-2.0 s. Smaller files parse in place, which costs less than
    * starting a thread (~0.5-1 s of the thread's own CPU, mostly compiling our modules there).
    * Default DEFAULT_OFF_THREAD_BYTES; 0 parses every change off the thread.
    */
@@ -285,8 +285,8 @@ export interface RegistryParseInfo {
 /**
  * 64 KiB: ~300 Toteboxes of the bench's shape, ~50-70 ms of parsing in place (about the
  * aggregator's worst turn of a fan-out at 1,000). Above it the thread wins: `npm run bench --
- * registry` read a 1,000-Totebox reload (0.2 MB) at 212 ms of event-loop delay in place and
- * 16 ms on the thread (01:46 on 2026-11-28). Below it the thread's start (~1.5 s to the new
+ * registry` read a 1,000-Totebox reload (0.2 MB) at 212-224 ms of event-loop delay in place and
+ * 16-22 ms on the thread (two runs on 2026-11-28). Below it the thread's start (~1.5 s to the new
  * registry) buys little.
  */
 export const DEFAULT_OFF_THREAD_BYTES = 64 * 1024;
