@@ -7,8 +7,9 @@
  *
  * The file is hostile input like anything read from disk:
  * - its size is bounded before a byte is parsed (ORCH_ERR_CONFIG_TOO_LARGE);
- * - nesting is bounded by a lexer pass before the YAML composer runs, because the composer recurses
- *   and a few MiB of `[[[[` cost it tens of seconds;
+ * - nesting and the number of values are bounded token by token as yaml's parser takes them, before
+ *   the composer builds the document, because the composer recurses and a few MiB of `[[[[` cost
+ *   it tens of seconds;
  * - YAML errors, warnings (unknown tags), duplicate keys, recursive aliases and alias bombs are
  *   ORCH_ERR_CONFIG_SYNTAX; everything that parses but is not a valid fleet is ORCH_ERR_CONFIG_INVALID;
  * - every refusal names the line and column (1-based) and a path such as `toteboxes[3].fingerprint`;
@@ -883,8 +884,11 @@ const DOCUMENT_OPTIONS = {
   merge: false, // `<<` is an ordinary (and therefore unknown) key
   uniqueKeys: false, // quadratic in yaml; checkStructure refuses duplicates in linear time
   strict: true,
-  prettyErrors: false, // pretty errors echo file excerpts into messages; we give line/column
-  // "error", not "silent": silent also drops the MULTIPLE_DOCS error; yaml itself only logs warnings.
+  // Pretty errors echo file excerpts into messages (we give line and column); parseBounded never
+  // calls yaml's prettifier, and this says so to any other reader of the options.
+  prettyErrors: false,
+  // Below "warn", yaml's only log (a key's JSON through process.emitWarning) is off: it would echo
+  // file text. Not "silent", which parseDocument reads as "no MULTIPLE_DOCS error".
   logLevel: "error",
 } as const;
 
@@ -903,18 +907,28 @@ function parseBounded(
 ): Document.Parsed {
   const bound = new ShapeBound(text, source, maxNodes);
   const parser = new Parser(lineCounter.addNewLine);
+  // While the lexer runs, the offset it lexes at (-1 while the parser or composer runs): a failure
+  // there has a place in the text; one in the parser or composer is reported at the start.
+  let lexingAt = -1;
   function* tokens(): Generator<CST.Token> {
-    // As Parser.parse does before its first token.
+    // As Parser.parse does before its first token; the parser reports every later line itself.
     lineCounter.addNewLine(0);
-    for (const lexeme of new Lexer().lex(text)) {
-      bound.check(lexeme);
-      yield* parser.next(lexeme);
+    const lexemes = new Lexer().lex(text);
+    for (;;) {
+      lexingAt = bound.offset;
+      const next = lexemes.next();
+      lexingAt = -1;
+      if (next.done === true) break;
+      bound.check(next.value);
+      yield* parser.next(next.value);
     }
     yield* parser.end();
   }
   let doc: Document.Parsed | undefined;
   try {
-    // As parseDocument: the first document, and an error if there is another.
+    // As parseDocument: the first document, and an error if there is another. As there, the tokens
+    // are read no further than the composer needs to hand over the second document (a bound broken
+    // only after it goes unseen; the file is refused for MULTIPLE_DOCS all the same).
     for (const next of new Composer(DOCUMENT_OPTIONS).compose(tokens(), true, text.length)) {
       if (doc === undefined) {
         doc = next as Document.Parsed;
@@ -926,7 +940,9 @@ function parseBounded(
     }
   } catch (e) {
     if (e instanceof OrchError) throw e;
-    throw syntaxAt(source, lineCounterFor(text), bound.offset, "the YAML parser failed", { cause: e });
+    if (lexingAt >= 0)
+      throw syntaxAt(source, lineCounterFor(text), lexingAt, "the YAML lexer failed", { cause: e });
+    throw syntaxAt(source, lineCounter, 0, "the YAML parser failed", { cause: e });
   }
   // compose(…, true, …) ends with a document even for empty text.
   if (doc === undefined) throw syntaxAt(source, lineCounter, 0, "the YAML parser gave no document");
