@@ -79,6 +79,7 @@ import {
 import type { ReadAnswer, ToteboxRemote, ToteboxSessionRemote } from "@os-orchestration/totebox";
 import { SignJWT } from "jose";
 import { type CombineCost, measureCombineCostInChild } from "./combine-cost.ts";
+import { envInt, envSizes } from "./env.ts";
 import { FLOOR_PLAIN, pacedDepthFor, pacedMarker } from "./floor-pace.ts";
 import { aggregatorContender } from "./hub-aggregator.ts";
 import { TurnLoopDelay } from "./loop-delay.ts";
@@ -1181,28 +1182,6 @@ function pinTo(pids: readonly (number | undefined)[], cpus: string): void {
   }
 }
 
-function envInt(name: string, dflt: number, lo: number, hi: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === "") return dflt;
-  const v = Number(raw);
-  if (!Number.isSafeInteger(v) || v < lo || v > hi) {
-    throw new BenchError("BENCH_ERR_ARGS", `${name} must be an integer in ${lo}..${hi}`);
-  }
-  return v;
-}
-
-function envSizes(): number[] {
-  const raw = process.env.BENCH_FANOUT_SIZES ?? "1000,10000";
-  const sizes = raw.split(",").map((s) => Number(s.trim()));
-  if (sizes.length === 0 || sizes.some((s) => !Number.isSafeInteger(s) || s < 1 || s > 20_000)) {
-    throw new BenchError(
-      "BENCH_ERR_ARGS",
-      "BENCH_FANOUT_SIZES must be integers in 1..20000, comma-separated",
-    );
-  }
-  return sizes;
-}
-
 interface ContenderRun {
   m: HubMeasurement;
   /** Fleet (all workers) CPU per answered Totebox over the measured queries, µs. */
@@ -2023,7 +2002,7 @@ function boundRows(
 }
 
 export async function benchFanout(): Promise<BenchRow[]> {
-  const sizes = envSizes();
+  const sizes = envSizes("BENCH_FANOUT_SIZES", "1000,10000", 20_000);
   const queries = envInt("BENCH_FANOUT_QUERIES", 30, 1, 10_000);
   const warmup = envInt("BENCH_FANOUT_WARMUP", 3, 0, 1_000);
   const seed = envInt("BENCH_SEED", 1, 0, 0xffffffff);

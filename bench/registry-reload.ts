@@ -24,6 +24,7 @@ import {
   watchRegistry,
 } from "../packages/orchestration/src/registry.ts";
 import { BenchError } from "./bench-error.ts";
+import { envInt, envSizes } from "./env.ts";
 import { TurnLoopDelay } from "./loop-delay.ts";
 import { type BenchRow, fmt, median } from "./report.ts";
 
@@ -139,17 +140,8 @@ export async function measureReloads(o: {
 }
 
 export async function benchRegistryReload(): Promise<BenchRow[]> {
-  const sizes = (process.env.BENCH_REGISTRY_SIZES ?? "1000,10000").split(",").map((s) => Number(s.trim()));
-  if (sizes.some((n) => !Number.isSafeInteger(n) || n < 1 || n > MAX_SIZE)) {
-    throw new BenchError(
-      "BENCH_ERR_ARGS",
-      `BENCH_REGISTRY_SIZES must be integers in 1..${MAX_SIZE}, comma-separated`,
-    );
-  }
-  const reloads = Number(process.env.BENCH_REGISTRY_RELOADS || 4);
-  if (!Number.isSafeInteger(reloads) || reloads < 1 || reloads > 100) {
-    throw new BenchError("BENCH_ERR_ARGS", "BENCH_REGISTRY_RELOADS must be an integer in 1..100");
-  }
+  const sizes = envSizes("BENCH_REGISTRY_SIZES", "1000,10000", MAX_SIZE);
+  const reloads = envInt("BENCH_REGISTRY_RELOADS", 4, 1, 100);
   const rows: BenchRow[] = [];
   for (const n of sizes) {
     const label = `registry N=${n.toLocaleString("en-US")}`;

@@ -323,11 +323,18 @@ export function watchRegistry(options: WatchRegistryOptions): RegistryWatcher {
   const pollMs = Number.isFinite(requested) ? Math.min(3_600_000, Math.max(10, Math.floor(requested))) : 1000;
   // Trailing debounce: an editor's save is several events within a few milliseconds.
   const debounceMs = Math.min(50, pollMs);
-  const offThreadBytes = optionAtLeast0(options.offThreadBytes, DEFAULT_OFF_THREAD_BYTES);
+  const offThreadBytes = wholeOption(
+    options.offThreadBytes,
+    DEFAULT_OFF_THREAD_BYTES,
+    0,
+    Number.POSITIVE_INFINITY,
+  );
   // setTimeout takes at most 2^31 - 1 ms (it fires at once beyond).
-  const offThreadTimeoutMs = Math.min(
+  const offThreadTimeoutMs = wholeOption(
+    options.offThreadTimeoutMs,
+    DEFAULT_OFF_THREAD_TIMEOUT_MS,
+    1,
     2 ** 31 - 1,
-    Math.max(1, optionAtLeast0(options.offThreadTimeoutMs, DEFAULT_OFF_THREAD_TIMEOUT_MS)),
   );
   // The parse thread in flight, stopped by close().
   let parsing: OffThreadParse | undefined;
@@ -573,7 +580,12 @@ function asConfigError(e: unknown, source: string): OrchError {
   );
 }
 
-function parseBytes(bytes: Buffer, source: string, digest: string, limits: Readonly<OrchLimits>): Registry {
+function parseBytes(
+  bytes: Uint8Array,
+  source: string,
+  digest: string,
+  limits: Readonly<OrchLimits>,
+): Registry {
   if (bytes.length > limits.maxConfigBytes) throw tooLarge(source, bytes.length, limits.maxConfigBytes);
   let text: string;
   try {
@@ -589,10 +601,10 @@ function parseBytes(bytes: Buffer, source: string, digest: string, limits: Reado
   return parseText(text, source, digest, limits);
 }
 
-/** A whole number ≥ 0 (Infinity kept), or `fallback` for undefined or NaN. */
-function optionAtLeast0(value: number | undefined, fallback: number): number {
+/** `value` as a whole number in lo..hi (±Infinity to the nearer end), or `fallback` for undefined or NaN. */
+function wholeOption(value: number | undefined, fallback: number, lo: number, hi: number): number {
   if (value === undefined || Number.isNaN(value)) return fallback;
-  return Math.max(0, Math.floor(value));
+  return Math.min(hi, Math.max(lo, Math.floor(value)));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -622,8 +634,7 @@ export type OffThreadReply =
  *  its code and detail). Anything else is a bug and is rethrown, failing the worker. */
 export function parseForWorker(request: OffThreadRequest): OffThreadReply {
   try {
-    const bytes = Buffer.from(request.bytes.buffer, request.bytes.byteOffset, request.bytes.byteLength);
-    return { ok: true, registry: parseBytes(bytes, request.source, request.digest, request.limits) };
+    return { ok: true, registry: parseBytes(request.bytes, request.source, request.digest, request.limits) };
   } catch (e) {
     if (!(e instanceof OrchError)) throw e;
     return { ok: false, code: e.code, message: e.message, detail: e.detail ?? {} };
@@ -756,26 +767,24 @@ function reviveRegistry(raw: unknown): Registry {
   ) {
     throw new TypeError("not a registry");
   }
-  const revivedTags = new Map<object, Readonly<Record<string, string>>>();
-  const revivedTenantLists = new Map<object, readonly string[]>();
-  const tagsOf = (t: Readonly<Record<string, string>>): Readonly<Record<string, string>> => {
-    let out = revivedTags.get(t);
-    if (out === undefined) {
-      const copy: Record<string, string> = Object.create(null);
-      for (const k of Object.keys(t)) copy[k] = t[k]!;
-      out = Object.freeze(copy);
-      revivedTags.set(t, out);
-    }
-    return out;
+  // One copy per object of the clone, so that what the clone shares stays shared.
+  const oncePer = <T extends object>(copy: (x: T) => T): ((x: T) => T) => {
+    const made = new Map<T, T>();
+    return (x) => {
+      let out = made.get(x);
+      if (out === undefined) {
+        out = copy(x);
+        made.set(x, out);
+      }
+      return out;
+    };
   };
-  const tenantListOf = (l: readonly string[]): readonly string[] => {
-    let out = revivedTenantLists.get(l);
-    if (out === undefined) {
-      out = Object.freeze([...l]);
-      revivedTenantLists.set(l, out);
-    }
-    return out;
-  };
+  const tagsOf = oncePer((t: Readonly<Record<string, string>>) => {
+    const copy: Record<string, string> = Object.create(null);
+    for (const k of Object.keys(t)) copy[k] = t[k]!;
+    return Object.freeze(copy);
+  });
+  const tenantListOf = oncePer((l: readonly string[]) => Object.freeze([...l]));
   const address = (a: ListenAddress | undefined): ListenAddress | undefined =>
     a === undefined ? undefined : Object.freeze({ host: a.host, port: a.port });
 
